@@ -1,0 +1,72 @@
+"""Shared default config. Experiment configs import it, change a few fields, and
+return it locked, so an unknown key (in a file or on the command line) is an error.
+
+Sections: data, model, fm (plain flow matching), train, eval, lfm (Local Flow
+Matching, see configs/lfm_defaults.py), flow_map (see configs/flow_map_defaults.py).
+"""
+
+import ml_collections
+
+from configs import flow_map_defaults, lfm_defaults
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.method = "fm"  # fm | lfm | flow_map (registry: lfm_jax.runs.METHODS)
+    config.seed = 0
+
+    config.data = ml_collections.ConfigDict()
+    config.data.name = "checkerboard"  # a 2-D toy name, "gmm", or a tabular name
+    config.data.n_train = 50_000
+    config.data.n_val = 5_000
+    config.data.n_test = 5_000
+    config.data.dim = 2  # gmm only
+    config.data.n_components = 8  # gmm only
+    config.data.path = ""  # tabular data root (see lfm_jax.tabular)
+
+    config.model = ml_collections.ConfigDict()
+    config.model.hidden = (256, 256, 256)
+    config.model.activation = "silu"
+    config.model.num_frequencies = 8
+    config.model.max_frequency = 64.0
+
+    config.fm = ml_collections.ConfigDict()
+    config.fm.interpolant = "linear"  # linear | trig
+    config.fm.time_sampler = "uniform"  # uniform | beta
+    config.fm.beta_a = 1.0
+    config.fm.beta_b = 1.0
+    config.fm.coupling = "independent"  # independent | ot | ot_exact | ot_sinkhorn
+
+    config.train = ml_collections.ConfigDict()
+    config.train.steps = 5_000
+    config.train.batch_size = 256
+    config.train.steps_per_call = 50
+    config.train.lr = 1e-3
+    config.train.schedule = "cosine"  # constant | cosine | linear
+    config.train.warmup_steps = 100
+    config.train.grad_clip = 1.0
+    config.train.weight_decay = 0.0
+    config.train.ema_decay = 0.999
+    config.train.checkpoint_every = 1_000
+    config.train.keep_checkpoints = 3
+    config.train.num_devices = 0  # 0: all devices
+
+    config.eval = ml_collections.ConfigDict()
+    config.eval.use_ema = True
+    config.eval.n_samples = 5_000
+    config.eval.nll_examples = 2_000
+    config.eval.solver = "tsit5"
+    config.eval.rtol = 1e-5
+    config.eval.atol = 1e-5
+    config.eval.divergence = "exact"  # exact | hutchinson
+    config.eval.chunk_size = 1_000
+
+    config.lfm = lfm_defaults.get_config()
+    config.flow_map = flow_map_defaults.get_config()
+    return config
+
+
+def locked(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Lock a config: setting a key that does not exist raises."""
+    config.lock()
+    return config

@@ -1,0 +1,38 @@
+"""Train, evaluate and checkpoint one experiment.
+
+    python -m experiments.train --config configs/lfm_checkerboard.py --workdir runs/cb \
+        [--config.train.steps=100 ...]
+
+Re-running the same command on a workdir that holds a checkpoint resumes it.
+Multi-host: pass --distributed to call jax.distributed.initialize() first.
+"""
+
+from absl import app, flags
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Experiment config file.",
+                                lock_config=True)
+flags.DEFINE_string("workdir", None, "Output directory (checkpoints, metrics, plots).")
+flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() first.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    import jax
+
+    if FLAGS.distributed:
+        jax.distributed.initialize()
+    from lfm_jax import runs
+
+    config = FLAGS.config
+    print(f"devices: {jax.devices()}  method: {config.method}")
+    results = runs.get(config.method)(config, FLAGS.workdir)
+    for k, v in sorted(results.items()):
+        print(f"{k:>24s}: {v}")
+
+
+if __name__ == "__main__":
+    app.run(main)

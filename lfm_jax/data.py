@@ -1,0 +1,460 @@
+"""Data: validation, 2-D toy samplers, Gaussian mixtures, datasets and batches.
+
+Every array of examples is a 2-D array of shape (n, dim). Samplers take an explicit
+`jax.random` key and return float32 jax arrays; `Dataset` holds numpy arrays (host
+memory), and the trainer draws batches by index with `sample_batch`, keyed by
+`jax.random.fold_in(base_key, step)` so that a resumed run sees the same batches.
+
+Densities that are known exactly (checkerboard, eight Gaussians, Gaussian mixtures)
+come with a per-example, jax-traceable `log_prob(x)`, x of shape (dim,), so that the
+entropy H(p) = -E_p log p(X) (the floor of the test NLL) can be computed.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = [
+    "validate",
+    "CHECKERBOARD_SCALE",
+    "checkerboard_entropy",
+    "log_density_checkerboard",
+    "sample_checkerboard",
+    "sample_eight_gaussians",
+    "sample_moons",
+    "sample_rings",
+    "sample_spirals",
+    "TOY_2D",
+    "sample_toy",
+    "GaussianMixture",
+    "make_gaussian_mixture",
+    "eight_gaussians_mixture",
+    "Dataset",
+    "make_dataset",
+    "load_array",
+    "sample_batch",
+]
+
+
+# --------------------------------------------------------------------------- validate
+
+
+def validate(x, dim: Optional[int] = None, name: str = "data") -> np.ndarray:
+    """Check that `x` is a finite, non-empty (n, dim) array and return it as numpy.
+
+    Args:
+        x: numpy or jax array, expected shape (n, dim).
+        dim: expected number of columns, or None to accept any.
+        name: what the array is, used in error messages.
+
+    Returns:
+        numpy array of shape (n, dim): float64 if the input is float64, else float32.
+
+    Raises:
+        ValueError: wrong rank, empty, wrong dimension, or NaN / Inf entries (the
+            message gives the number of bad rows and the first bad row index).
+    """
+    arr = np.asarray(x)
+    if arr.ndim != 2:
+        raise ValueError(
+            f"{name}: expected a 2-D array (n, dim), got shape {arr.shape} "
+            f"(rank {arr.ndim})"
+        )
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise ValueError(f"{name}: array is empty, got shape {arr.shape}")
+    if dim is not None and arr.shape[1] != dim:
+        raise ValueError(
+            f"{name}: wrong dimension, expected dim {dim}, got {arr.shape[1]} "
+            f"(shape {arr.shape})"
+        )
+    dtype = np.float64 if arr.dtype == np.float64 else np.float32
+    arr = arr.astype(dtype, copy=False)
+    bad = ~np.all(np.isfinite(arr), axis=1)
+    if bad.any():
+        rows = np.flatnonzero(bad)
+        raise ValueError(
+            f"{name}: contains NaN or Inf in {rows.size} of {arr.shape[0]} rows "
+            f"(first bad row index: {rows[0]})"
+        )
+    return arr
+
+
+# ------------------------------------------------------------------ 2-D toy samplers
+
+CHECKERBOARD_SCALE = 1.0 / 0.45
+"""Default checkerboard scale s: the base [-2, 2]^2 board is divided by 0.45.
+
+FFJORD / torchcfm use s = 2 (support [-4, 4]^2, entropy log 32 = 3.466 nats); here the
+default follows the "/0.45" convention, support [-2/0.45, 2/0.45]^2, entropy
+log 8 - 2 log 0.45 = 3.676 nats. Pass `scale=2.0` to reproduce FFJORD exactly.
+"""
+
+
+def checkerboard_entropy(scale: float = CHECKERBOARD_SCALE) -> float:
+    """Entropy in nats of the checkerboard: H = log(8 s^2) = log 8 + 2 log s."""
+    return math.log(8.0) + 2.0 * math.log(scale)
+
+
+def log_density_checkerboard(x: jax.Array, scale: float = CHECKERBOARD_SCALE) -> jax.Array:
+    """Exact log-density of the checkerboard at x, shape (..., 2) -> (...).
+
+    With u = x / s, the density is uniform on the 8 filled unit squares of [-2, 2)^2,
+    those with floor(u1) + floor(u2) even: p(x) = 1 / (8 s^2) there, 0 elsewhere.
+    Returns -log(8 s^2) inside the support and -inf outside.
+    """
+    u = jnp.asarray(x) / scale
+    inside = jnp.all((u >= -2.0) & (u < 2.0), axis=-1)
+    filled = jnp.mod(jnp.floor(u[..., 0]) + jnp.floor(u[..., 1]), 2.0) == 0.0
+    log_p = -math.log(8.0 * scale**2)
+    return jnp.where(inside & filled, log_p, -jnp.inf).astype(u.dtype)
+
+
+@partial(jax.jit, static_argnames=("n",))
+def sample_checkerboard(key: jax.Array, n: int, scale: float = CHECKERBOARD_SCALE) -> jax.Array:
+    """Checkerboard samples, shape (n, 2) float32 (the FFJORD construction).
+
+    x1 ~ U[-2, 2), x2 = U[0, 1) - 2 * randint{0, 1} + (floor(x1) mod 2), then
+    x = s * (x1, x2). Uniform on 8 squares of side s; see `log_density_checkerboard`.
+    """
+    k1, k2, k3 = jax.random.split(key, 3)
+    x1 = jax.random.uniform(k1, (n,)) * 4.0 - 2.0
+    x2 = jax.random.uniform(k2, (n,)) - 2.0 * jax.random.randint(k3, (n,), 0, 2)
+    x2 = x2 + jnp.mod(jnp.floor(x1), 2.0)
+    return (jnp.stack([x1, x2], axis=-1) * scale).astype(jnp.float32)
+
+
+@partial(jax.jit, static_argnames=("n",))
+def sample_moons(key: jax.Array, n: int, noise: float = 0.1) -> jax.Array:
+    """Two interleaving half circles (sklearn `make_moons`, FFJORD scaling), (n, 2).
+
+    Each point picks a moon with probability 1/2 and an angle a ~ U[0, pi]:
+    outer (cos a, sin a), inner (1 - cos a, 0.5 - sin a); add N(0, noise^2 I), then
+    x -> 2 x + (-1, -0.2).
+    """
+    ka, km, kz = jax.random.split(key, 3)
+    a = jax.random.uniform(ka, (n,)) * jnp.pi
+    inner = jax.random.bernoulli(km, 0.5, (n,))
+    x = jnp.where(inner, 1.0 - jnp.cos(a), jnp.cos(a))
+    y = jnp.where(inner, 0.5 - jnp.sin(a), jnp.sin(a))
+    pts = jnp.stack([x, y], axis=-1) + noise * jax.random.normal(kz, (n, 2))
+    return (2.0 * pts + jnp.array([[-1.0, -0.2]])).astype(jnp.float32)
+
+
+@partial(jax.jit, static_argnames=("n",))
+def sample_rings(key: jax.Array, n: int, noise: float = 0.08) -> jax.Array:
+    """Four concentric circles of radii 3, 2.25, 1.5, 0.75 (FFJORD "rings"), (n, 2).
+
+    Ring and angle a ~ U[0, 2 pi) uniform; point r (cos a, sin a) + N(0, noise^2 I).
+    """
+    kr, ka, kz = jax.random.split(key, 3)
+    radii = jnp.array([3.0, 2.25, 1.5, 0.75])
+    r = radii[jax.random.randint(kr, (n,), 0, 4)]
+    a = jax.random.uniform(ka, (n,)) * 2.0 * jnp.pi
+    pts = jnp.stack([r * jnp.cos(a), r * jnp.sin(a)], axis=-1)
+    return (pts + noise * jax.random.normal(kz, (n, 2))).astype(jnp.float32)
+
+
+@partial(jax.jit, static_argnames=("n",))
+def sample_spirals(key: jax.Array, n: int, noise: float = 0.1) -> jax.Array:
+    """Two interleaved spirals (FFJORD "2spirals"), shape (n, 2).
+
+    r = sqrt(U) * 3 pi, d = (-r cos r + U'/2, r sin r + U''/2), arm sign +-1 with
+    probability 1/2, x = sign * d / 3 + N(0, noise^2 I).
+    """
+    kr, ku, ks, kz = jax.random.split(key, 4)
+    r = jnp.sqrt(jax.random.uniform(kr, (n,))) * 540.0 * (2.0 * jnp.pi) / 360.0
+    u = jax.random.uniform(ku, (n, 2)) * 0.5
+    d = jnp.stack([-jnp.cos(r) * r, jnp.sin(r) * r], axis=-1) + u
+    sign = jnp.where(jax.random.bernoulli(ks, 0.5, (n, 1)), 1.0, -1.0)
+    pts = sign * d / 3.0 + noise * jax.random.normal(kz, (n, 2))
+    return pts.astype(jnp.float32)
+
+
+# ------------------------------------------------------------------ Gaussian mixtures
+
+
+@dataclass(frozen=True)
+class GaussianMixture:
+    """p(x) = sum_k w_k N(x; mu_k, diag(sigma_k^2)), x in R^D.
+
+    Attributes:
+        means: (K, D) component means mu_k.
+        stds: (K,) isotropic or (K, D) diagonal standard deviations sigma_k.
+        weights: (K,) non-negative mixture weights (normalised when used).
+    """
+
+    means: jax.Array
+    stds: jax.Array
+    weights: jax.Array
+
+    @property
+    def dim(self) -> int:
+        return int(self.means.shape[1])
+
+    @property
+    def n_components(self) -> int:
+        return int(self.means.shape[0])
+
+    def _stds_kd(self) -> jax.Array:
+        stds = jnp.asarray(self.stds)
+        if stds.ndim == 1:
+            stds = jnp.broadcast_to(stds[:, None], self.means.shape)
+        return stds
+
+    def _log_weights(self) -> jax.Array:
+        log_w = jnp.log(jnp.asarray(self.weights))
+        return log_w - jax.scipy.special.logsumexp(log_w)
+
+    def sample(self, key: jax.Array, n: int) -> jax.Array:
+        """n samples, shape (n, D): k ~ Cat(w), x = mu_k + sigma_k * z, z ~ N(0, I)."""
+        return _sample_mixture(key, jnp.asarray(self.means), self._stds_kd(),
+                               self._log_weights(), n)
+
+    def log_prob(self, x: jax.Array) -> jax.Array:
+        """Exact log p(x) for one example x of shape (D,), returns a scalar.
+
+        log p(x) = logsumexp_k [ log w_k - |(x - mu_k) / sigma_k|^2 / 2
+                                 - sum_d log sigma_kd - D log(2 pi) / 2 ].
+        """
+        stds = self._stds_kd()
+        diff = (x[None, :] - jnp.asarray(self.means)) / stds
+        log_norm = -jnp.sum(jnp.log(stds), axis=-1) - 0.5 * self.dim * math.log(2.0 * math.pi)
+        log_comp = -0.5 * jnp.sum(diff * diff, axis=-1) + log_norm
+        return jax.scipy.special.logsumexp(log_comp + self._log_weights())
+
+    def entropy_mc(self, key: jax.Array, n: int = 100_000, batch_size: int = 8192):
+        """Monte-Carlo entropy H = -E_p log p(X) with its standard error.
+
+        Returns (H_hat, stderr) as jax scalars: H_hat = -mean log p(x_i), x_i ~ p,
+        stderr = std(log p(x_i)) / sqrt(n). This is the floor of any model's NLL.
+        """
+        x = self.sample(key, n)
+        log_p = _map_in_chunks(self.log_prob, x, batch_size)
+        return -jnp.mean(log_p), jnp.std(log_p, ddof=1) / math.sqrt(n)
+
+
+@partial(jax.jit, static_argnames=("n",))
+def _sample_mixture(key, means, stds, log_weights, n):
+    """x = means[k] + stds[k] * z, k ~ Cat(exp(log_weights)); means, stds (K, D)."""
+    kc, kz = jax.random.split(key)
+    comp = jax.random.categorical(kc, log_weights, shape=(n,))
+    z = jax.random.normal(kz, (n, means.shape[1]), dtype=means.dtype)
+    return means[comp] + stds[comp] * z
+
+
+def _map_in_chunks(fn: Callable, x: jax.Array, batch_size: int) -> jax.Array:
+    """vmap(fn) over the rows of x (n, ...) in chunks of batch_size; returns (n,)."""
+    n = x.shape[0]
+    batch_size = max(1, min(batch_size, n))
+    n_chunks = -(-n // batch_size)
+    pad = n_chunks * batch_size - n
+    xp = jnp.concatenate([x, jnp.broadcast_to(x[:1], (pad,) + x.shape[1:])], axis=0)
+    out = jax.lax.map(jax.vmap(fn), xp.reshape((n_chunks, batch_size) + x.shape[1:]))
+    return out.reshape(-1)[:n]
+
+
+def _as_key(key_or_seed) -> jax.Array:
+    if isinstance(key_or_seed, (int, np.integer)):
+        return jax.random.PRNGKey(int(key_or_seed))
+    return key_or_seed
+
+
+def make_gaussian_mixture(
+    key_or_seed,
+    dim: int,
+    n_components: int,
+    mean_scale: float = 1.0,
+    std_range: tuple = (0.3, 0.6),
+    diagonal: bool = False,
+) -> GaussianMixture:
+    """A reproducible random Gaussian mixture in any dimension.
+
+    mu_k ~ N(0, mean_scale^2 I_D); sigma_k ~ U[std_range] (one per component, or one
+    per coordinate if `diagonal`); w_k ∝ U[0.5, 1.5] (no vanishing components).
+    The same seed and arguments always give the same mixture (float32 arrays).
+    """
+    std_shape = (n_components, dim) if diagonal else (n_components,)
+    means, stds, weights = _random_mixture_params(
+        _as_key(key_or_seed), (n_components, dim), std_shape, mean_scale,
+        float(std_range[0]), float(std_range[1]))
+    return GaussianMixture(means=means, stds=stds, weights=weights)
+
+
+@partial(jax.jit, static_argnames=("mean_shape", "std_shape"))
+def _random_mixture_params(key, mean_shape, std_shape, mean_scale, std_lo, std_hi):
+    km, ks, kw = jax.random.split(key, 3)
+    means = mean_scale * jax.random.normal(km, mean_shape)
+    stds = jax.random.uniform(ks, std_shape, minval=std_lo, maxval=std_hi)
+    weights = jax.random.uniform(kw, mean_shape[:1], minval=0.5, maxval=1.5)
+    return means, stds, weights / jnp.sum(weights)
+
+
+def eight_gaussians_mixture() -> GaussianMixture:
+    """FFJORD's "8gaussians": centres 4 (cos(k pi/4), sin(k pi/4)) / 1.414, std 0.5 / 1.414."""
+    angles = jnp.arange(8) * (jnp.pi / 4.0)
+    means = 4.0 * jnp.stack([jnp.cos(angles), jnp.sin(angles)], axis=-1) / 1.414
+    return GaussianMixture(means=means, stds=jnp.full((8,), 0.5 / 1.414),
+                           weights=jnp.full((8,), 1.0 / 8.0))
+
+
+def sample_eight_gaussians(key: jax.Array, n: int) -> jax.Array:
+    """Samples of `eight_gaussians_mixture()`, shape (n, 2) float32."""
+    return eight_gaussians_mixture().sample(key, n).astype(jnp.float32)
+
+
+TOY_2D: dict[str, Callable] = {
+    "checkerboard": sample_checkerboard,
+    "eight_gaussians": sample_eight_gaussians,
+    "moons": sample_moons,
+    "rings": sample_rings,
+    "spirals": sample_spirals,
+}
+"""Registry of 2-D toy samplers, each `sampler(key, n, **kw) -> (n, 2) float32`."""
+
+
+def _toy_log_density(name: str, **kw) -> Optional[Callable]:
+    """Exact per-example log-density of a toy where known, else None."""
+    if name == "checkerboard":
+        scale = kw.get("scale", CHECKERBOARD_SCALE)
+        return lambda x: log_density_checkerboard(x, scale)
+    if name == "eight_gaussians":
+        return eight_gaussians_mixture().log_prob
+    return None
+
+
+def sample_toy(name: str, key: jax.Array, n: int, **kw) -> jax.Array:
+    """Draw n samples, shape (n, 2), from the toy distribution `name` in `TOY_2D`."""
+    if name not in TOY_2D:
+        raise ValueError(f"unknown toy data set {name!r}; known: {sorted(TOY_2D)}")
+    return TOY_2D[name](key, n, **kw)
+
+
+# --------------------------------------------------------------------------- datasets
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Train / validation / test splits of one distribution.
+
+    Attributes:
+        train, val, test: numpy arrays of shape (n_split, dim).
+        dim: data dimension D.
+        log_prob: exact per-example log-density x (D,) -> scalar, jax-traceable, or
+            None when the density is unknown.
+        name: data set name.
+        entropy: closed-form entropy in nats where known (else None).
+    """
+
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+    dim: int
+    log_prob: Optional[Callable] = None
+    name: str = "data"
+    entropy: Optional[float] = None
+
+
+def make_dataset(
+    name: str,
+    n_train: int,
+    n_val: int = 10_000,
+    n_test: int = 10_000,
+    seed: int = 0,
+    **kw,
+) -> Dataset:
+    """Build a `Dataset` for a toy name in `TOY_2D` or for "gmm".
+
+    Keys: base = PRNGKey(seed); the distribution (for "gmm") uses fold_in(base, 0) and
+    the train / val / test splits fold_in(base, 1 / 2 / 3), so the splits are
+    independent and each is reproducible on its own.
+
+    Args:
+        name: a `TOY_2D` name (kw go to its sampler, e.g. scale for "checkerboard")
+            or "gmm" (kw: dim, n_components, and `make_gaussian_mixture` options).
+        n_train, n_val, n_test: split sizes.
+        seed: integer seed.
+    """
+    base = jax.random.PRNGKey(seed)
+    keys = [jax.random.fold_in(base, i) for i in range(4)]
+    sizes = (n_train, n_val, n_test)
+    entropy = None
+    if name == "gmm":
+        dim = kw.pop("dim", 2)
+        n_components = kw.pop("n_components", 8)
+        mixture = make_gaussian_mixture(keys[0], dim, n_components, **kw)
+        splits = [mixture.sample(k, m) for k, m in zip(keys[1:], sizes)]
+        log_prob = mixture.log_prob
+        name = f"gmm{dim}d"
+    elif name in TOY_2D:
+        dim = 2
+        splits = [sample_toy(name, k, m, **kw) for k, m in zip(keys[1:], sizes)]
+        log_prob = _toy_log_density(name, **kw)
+        if name == "checkerboard":
+            entropy = checkerboard_entropy(kw.get("scale", CHECKERBOARD_SCALE))
+    else:
+        raise ValueError(f"unknown data set {name!r}; known: {sorted(TOY_2D) + ['gmm']}")
+    train, val, test = (
+        validate(s, dim, f"{name}/{split}") for s, split in zip(splits, ("train", "val", "test"))
+    )
+    return Dataset(train=train, val=val, test=test, dim=dim, log_prob=log_prob,
+                   name=name, entropy=entropy)
+
+
+def load_array(path, dim: Optional[int] = None, key: Optional[str] = None) -> np.ndarray:
+    """Load an (n, dim) array from a .npy, .npz or .csv file and validate it.
+
+    For .npz the array is `key` if given, else the only array, else the first of
+    "x", "data", "arr_0" present. A .csv may have one non-numeric header line.
+
+    Raises:
+        FileNotFoundError: the path does not exist.
+        ValueError: unknown extension, missing .npz key, or invalid content (see
+            `validate`).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"data file not found: {path} (expected a .npy, .npz or .csv file holding "
+            f"an (n, dim) array)"
+        )
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        arr = np.load(path, allow_pickle=False)
+    elif suffix == ".npz":
+        with np.load(path, allow_pickle=False) as f:
+            names = list(f.keys())
+            if key is None:
+                candidates = names if len(names) == 1 else [
+                    k for k in ("x", "data", "arr_0") if k in names]
+                if not candidates:
+                    raise ValueError(f"{path}: pass key=...; arrays in file: {names}")
+                key = candidates[0]
+            if key not in names:
+                raise ValueError(f"{path}: no array {key!r}; arrays in file: {names}")
+            arr = f[key]
+    elif suffix == ".csv":
+        try:
+            arr = np.loadtxt(path, delimiter=",", ndmin=2)
+        except ValueError:
+            arr = np.loadtxt(path, delimiter=",", ndmin=2, skiprows=1)
+    else:
+        raise ValueError(f"{path}: unsupported file type {suffix!r} (use .npy, .npz or .csv)")
+    return validate(arr, dim, name=str(path))
+
+
+def sample_batch(key: jax.Array, data: jax.Array, batch_size: int) -> jax.Array:
+    """Uniform minibatch with replacement: data[i_1..i_B], i_b ~ U{0..n-1}.
+
+    data (n, D) -> (batch_size, D). Jittable with `batch_size` static. Call with
+    key = jax.random.fold_in(base_key, step) so a resumed run draws the same batch at
+    the same step.
+    """
+    idx = jax.random.randint(key, (batch_size,), 0, data.shape[0])
+    return jnp.asarray(data)[idx]

@@ -1,0 +1,264 @@
+"""Two-time flow maps X_{s,t} (SPEC 4): parametrisation, sampling, (s, t) samplers
+and a learned per-(s, t) loss weighting.
+
+Parametrisation. From a raw two-time network v(params, s, t, x) (one example, output of
+x's shape),
+
+    X_{s,t}(x) = x + (t - s) v_{s,t}(x),
+
+so X_{s,s} = id holds exactly (not only approximately) and the tangent condition
+d/dt X_{s,t}(x) |_{t=s} = v_{s,s}(x) makes v_{t,t} the velocity b_t of the flow.
+
+Sampling on a grid t_0 < ... < t_K: x_{k+1} = X_{t_k, t_{k+1}}(x_k); K = 1 is one-step
+generation, cost K network calls.
+
+(s, t) samplers are chosen by name from `TIME_PAIR_SAMPLERS` outside jit; each returns
+`sample(key, n, step=0) -> (s, t)`, two arrays of shape (n,).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Callable, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from lfm_jax import networks
+
+
+# ---------------------------------------------------------------------------
+# Learned per-(s, t) loss weighting.
+# ---------------------------------------------------------------------------
+
+class _LogVarianceMLP(nn.Module):
+    """lv(s, t): Fourier features of s and t -> small MLP -> scalar (zero-initialised)."""
+
+    hidden: Sequence[int] = (64,)
+    num_frequencies: int = 4
+    max_frequency: float = 16.0
+
+    @nn.compact
+    def __call__(self, s, t):
+        h = jnp.concatenate([
+            networks.fourier_features(s, self.num_frequencies, self.max_frequency),
+            networks.fourier_features(t, self.num_frequencies, self.max_frequency)])
+        for width in self.hidden:
+            h = nn.silu(nn.Dense(width)(h))
+        return nn.Dense(1, kernel_init=nn.initializers.zeros)(h)[0]
+
+
+@dataclasses.dataclass(frozen=True)
+class LossWeighting:
+    """Learned log-variance lv(s, t) (uncertainty weighting of the self-distillation code).
+
+    A loss term L at times (s, t) becomes exp(-lv(s, t)) L + lv(s, t). Minimising over
+    lv gives lv* = log L, so each (s, t) is normalised by its own scale and the
+    gradients on the flow map are balanced across time pairs. The output layer is
+    zero-initialised, so training starts at lv = 0 (unweighted).
+
+    init: key -> params; apply: (params, s, t) -> scalar lv (s, t scalars).
+    """
+
+    init: Callable
+    apply: Callable
+
+
+def loss_weighting(hidden=(64,), num_frequencies: int = 4,
+                   max_frequency: float = 16.0) -> LossWeighting:
+    """A `LossWeighting` backed by a small MLP of Fourier features of (s, t)."""
+    module = _LogVarianceMLP(hidden=tuple(hidden), num_frequencies=num_frequencies,
+                             max_frequency=max_frequency)
+    return LossWeighting(
+        init=lambda key: module.init(key, jnp.zeros(()), jnp.zeros(())),
+        apply=lambda params, s, t: module.apply(params, s, t))
+
+
+def weighted(loss, log_variance):
+    """exp(-lv) * loss + lv (scalars)."""
+    return jnp.exp(-log_variance) * loss + log_variance
+
+
+# ---------------------------------------------------------------------------
+# The flow map.
+# ---------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class FlowMap:
+    """X_{s,t}(x) = x + (t - s) v_{s,t}(x) from a two-time `networks.Network`.
+
+    Parameters are a dict {"net": network params} plus {"weight": ...} when a
+    `LossWeighting` is attached (a structural choice fixed at construction, not a flag
+    read inside traced code).
+
+    Methods (one example; x of shape `example_shape`, s and t scalars):
+      init(key) -> params
+      apply(params, s, t, x) -> X_{s,t}(x), same shape as x
+      velocity_from_map(params, t, x) -> v_{t,t}(x) = b_t(x)
+      log_variance(params, s, t) -> lv(s, t) (0 when no weighting is attached)
+      bind(params) -> closure X(s, t, x) for the losses
+      bind_velocity(params) -> closure b(t, x) = v_{t,t}(x)
+    """
+
+    network: networks.Network
+    weighting: Optional[LossWeighting] = None
+
+    @property
+    def example_shape(self) -> tuple:
+        return self.network.example_shape
+
+    def init(self, key):
+        k_net, k_w = jax.random.split(key)
+        params = {"net": self.network.init(k_net)}
+        if self.weighting is not None:
+            params["weight"] = self.weighting.init(k_w)
+        return params
+
+    def apply(self, params, s, t, x):
+        """X_{s,t}(x) = x + (t - s) v_{s,t}(x); exactly x when s == t."""
+        v = self.network.apply(params["net"], s, t, x)
+        return x + (t - s) * v
+
+    def velocity_from_map(self, params, t, x):
+        """v_{t,t}(x), the velocity b_t(x) of the flow the map represents."""
+        return self.network.apply(params["net"], t, t, x)
+
+    def log_variance(self, params, s, t):
+        """Learned lv(s, t), or 0.0 (exp(-0) L + 0 = L) without a weighting."""
+        if self.weighting is None:
+            return jnp.zeros((), jnp.result_type(float))
+        return self.weighting.apply(params["weight"], s, t)
+
+    def bind(self, params) -> Callable:
+        return functools.partial(self.apply, params)
+
+    def bind_velocity(self, params) -> Callable:
+        return functools.partial(self.velocity_from_map, params)
+
+    def bind_weight(self, params) -> Callable:
+        return functools.partial(self.log_variance, params)
+
+
+def make_flow_map(example_shape, hidden=(256, 256, 256, 256), activation="silu",
+                  num_frequencies=8, max_frequency=64.0, zero_init_output=False,
+                  learned_weighting: bool = False, weighting_hidden=(64,)) -> FlowMap:
+    """`FlowMap` over a `networks.two_time_mlp`, optionally with a learned lv(s, t)."""
+    net = networks.two_time_mlp(example_shape, hidden, activation, num_frequencies,
+                                max_frequency, zero_init_output)
+    weighting = loss_weighting(weighting_hidden) if learned_weighting else None
+    return FlowMap(network=net, weighting=weighting)
+
+
+def velocity_from_map(X: Callable) -> Callable:
+    """b(t, x) = d/dt' X_{t,t'}(x) at t' = t, for ANY map closure X(s, t, x) (one jvp).
+
+    For the parametrisation X = x + (t - s) v this equals v_{t,t}(x) (prefer
+    `FlowMap.velocity_from_map`, one plain network call, when the network is at hand).
+    """
+    def b(t, x):
+        return jax.jvp(lambda tt: X(t, tt, x), (t,), (jnp.ones_like(t),))[1]
+    return b
+
+
+def sample(X: Callable, x, times, *, batched: bool = True, return_path: bool = False):
+    """Few-step flow-map sampling: x_{k+1} = X_{t_k, t_{k+1}}(x_k), k = 0..K-1.
+
+    Args:
+      X: flow map closure X(s, t, x) of ONE example (parameters bound).
+      x: start states, (n, ...) if `batched` else one example (...).
+      times: 1-D array of K + 1 times (e.g. jnp.linspace(0, 1, K + 1)); K = 1 is
+        one-step generation. Decreasing times run the map backward.
+      return_path: also return all K + 1 states.
+    Returns:
+      x at times[-1], same shape as x; with `return_path`, (x_K, path) where path has
+      shape (K + 1, *x.shape).
+    Cost: K network calls per example (lax.scan over the K steps).
+    """
+    times = jnp.asarray(times)
+    if times.ndim != 1 or times.shape[0] < 2:
+        raise ValueError(f"times must be 1-D with at least 2 points, got {times.shape}")
+    step = jax.vmap(X, in_axes=(None, None, 0)) if batched else X
+
+    def body(xk, st):
+        x_next = step(st[0], st[1], xk)
+        return x_next, x_next
+
+    pairs = jnp.stack([times[:-1], times[1:]], axis=1).astype(jnp.result_type(x.dtype, float))
+    x_final, path = jax.lax.scan(body, x, pairs)
+    if return_path:
+        return x_final, jnp.concatenate([x[None], path], axis=0)
+    return x_final
+
+
+def uniform_grid(num_steps: int, t0: float = 0.0, t1: float = 1.0):
+    """K + 1 evenly spaced times from t0 to t1, shape (num_steps + 1,)."""
+    return jnp.linspace(t0, t1, int(num_steps) + 1)
+
+
+# ---------------------------------------------------------------------------
+# (s, t) samplers: sample(key, n, step=0) -> (s (n,), t (n,)).
+# ---------------------------------------------------------------------------
+
+def _put_on_diagonal(s, t, fraction: float):
+    """Set s = t on the first round(fraction * n) entries (a fixed count per batch, as
+    the official self-distillation code does); the rest keep their (s, t)."""
+    n = s.shape[0]
+    m = int(round(float(fraction) * n))
+    if m == 0:
+        return s, t
+    on_diag = jnp.arange(n) < m
+    return jnp.where(on_diag, t, s), t
+
+
+def uniform_square(key, n, step=0, diagonal_fraction: float = 0.0):
+    """(s, t) ~ U[0, 1]^2 (both directions, s > t gives backward maps)."""
+    ks, kt = jax.random.split(key)
+    s = jax.random.uniform(ks, (n,))
+    t = jax.random.uniform(kt, (n,))
+    return _put_on_diagonal(s, t, diagonal_fraction)
+
+
+def upper_triangle(key, n, step=0, diagonal_fraction: float = 0.0):
+    """(s, t) uniform on {0 <= s <= t <= 1}: the sorted pair of two uniforms."""
+    u = jax.random.uniform(key, (2, n))
+    s, t = jnp.min(u, axis=0), jnp.max(u, axis=0)
+    return _put_on_diagonal(s, t, diagonal_fraction)
+
+
+def diagonal(key, n, step=0, diagonal_fraction: float = 0.75):
+    """Upper triangle with `diagonal_fraction` of the batch (0.75 by default) on s = t:
+    the self-distillation sampler (diagonal term on s = t, distillation off it)."""
+    return upper_triangle(key, n, step, diagonal_fraction)
+
+
+def annealed(key, n, step=0, initial_gap: float = 0.05, anneal_steps: int = 10_000,
+             diagonal_fraction: float = 0.0):
+    """Window |t - s| <= g(step), g growing linearly from `initial_gap` to 1 over
+    `anneal_steps` steps: gap ~ U[0, g], s ~ U[0, 1 - gap], t = s + gap.
+
+    `step` may be a traced integer (the schedule is arithmetic, no branching).
+    """
+    frac = jnp.clip(jnp.asarray(step, jnp.float32) / max(int(anneal_steps), 1), 0.0, 1.0)
+    max_gap = initial_gap + (1.0 - initial_gap) * frac
+    kg, ks = jax.random.split(key)
+    gap = max_gap * jax.random.uniform(kg, (n,))
+    s = (1.0 - gap) * jax.random.uniform(ks, (n,))
+    return _put_on_diagonal(s, s + gap, diagonal_fraction)
+
+
+TIME_PAIR_SAMPLERS = {
+    "uniform": uniform_square,
+    "triangle": upper_triangle,
+    "diagonal": diagonal,
+    "annealed": annealed,
+}
+
+
+def get_time_pair_sampler(name: str, **kwargs) -> Callable:
+    """`sample(key, n, step=0) -> (s, t)` by name, keyword options bound."""
+    if name not in TIME_PAIR_SAMPLERS:
+        raise ValueError(f"unknown (s, t) sampler {name!r}; known: "
+                         f"{sorted(TIME_PAIR_SAMPLERS)}")
+    return functools.partial(TIME_PAIR_SAMPLERS[name], **kwargs)

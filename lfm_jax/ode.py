@@ -1,0 +1,425 @@
+"""ODE integration, divergence and change-of-variables log-density (diffrax).
+
+A velocity field is a closure ``b(t, x) -> dx/dt`` of ONE example: ``t`` a scalar,
+``x`` an array of the example's shape (``(D,)`` or e.g. ``(H, W, C)``); parameters are
+bound inside the closure. Batches are handled here with ``jax.vmap``, so every example
+is solved on its own (adaptive solvers pick each example's step sizes separately).
+
+Public functions:
+
+- ``integrate(b, x, t0, t1, ...)``: solve dx/dt = b(t, x) from t0 to t1 (t1 < t0 runs
+  backward in time).
+- ``integrate_chunked(b, x, chunk_size, ...)``: the same over a large batch, ``lax.map``
+  over chunks so memory is bounded by one chunk.
+- ``divergence(b, t, x, ...)``: div_x b(t, x) = tr(d b / d x), exact or Hutchinson.
+- ``log_prob(b, x, base_log_prob, ...)``: log-density (nats) by the instantaneous
+  change of variables, integrating the augmented ODE (x, delta).
+- ``log_prob_chunked(b, x, base_log_prob, chunk_size, ...)``: the same in chunks.
+- ``standard_normal_log_prob(x)``: log N(x; 0, I) of one example.
+
+Solvers and divergence estimators are chosen by name from the registries ``SOLVERS``
+and ``DIVERGENCES`` in Python, outside any traced code. Every function is jittable
+(``jax.jit`` with the names, ``num_steps`` and ``max_steps`` static).
+"""
+import math
+from typing import Callable, Optional
+
+import diffrax
+import jax
+import jax.numpy as jnp
+
+Velocity = Callable[[jax.Array, jax.Array], jax.Array]
+
+# name -> (solver class, adaptive?). Adaptive solvers use PIDController(rtol, atol)
+# unless num_steps is given; fixed-step ones always need num_steps.
+SOLVERS = {
+    "tsit5": (diffrax.Tsit5, True),
+    "dopri5": (diffrax.Dopri5, True),
+    "dopri8": (diffrax.Dopri8, True),
+    "euler": (diffrax.Euler, False),
+    "heun": (diffrax.Heun, False),
+    "midpoint": (diffrax.Midpoint, False),
+}
+
+
+def _lookup(registry, name, what):
+    """Return ``registry[name]`` or raise ValueError listing the known names."""
+    if name not in registry:
+        raise ValueError(
+            f"unknown {what} {name!r}; expected one of {sorted(registry)}"
+        )
+    return registry[name]
+
+
+def _solve(f, y0, t0, t1, *, solver, rtol, atol, num_steps, max_steps, save_times):
+    """Solve dy/dt = f(t, y) for ONE example (y0 any pytree) with diffrax.
+
+    Returns y(t1) (same pytree as y0), or, if ``save_times`` (shape (T,)) is given,
+    the states at those times, each leaf with a leading axis of length T.
+    """
+    solver_cls, adaptive = _lookup(SOLVERS, solver, "solver")
+    if num_steps is not None:
+        num_steps = int(num_steps)
+        if num_steps < 1:
+            raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+        controller = diffrax.ConstantStepSize()
+        dt0 = (t1 - t0) / num_steps
+        max_steps = max(int(max_steps), num_steps)
+    elif adaptive:
+        controller = diffrax.PIDController(rtol=rtol, atol=atol)
+        dt0 = None  # diffrax picks the first step; the sign follows t1 - t0.
+    else:
+        raise ValueError(f"solver {solver!r} is fixed-step: pass num_steps")
+    if save_times is None:
+        saveat = diffrax.SaveAt(t1=True)
+    else:
+        saveat = diffrax.SaveAt(ts=jnp.asarray(save_times))
+    sol = diffrax.diffeqsolve(
+        diffrax.ODETerm(lambda t, y, args: f(t, y)),
+        solver_cls(),
+        t0,
+        t1,
+        dt0,
+        y0,
+        saveat=saveat,
+        stepsize_controller=controller,
+        max_steps=max_steps,
+    )
+    if save_times is None:
+        return jax.tree_util.tree_map(lambda leaf: leaf[0], sol.ys)
+    return sol.ys
+
+
+def integrate(
+    b: Velocity,
+    x: jax.Array,
+    t0=0.0,
+    t1=1.0,
+    *,
+    solver: str = "tsit5",
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+    num_steps: Optional[int] = None,
+    max_steps: int = 4096,
+    save_times=None,
+    batched: bool = True,
+) -> jax.Array:
+    """Solve dx/dt = b(t, x), x(t0) = x, and return x(t1) (or x at ``save_times``).
+
+    t1 < t0 integrates backward in time, so ``integrate(b, integrate(b, x, 0, 1), 1, 0)``
+    returns x up to solver error.
+
+    Args:
+        b: velocity of one example, ``b(t, x) -> dx/dt`` with x of the example shape.
+        x: start states, shape (n, ...) if ``batched`` else one example of shape (...).
+        t0, t1: start and end times (scalars; may be traced).
+        solver: a key of ``SOLVERS``. "tsit5", "dopri5", "dopri8" are adaptive with
+            ``PIDController(rtol, atol)``; "euler", "heun", "midpoint" are fixed-step
+            and need ``num_steps``. Passing ``num_steps`` with an adaptive solver also
+            makes it take ``num_steps`` constant steps dt0 = (t1 - t0) / num_steps.
+        rtol, atol: tolerances of the adaptive step-size controller.
+        num_steps: number of constant steps (Python int), or None for adaptive.
+        max_steps: diffrax's step budget. Exceeding it raises at run time (diffrax's
+            ``throw=True``: an ``EquinoxRuntimeError`` saying the maximum number of
+            solver steps was reached); raise it or loosen rtol/atol if that happens.
+        save_times: optional times, shape (T,), monotone in the direction t0 -> t1
+            and inside [min(t0, t1), max(t0, t1)].
+        batched: if True, the leading axis of x is the batch and each example is solved
+            independently (``jax.vmap``, each with its own adaptive step sizes).
+
+    Returns:
+        x(t1), the same shape as x; or, with ``save_times``, shape (T, n, ...)
+        (batched) or (T, ...) (one example).
+
+    Raises:
+        ValueError: unknown solver name, or a fixed-step solver without num_steps.
+    """
+    _lookup(SOLVERS, solver, "solver")  # fail early, outside any trace.
+    solve_one = lambda xi: _solve(  # noqa: E731
+        b, xi, t0, t1, solver=solver, rtol=rtol, atol=atol, num_steps=num_steps,
+        max_steps=max_steps, save_times=save_times,
+    )
+    if not batched:
+        return solve_one(x)
+    out = jax.vmap(solve_one)(x)
+    if save_times is not None:
+        out = jnp.moveaxis(out, 1, 0)  # (n, T, ...) -> (T, n, ...)
+    return out
+
+
+def _map_in_chunks(fn, xs, chunk_size):
+    """Apply a batched ``fn`` to ``xs`` chunk by chunk with ``lax.map``.
+
+    ``xs`` is a pytree of arrays with a common leading axis n; ``fn`` maps a chunk
+    (leading axis ``chunk_size``) to a pytree with leading axis ``chunk_size``. The
+    last chunk is padded by repeating the last example and the padding is cut off,
+    so the result has leading axis n. Only one chunk is live at a time.
+    """
+    n = jax.tree_util.tree_leaves(xs)[0].shape[0]
+    chunk_size = max(1, min(int(chunk_size), n))
+    n_chunks = -(-n // chunk_size)
+    pad = n_chunks * chunk_size - n
+
+    def to_chunks(a):
+        if pad:
+            a = jnp.concatenate([a, jnp.repeat(a[-1:], pad, axis=0)], axis=0)
+        return a.reshape((n_chunks, chunk_size) + a.shape[1:])
+
+    out = jax.lax.map(fn, jax.tree_util.tree_map(to_chunks, xs))
+    return jax.tree_util.tree_map(
+        lambda a: a.reshape((n_chunks * chunk_size,) + a.shape[2:])[:n], out
+    )
+
+
+def integrate_chunked(b: Velocity, x: jax.Array, chunk_size: int, **kw) -> jax.Array:
+    """``integrate`` over a large batch, ``chunk_size`` examples at a time.
+
+    Same maths and result as ``integrate(b, x, **kw)`` (batched), but the batch of
+    shape (n, ...) is split into ceil(n / chunk_size) chunks processed sequentially by
+    ``jax.lax.map``, so memory is that of one chunk. Keyword arguments are those of
+    ``integrate`` (``t0``, ``t1``, ``solver``, ``save_times``, ...; not ``batched``).
+
+    Returns:
+        shape (n, ...), or (T, n, ...) with ``save_times``.
+    """
+    if "batched" in kw:
+        raise ValueError("integrate_chunked always treats x as a batch")
+    save_times = kw.get("save_times")
+
+    def fn(chunk):
+        out = integrate(b, chunk, **kw)
+        return out if save_times is None else jnp.moveaxis(out, 0, 1)
+
+    out = _map_in_chunks(fn, x, chunk_size)
+    return out if save_times is None else jnp.moveaxis(out, 1, 0)
+
+
+# --------------------------------------------------------------------------- divergence
+
+def _flat_velocity(b, t, shape):
+    """The map R^d -> R^d, y -> vec(b(t, unvec(y))), for examples of ``shape``."""
+    return lambda y: b(t, y.reshape(shape)).reshape(-1)
+
+
+def _exact_velocity_and_divergence(b, t, x, probes):
+    """(b(t, x), tr J) with J = d vec(b) / d vec(x) of shape (d, d) from ``jacfwd``.
+
+    Costs d forward-mode passes: use for small d. ``probes`` is ignored.
+    """
+    del probes
+    f = _flat_velocity(b, t, x.shape)
+    jac, v = jax.jacfwd(lambda y: (f(y), f(y)), has_aux=True)(x.reshape(-1))
+    return v.reshape(x.shape), jnp.trace(jac)
+
+
+def _hutchinson_velocity_and_divergence(b, t, x, probes):
+    """(b(t, x), mean_k eps_k^T J eps_k), probes eps of shape (K, *x.shape).
+
+    Unbiased for tr J when E[eps eps^T] = I (Rademacher or standard Gaussian).
+    J eps_k is a forward-mode product (``jax.linearize``), one per probe.
+    """
+    v, jvp = jax.linearize(lambda y: b(t, y), x)
+    jeps = jax.vmap(jvp)(probes)
+    axes = tuple(range(1, probes.ndim))
+    return v, jnp.mean(jnp.sum(probes * jeps, axis=axes))
+
+
+# name -> (velocity_and_divergence, needs probes?)
+DIVERGENCES = {
+    "exact": (_exact_velocity_and_divergence, False),
+    "hutchinson": (_hutchinson_velocity_and_divergence, True),
+}
+
+PROBES = {
+    "rademacher": lambda key, shape, dtype: jax.random.rademacher(key, shape, dtype),
+    "gaussian": lambda key, shape, dtype: jax.random.normal(key, shape, dtype),
+}
+
+
+def draw_probes(key, shape, n_probes: int = 1, dtype=jnp.float32, probe="rademacher"):
+    """Hutchinson probes eps of shape (n_probes, *shape) with E[eps eps^T] = I.
+
+    ``probe`` is "rademacher" (entries +-1, lower variance) or "gaussian" (N(0, 1)).
+    """
+    draw = _lookup(PROBES, probe, "probe distribution")
+    return draw(key, (int(n_probes),) + tuple(shape), dtype)
+
+
+def divergence(
+    b: Velocity,
+    t,
+    x: jax.Array,
+    key=None,
+    method: str = "exact",
+    n_probes: int = 1,
+    *,
+    probe: str = "rademacher",
+    probes=None,
+) -> jax.Array:
+    """Divergence div_x b(t, x) = tr(d vec b(t, x) / d vec x) of ONE example.
+
+    - "exact": trace of the full (d, d) Jacobian from ``jax.jacfwd`` on the flattened
+      example (d = x.size); d forward passes.
+    - "hutchinson": (1/K) sum_k eps_k^T J eps_k with K = n_probes probes drawn from
+      ``key`` (``probe`` = "rademacher" or "gaussian"), or the given ``probes`` of shape
+      (K, *x.shape); one forward-mode jvp per probe. Unbiased, stochastic.
+
+    Args:
+        b: velocity of one example.
+        t: scalar time.
+        x: one example, any shape.
+
+    Returns:
+        scalar, dtype of b's output.
+    """
+    fn, needs_probes = _lookup(DIVERGENCES, method, "divergence method")
+    if needs_probes and probes is None:
+        if key is None:
+            raise ValueError("method='hutchinson' needs a key (or probes)")
+        probes = draw_probes(key, x.shape, n_probes, x.dtype, probe)
+    return fn(b, t, x, probes)[1]
+
+
+# --------------------------------------------------------------------------- log-density
+
+def standard_normal_log_prob(x: jax.Array) -> jax.Array:
+    """log N(x; 0, I) = -|x|^2 / 2 - (d / 2) log(2 pi) of ONE example, d = x.size.
+
+    Returns a scalar (nats).
+    """
+    return -0.5 * jnp.sum(jnp.square(x)) - 0.5 * x.size * math.log(2.0 * math.pi)
+
+
+def _log_prob_one(
+    b, x, base_log_prob, index, key, *, t_data, t_base, method, n_probes, probe,
+    solver, rtol, atol, num_steps, max_steps,
+):
+    """(log p_data(x), x_base) for one example; see ``log_prob``."""
+    vel_div, needs_probes = DIVERGENCES[method]
+    probes = None
+    if needs_probes:
+        # One probe set per example, fixed along the whole trajectory (FFJORD).
+        probes = draw_probes(jax.random.fold_in(key, index), x.shape, n_probes,
+                             x.dtype, probe)
+
+    def augmented(t, state):
+        y, _ = state
+        v, div = vel_div(b, t, y, probes)
+        return v, div.astype(y.dtype)
+
+    delta0 = jnp.zeros((), x.dtype)
+    x_base, delta = _solve(
+        augmented, (x, delta0), t_data, t_base, solver=solver, rtol=rtol, atol=atol,
+        num_steps=num_steps, max_steps=max_steps, save_times=None,
+    )
+    # delta = int_{t_data}^{t_base} div b(t, x(t)) dt  (signed: negative direction
+    # if t_base < t_data), and log p_{t_base}(x_base) - log p_{t_data}(x) = -delta.
+    return base_log_prob(x_base) + delta, x_base
+
+
+def _check_log_prob_args(solver, method, key):
+    _lookup(SOLVERS, solver, "solver")
+    _, needs_probes = _lookup(DIVERGENCES, method, "divergence method")
+    if needs_probes and key is None:
+        raise ValueError("method='hutchinson' needs a key")
+
+
+def log_prob(
+    b: Velocity,
+    x: jax.Array,
+    base_log_prob: Callable[[jax.Array], jax.Array],
+    *,
+    t_data=1.0,
+    t_base=0.0,
+    method: str = "exact",
+    key=None,
+    n_probes: int = 1,
+    probe: str = "rademacher",
+    solver: str = "tsit5",
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+    num_steps: Optional[int] = None,
+    max_steps: int = 4096,
+    batched: bool = True,
+    return_base: bool = False,
+):
+    """Log-density in nats of x under the flow of b, by instantaneous change of variables.
+
+    If X_t solves dx/dt = b(t, x) and p_t is its law, then
+    d/dt log p_t(X_t) = -div b(t, X_t). Integrating the augmented ODE
+        dx/dt = b(t, x),  d delta/dt = div b(t, x),  x(t_data) = x, delta(t_data) = 0
+    from t_data to t_base gives
+        log p_{t_data}(x) = log p_{t_base}(x(t_base)) + delta(t_base)
+                          = base_log_prob(x_base) + int_{t_data}^{t_base} div b dt.
+    Plain flow matching (noise at 0, data at 1): t_data=1, t_base=0, so
+    log p_1(x) = log p_0(X_{1,0}(x)) - int_0^1 div b(t, x(t)) dt.
+    LFM blocks (data at 0, noise at 1): t_data=0, t_base=1, so
+    log p_0(x) = log p_1(X_{0,1}(x)) + int_0^1 div b(t, x(t)) dt.
+
+    Args:
+        b: velocity of one example.
+        x: points, shape (n, ...) if ``batched`` else one example.
+        base_log_prob: log-density of ONE example at time t_base, returns a scalar
+            (e.g. ``standard_normal_log_prob``).
+        t_data, t_base: times at which x lives and at which the base density is known.
+        method: "exact" (Jacobian trace) or "hutchinson" (needs ``key``). For
+            Hutchinson, each example draws ``n_probes`` probes once from
+            ``fold_in(key, example_index)`` and keeps them along the trajectory, so the
+            augmented ODE is deterministic and the estimate is unbiased.
+        probe: "rademacher" or "gaussian" Hutchinson probes.
+        solver, rtol, atol, num_steps, max_steps: as in ``integrate`` (the tolerance
+            covers the log-det state as well as x).
+        return_base: also return the base points x(t_base).
+
+    Returns:
+        log p_{t_data}(x) of shape (n,) (or a scalar), and if ``return_base`` the base
+        points of x's shape.
+    """
+    _check_log_prob_args(solver, method, key)
+    one = lambda xi, i: _log_prob_one(  # noqa: E731
+        b, xi, base_log_prob, i, key, t_data=t_data, t_base=t_base, method=method,
+        n_probes=n_probes, probe=probe, solver=solver, rtol=rtol, atol=atol,
+        num_steps=num_steps, max_steps=max_steps,
+    )
+    if batched:
+        logp, x_base = jax.vmap(one)(x, jnp.arange(x.shape[0]))
+    else:
+        logp, x_base = one(x, 0)
+    return (logp, x_base) if return_base else logp
+
+
+def log_prob_chunked(
+    b: Velocity,
+    x: jax.Array,
+    base_log_prob: Callable[[jax.Array], jax.Array],
+    chunk_size: int,
+    **kw,
+):
+    """``log_prob`` over a large batch (n, ...), ``chunk_size`` examples at a time.
+
+    Same result as ``log_prob(b, x, base_log_prob, **kw)``, including the Hutchinson
+    probes (keyed by the global example index), with memory bounded by one chunk
+    (``jax.lax.map``). Returns shape (n,), and the base points if ``return_base``.
+    """
+    if "batched" in kw:
+        raise ValueError("log_prob_chunked always treats x as a batch")
+    return_base = kw.pop("return_base", False)
+    _check_log_prob_args(kw.get("solver", "tsit5"), kw.get("method", "exact"),
+                         kw.get("key"))
+    defaults = dict(t_data=1.0, t_base=0.0, method="exact", key=None, n_probes=1,
+                    probe="rademacher", solver="tsit5", rtol=1e-5, atol=1e-5,
+                    num_steps=None, max_steps=4096)
+    unknown = set(kw) - set(defaults)
+    if unknown:
+        raise TypeError(f"unexpected arguments {sorted(unknown)}")
+    opts = {**defaults, **kw}
+    key = opts.pop("key")
+
+    def fn(chunk):
+        xs, idx = chunk
+        return jax.vmap(
+            lambda xi, i: _log_prob_one(b, xi, base_log_prob, i, key, **opts)
+        )(xs, idx)
+
+    logp, x_base = _map_in_chunks(fn, (x, jnp.arange(x.shape[0])), chunk_size)
+    return (logp, x_base) if return_base else logp

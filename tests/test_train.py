@@ -1,0 +1,158 @@
+"""Trainer: sharding equivalence, no recompilation, exact resume, NaN handling."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lfm_jax import checkpoint, distributed, flow_matching, interpolants, networks
+from lfm_jax import time_sampling, train
+
+BATCH = 32
+
+
+def _setup(num_devices, steps_per_call=4, lr=1e-3):
+    net = networks.velocity_mlp((2,), hidden=(32, 32))
+    loss = flow_matching.make_loss(net.apply, interpolants.linear(), time_sampling.get("uniform"))
+    opt = train.make_optimizer(lr=lr, grad_clip=1.0)
+    mesh = distributed.make_mesh(num_devices)
+    step = train.make_train_step(loss, opt, sample_batch=flow_matching.make_sample_batch(BATCH),
+                                 steps_per_call=steps_per_call, mesh=mesh)
+    state = train.create_train_state(jax.random.PRNGKey(0), net.init(jax.random.PRNGKey(1)), opt)
+    data = jax.random.normal(jax.random.PRNGKey(2), (500, 2)) * 0.5 + 1.0
+    return distributed.replicate(state, mesh), step, distributed.replicate(data, mesh)
+
+
+def _host(tree):
+    return jax.tree_util.tree_map(np.asarray, jax.device_get(tree))
+
+
+def _assert_trees_close(a, b, **kw):
+    for x, y in zip(jax.tree_util.tree_leaves(_host(a)), jax.tree_util.tree_leaves(_host(b))):
+        np.testing.assert_allclose(x, y, **kw)
+
+
+def test_sharded_step_equals_single_device():
+    assert jax.device_count() >= 4, "conftest sets 4 simulated CPU devices"
+    results = {}
+    for n in (1, 4):
+        state, step, data = _setup(n)
+        state, metrics = step(state, data)
+        results[n] = (state, metrics)
+    # the batch is split over 4 devices; only the reduction order differs
+    _assert_trees_close(results[1][0].params, results[4][0].params, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(results[1][1]["loss"], results[4][1]["loss"], rtol=1e-5)
+    assert int(results[4][0].step) == 4
+
+
+def test_sharded_step_with_host_fed_batches():
+    net = networks.velocity_mlp((2,), hidden=(16,))
+    loss = flow_matching.make_loss(net.apply, interpolants.linear(), time_sampling.get("uniform"))
+    opt = train.make_optimizer(lr=1e-3)
+    batches = np.random.default_rng(0).normal(size=(3, BATCH, 2)).astype(np.float32)
+    out = []
+    for n in (1, 4):
+        mesh = distributed.make_mesh(n)
+        step = train.make_train_step(loss, opt, steps_per_call=3, mesh=mesh)
+        state = train.create_train_state(jax.random.PRNGKey(0), net.init(jax.random.PRNGKey(1)), opt)
+        state = distributed.replicate(state, mesh)
+        sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, "data"))
+        state, m = step(state, jax.device_put(batches, sharding))
+        out.append(state.params)
+    _assert_trees_close(out[0], out[1], rtol=1e-5, atol=1e-6)
+
+
+def test_step_is_traced_once():
+    traces = []
+    net = networks.velocity_mlp((2,), hidden=(16,))
+    inner = flow_matching.make_loss(net.apply, interpolants.linear(), time_sampling.get("uniform"))
+
+    def loss(params, key, batch):
+        traces.append(1)
+        return inner(params, key, batch)
+
+    opt = train.make_optimizer(lr=1e-3)
+    mesh = distributed.make_mesh()
+    step = train.make_train_step(loss, opt, sample_batch=flow_matching.make_sample_batch(BATCH),
+                                 steps_per_call=2, mesh=mesh)
+    state = train.create_train_state(jax.random.PRNGKey(0), net.init(jax.random.PRNGKey(1)), opt,
+                                     mesh=mesh)
+    data = distributed.replicate(jnp.ones((100, 2)), mesh)
+    state, _ = step(state, data)
+    n_after_first = len(traces)
+    for _ in range(10):
+        state, _ = step(state, data)
+    assert len(traces) == n_after_first
+    assert step._cache_size() == 1
+    assert int(state.step) == 22
+
+
+class _Killed(Exception):
+    pass
+
+
+def _run(workdir, total, kill_at=None, save_every=8):
+    state, step, data = _setup(4, steps_per_call=4)
+    ckpt = checkpoint.Checkpointer(workdir, save_every=save_every, keep=2)
+    state = ckpt.restore(state)
+    losses = {}
+
+    def callback(s, m):
+        for i, l in enumerate(m["loss"]):
+            losses[s - len(m["loss"]) + i + 1] = float(l)
+        if kill_at is not None and s >= kill_at:
+            raise _Killed
+
+    try:
+        state, _ = train.fit(state, step, data, total, steps_per_call=4, callback=callback,
+                             checkpointer=ckpt)
+    except _Killed:
+        ckpt.wait()
+        return None, losses
+    ckpt.close()
+    return state, losses
+
+
+def test_kill_and_resume_is_exact(tmp_path):
+    straight, straight_losses = _run(str(tmp_path / "a"), 40)
+    # killed at step 20: checkpoints exist at 8 and 16; steps 17..20 are lost
+    assert _run(str(tmp_path / "b"), 40, kill_at=20)[0] is None
+    assert checkpoint.Checkpointer(str(tmp_path / "b")).latest_step() == 16
+    resumed, resumed_losses = _run(str(tmp_path / "b"), 40)
+    assert int(resumed.step) == 40
+    for a, b in zip(jax.tree_util.tree_leaves(_host(straight)),
+                    jax.tree_util.tree_leaves(_host(resumed))):
+        np.testing.assert_array_equal(a, b)
+    for s in range(17, 41):
+        assert resumed_losses[s] == straight_losses[s]
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    # w moves from 0 towards 1; the loss turns NaN once w > 0.5 (after ~10 steps)
+    def loss(params, key, batch):
+        w = params["w"]
+        value = jnp.mean((w - batch) ** 2)
+        return jnp.where(w < 0.5, value, jnp.nan), {}
+
+    opt = train.make_optimizer(lr=0.05)
+    step = train.make_train_step(loss, opt, sample_batch=lambda k, d: d, steps_per_call=1,
+                                 ema_decay=0.0)
+    state = train.create_train_state(jax.random.PRNGKey(0), {"w": jnp.zeros(())}, opt)
+    ckpt = checkpoint.Checkpointer(str(tmp_path), save_every=3, keep=5, async_save=False)
+    with pytest.raises(train.NonFiniteLossError, match="loss became nan at step"):
+        train.fit(state, step, jnp.ones((BATCH,)), 100, checkpointer=ckpt)
+    last = ckpt.latest_step()
+    assert last is not None and 3 <= last < 20
+    restored = ckpt.restore(state)
+    assert np.isfinite(float(restored.params["w"])) and float(restored.params["w"]) < 0.5
+
+
+def test_batch_not_divisible_by_devices():
+    with pytest.raises(ValueError, match="not divisible"):
+        distributed.check_batch_size(30, distributed.make_mesh(4))
+
+
+def test_fit_rejects_misaligned_fused_steps():
+    state, step, data = _setup(1, steps_per_call=4)
+    with pytest.raises(ValueError, match="multiple of steps_per_call"):
+        train.fit(state, step, data, 10, steps_per_call=4)
