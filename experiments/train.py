@@ -7,7 +7,7 @@ Re-running the same command on a workdir that holds a checkpoint resumes it.
 Multi-host: pass --distributed to call jax.distributed.initialize() first.
 """
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
@@ -21,6 +21,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    logging.set_verbosity(logging.WARNING)
     import jax
 
     if FLAGS.distributed:

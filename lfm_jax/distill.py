@@ -258,6 +258,38 @@ def make_self_distill_loss(objective: str, flow_map: flow_map_lib.FlowMap, *,
     return loss_fn
 
 
+# Full objective names (those of `lfm_jax.losses`, used by configs) ->
+# (factory, short name, needs a teacher velocity).
+OBJECTIVES = {
+    "lagrangian_distillation": ("distill", "lagrangian", True),
+    "eulerian_distillation": ("distill", "eulerian", True),
+    "progressive_distillation": ("distill", "progressive", True),
+    "flow_map_matching": ("distill", "flow_map_matching", False),
+    "lagrangian_self_distillation": ("self", "lagrangian", False),
+    "eulerian_self_distillation": ("self", "eulerian", False),
+    "progressive_self_distillation": ("self", "progressive", False),
+}
+
+_FACTORIES = {"distill": make_distill_loss, "self": make_self_distill_loss}
+
+
+def needs_teacher(name: str) -> bool:
+    """Whether objective `name` (a key of `OBJECTIVES`) distils a teacher velocity."""
+    return _lookup(OBJECTIVES, name, "flow-map objective")[2]
+
+
+def make_loss(name: str, flow_map: flow_map_lib.FlowMap, teacher_b=None, **kwargs):
+    """Batch loss for a full objective name (a key of `OBJECTIVES`).
+
+    kwargs go to `make_distill_loss` (teacher objectives and "flow_map_matching") or
+    `make_self_distill_loss`; options the chosen factory does not take are an error.
+    """
+    kind, short, teacher = _lookup(OBJECTIVES, name, "flow-map objective")
+    if kind == "distill":
+        return make_distill_loss(short, flow_map, teacher_b if teacher else None, **kwargs)
+    return make_self_distill_loss(short, flow_map, **kwargs)
+
+
 # ---------------------------------------------------------------------------
 # Training driver (thin wrapper over lfm_jax.train).
 # ---------------------------------------------------------------------------

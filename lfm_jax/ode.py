@@ -51,6 +51,15 @@ def _lookup(registry, name, what):
     return registry[name]
 
 
+def _vector_field(t, y, f):
+    """diffrax vector field; the velocity travels as ``args`` so that diffrax's
+    compiled solve is cached across calls with the same velocity object."""
+    return f(t, y)
+
+
+_TERM = diffrax.ODETerm(_vector_field)
+
+
 def _solve(f, y0, t0, t1, *, solver, rtol, atol, num_steps, max_steps, save_times):
     """Solve dy/dt = f(t, y) for ONE example (y0 any pytree) with diffrax.
 
@@ -58,6 +67,9 @@ def _solve(f, y0, t0, t1, *, solver, rtol, atol, num_steps, max_steps, save_time
     the states at those times, each leaf with a leading axis of length T.
     """
     solver_cls, adaptive = _lookup(SOLVERS, solver, "solver")
+    # Times as arrays, not Python floats, so new times do not recompile diffrax's
+    # (cached) solve.
+    t0, t1 = jnp.asarray(t0), jnp.asarray(t1)
     if num_steps is not None:
         num_steps = int(num_steps)
         if num_steps < 1:
@@ -66,7 +78,10 @@ def _solve(f, y0, t0, t1, *, solver, rtol, atol, num_steps, max_steps, save_time
         dt0 = (t1 - t0) / num_steps
         max_steps = max(int(max_steps), num_steps)
     elif adaptive:
-        controller = diffrax.PIDController(rtol=rtol, atol=atol)
+        # Tolerances as arrays too: changing them does not recompile.
+        controller = diffrax.PIDController(
+            rtol=jnp.asarray(rtol), atol=jnp.asarray(atol)
+        )
         dt0 = None  # diffrax picks the first step; the sign follows t1 - t0.
     else:
         raise ValueError(f"solver {solver!r} is fixed-step: pass num_steps")
@@ -75,12 +90,13 @@ def _solve(f, y0, t0, t1, *, solver, rtol, atol, num_steps, max_steps, save_time
     else:
         saveat = diffrax.SaveAt(ts=jnp.asarray(save_times))
     sol = diffrax.diffeqsolve(
-        diffrax.ODETerm(lambda t, y, args: f(t, y)),
+        _TERM,
         solver_cls(),
         t0,
         t1,
         dt0,
         y0,
+        args=f,
         saveat=saveat,
         stepsize_controller=controller,
         max_steps=max_steps,
@@ -290,6 +306,13 @@ def standard_normal_log_prob(x: jax.Array) -> jax.Array:
     return -0.5 * jnp.sum(jnp.square(x)) - 0.5 * x.size * math.log(2.0 * math.pi)
 
 
+def _augmented_velocity(b, vel_div, probes, t, state):
+    """Velocity of the augmented state (x, delta): (b(t, x), div b(t, x))."""
+    y, _ = state
+    v, div = vel_div(b, t, y, probes)
+    return v, div.astype(y.dtype)
+
+
 def _log_prob_one(
     b, x, base_log_prob, index, key, *, t_data, t_base, method, n_probes, probe,
     solver, rtol, atol, num_steps, max_steps,
@@ -302,11 +325,8 @@ def _log_prob_one(
         probes = draw_probes(jax.random.fold_in(key, index), x.shape, n_probes,
                              x.dtype, probe)
 
-    def augmented(t, state):
-        y, _ = state
-        v, div = vel_div(b, t, y, probes)
-        return v, div.astype(y.dtype)
-
+    # A pytree Partial (not a fresh closure) so diffrax's compiled solve is reused.
+    augmented = jax.tree_util.Partial(_augmented_velocity, b, vel_div, probes)
     delta0 = jnp.zeros((), x.dtype)
     x_base, delta = _solve(
         augmented, (x, delta0), t_data, t_base, solver=solver, rtol=rtol, atol=atol,

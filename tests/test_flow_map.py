@@ -267,7 +267,7 @@ def test_distillation_gradients_flow_through_student_only():
     """LMD differentiates through X_{s,t}(x) inside the frozen teacher (FMM paper);
     PFMM's teacher map gets no gradient; a frozen teacher's params get none."""
     fm, params, x0, x1, interp = _sg_setup()
-    s, t = jnp.asarray(0.2), jnp.asarray(0.8)
+    s, t = jnp.asarray(0.2), jnp.asarray(0.6)  # sigma'_t != 0, so b depends on x
     x_s, _ = interpolants.interpolate(interp, s, x0, x1)
     b = lambda tt, y: exact_b(tt, y).astype(y.dtype)
 
@@ -282,12 +282,10 @@ def test_distillation_gradients_flow_through_student_only():
         p, fm.apply(params, s, t, x_s)))(params))
 
     # Progressive with the student's own params as teacher: only the student moves.
-    target = distill.ode_flow_map(fm.bind_velocity(params), 2)
     def pf(p, teacher_p):
         return losses.progressive_distillation(fm.bind(p), fm.bind(teacher_p), s, t, x_s, 2)
     g_teacher = jax.grad(pf, argnums=1)(params, params)
     assert not _tree_differs(g_teacher, jax.tree_util.tree_map(jnp.zeros_like, params))
-    del target
 
 
 def test_learned_weighting_trains_and_masks_diagonal():
@@ -306,7 +304,7 @@ def test_learned_weighting_trains_and_masks_diagonal():
     np.testing.assert_allclose(val, l_b, rtol=1e-5)
     loss_fn = distill.make_self_distill_loss("lagrangian", fm, interp=interp)
     batch = jax.random.normal(jax.random.PRNGKey(1), (64, DIM))
-    g = jax.grad(lambda p: loss_fn(p, jax.random.PRNGKey(2), batch)[0])(params)
+    g = jax.jit(jax.grad(lambda p: loss_fn(p, jax.random.PRNGKey(2), batch)[0]))(params)
     assert _tree_differs(g["weight"], jax.tree_util.tree_map(jnp.zeros_like, g["weight"]))
 
 
@@ -346,17 +344,19 @@ def _train(loss_fn, params, steps, lr=3e-3, batch_size=256):
     return run(params)
 
 
-# (name, loss factory, steps, required error reduction factor)
+# (name, loss factory, steps, required error reduction factor). Observed with 300
+# steps (seed 0): distillation and direct matching ~190-420x, self-distillation ~25-75x;
+# the asserted factors leave a wide margin.
 TRAINING_CASES = [
-    ("lmd", lambda fm: distill.make_distill_loss("lagrangian", fm, exact_b), 400, 20.0),
-    ("emd", lambda fm: distill.make_distill_loss("eulerian", fm, exact_b), 400, 20.0),
+    ("lmd", lambda fm: distill.make_distill_loss("lagrangian", fm, exact_b), 300, 30.0),
+    ("emd", lambda fm: distill.make_distill_loss("eulerian", fm, exact_b), 300, 30.0),
     ("pfmm", lambda fm: distill.make_distill_loss("progressive", fm, exact_b,
                                                   num_teacher_steps=2, teacher_substeps=2),
-     400, 20.0),
-    ("fmm", lambda fm: distill.make_distill_loss("flow_map_matching", fm), 400, 5.0),
-    ("lsd", lambda fm: distill.make_self_distill_loss("lagrangian", fm), 400, 5.0),
-    ("esd", lambda fm: distill.make_self_distill_loss("eulerian", fm), 400, 5.0),
-    ("psd", lambda fm: distill.make_self_distill_loss("progressive", fm), 400, 5.0),
+     300, 30.0),
+    ("fmm", lambda fm: distill.make_distill_loss("flow_map_matching", fm), 300, 30.0),
+    ("lsd", lambda fm: distill.make_self_distill_loss("lagrangian", fm), 300, 10.0),
+    ("esd", lambda fm: distill.make_self_distill_loss("eulerian", fm), 300, 10.0),
+    ("psd", lambda fm: distill.make_self_distill_loss("progressive", fm), 300, 10.0),
 ]
 
 

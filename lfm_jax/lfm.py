@@ -1,0 +1,414 @@
+"""Local Flow Matching (LFM, Xu, Cheng and Xie, arXiv 2410.02548; SPEC 3).
+
+A local flow is N invertible blocks T_1, ..., T_N that carry data towards N(0, I)
+by small steps. Block n carries x_l ~ q_{n-1} (data pushed through T_1..T_{n-1};
+q_0 = data) at t = 0 to its Ornstein-Uhlenbeck (OU) step at t = 1,
+
+    x_r = exp(-h_n) x_l + sqrt(1 - exp(-2 h_n)) z,   z ~ N(0, I),
+
+so its velocity field v_n is learned by flow matching on the pair (x0, x1) =
+(x_l, x_r) and T_n(x) is the solution at t = 1 of dx/dt = v_n(t, x), x(0) = x.
+A "free" block has h = inf: x_r ~ N(0, I) independent of x_l, an ordinary
+flow-matching block to the Gaussian (`step_sizes(..., free_last_block=True)`).
+
+Generation: z ~ N(0, I), x = T_1^{-1}( ... T_N^{-1}(z)) (each inverse integrates
+its block's ODE from t = 1 back to 0). Likelihood (nats):
+
+    log q(x) = log N(T(x); 0, I) + sum_n int_0^1 div v_n(t, x_n(t)) dt,
+
+x_n(t) the trajectory through block n. Truncating after n blocks,
+q_n(x) = N(T_n...T_1(x); 0, I) |det d(T_n...T_1)/dx| is itself a normalised
+density, reported after each block during training.
+
+This module is pure maths on callables and arrays:
+- `ou_step`, `ou_coefficients`, `ou_moments`, `step_sizes`, `cumulative_ou_time`;
+- `make_block_loss`, `make_sample_batch`: the per-block training loss for
+  `lfm_jax.train.make_train_step`;
+- `gaussian_block_velocity`: the exact (affine) field of a block for Gaussian data;
+- `LocalFlow`: N blocks sharing one velocity function, one params pytree per block:
+  `push_forward`, `push_backward`, `generate`, `log_prob`, `block_log_det`;
+- `moment_check`, `chi_square_diagnostics`: the SPEC 3 checks.
+Block-by-block training with checkpoints and resume is `lfm_jax.runs.lfm`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Callable, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lfm_jax import distributed, losses, ode
+
+Velocity = Callable  # velocity(params, t, x) -> dx/dt for ONE example
+
+
+# ----------------------------------------------------------------------------- OU
+
+def ou_coefficients(h):
+    """(a, s) = (exp(-h), sqrt(1 - exp(-2h))) of an OU step of length h.
+
+    h = inf gives (0, 1): the step forgets x entirely (a free block).
+    """
+    h = jnp.asarray(h)
+    return jnp.exp(-h), jnp.sqrt(-jnp.expm1(-2.0 * h))
+
+
+def ou_step(key, x, h):
+    """One exact step of dX = -X dt + sqrt(2) dW of length h.
+
+    y = exp(-h) x + sqrt(1 - exp(-2h)) z, z ~ N(0, I).
+
+    Args:
+      key: PRNG key.
+      x: (n, ...) batch (or one example when h is a scalar).
+      h: scalar, or (n,) one step length per example.
+    Returns:
+      y, same shape and dtype as x.
+    """
+    x = jnp.asarray(x)
+    h = jnp.asarray(h, x.dtype)
+    if h.ndim == 1:
+        h = h.reshape(h.shape + (1,) * (x.ndim - 1))
+    a, s = ou_coefficients(h)
+    z = jax.random.normal(key, x.shape, x.dtype)
+    return a * x + s * z
+
+
+def ou_moments(mean, cov, h):
+    """Mean and covariance after an OU step: exp(-h) m, exp(-2h) C + (1 - exp(-2h)) I.
+
+    mean (d,), cov (d, d) -> ((d,), (d, d)). h = inf gives (0, I).
+    """
+    a, s = ou_coefficients(h)
+    mean, cov = jnp.asarray(mean), jnp.asarray(cov)
+    eye = jnp.eye(cov.shape[0], dtype=cov.dtype)
+    return a * mean, a * a * cov + s * s * eye
+
+
+def step_sizes(num_blocks: int, c: float = 0.025, rho: float = 1.25,
+               explicit: Optional[Sequence[float]] = None,
+               free_last_block: bool = False) -> tuple:
+    """OU step sizes of the N blocks, a tuple of N floats.
+
+    Geometric: h_n = c * rho^(n-1) for the OU blocks n = 1, 2, ...; or the given
+    `explicit` list of OU step sizes. With `free_last_block`, block N is free and its
+    entry is `math.inf` (x_r ~ N(0, I) independent of x_l), so N - 1 blocks are OU.
+
+    Args:
+      num_blocks: N, the total number of blocks (free block included). With
+        `explicit`, 0 means len(explicit) + free_last_block; any other value must
+        equal it.
+    """
+    n_ou = int(num_blocks) - int(bool(free_last_block))
+    if explicit is not None and len(explicit) > 0:
+        hs = tuple(float(h) for h in explicit)
+        if num_blocks and len(hs) != n_ou:
+            raise ValueError(f"{len(hs)} explicit step sizes for {num_blocks} blocks "
+                             f"(free_last_block={free_last_block}): need {n_ou}")
+    else:
+        if n_ou < 0 or num_blocks < 1:
+            raise ValueError(f"need at least one block, got num_blocks={num_blocks}")
+        hs = tuple(float(c) * float(rho) ** k for k in range(n_ou))
+    if any(not h > 0 for h in hs):
+        raise ValueError(f"OU step sizes must be positive, got {hs}")
+    return hs + ((math.inf,) if free_last_block else ())
+
+
+def cumulative_ou_time(hs: Sequence[float]) -> np.ndarray:
+    """H_n = h_1 + ... + h_n for n = 0..N, shape (N + 1,) (inf after a free block)."""
+    return np.concatenate([[0.0], np.cumsum(np.asarray(hs, np.float64))])
+
+
+# ------------------------------------------------------------------------- losses
+
+def make_sample_batch(batch_size: int) -> Callable:
+    """Device-side batch sampler for `train.make_train_step`.
+
+    data = {"x": (n, ...) pushed data q_{n-1}, "h": scalar step size} (replicated).
+    Returns batch = {"x": (B, ...) rows drawn with replacement, "h": (B,) the step
+    size repeated}, so every leaf shards on its leading (batch) axis.
+    """
+
+    def sample_batch(key, data):
+        x = data["x"]
+        idx = jax.random.randint(key, (batch_size,), 0, x.shape[0])
+        return {"x": x[idx], "h": jnp.full((batch_size,), data["h"], x.dtype)}
+
+    return sample_batch
+
+
+def make_block_loss(velocity: Velocity, interp, time_sampler: Callable) -> Callable:
+    """Batch loss of one block: (params, key, batch) -> (mean FM loss, {}).
+
+    batch = {"x": x_l (B, ...), "h": (B,)}. Inside, the OU pair
+    x_r = exp(-h) x_l + sqrt(1 - exp(-2h)) z (x_r ~ N(0, I) when h = inf) and times
+    t ~ time_sampler are drawn, and the per-example `losses.flow_matching` with
+    x0 = x_l, x1 = x_r is vmapped and averaged. Its minimiser is
+    v(t, x) = E[dI_t | I_t = x].
+    """
+
+    def loss_fn(params, key, batch):
+        x_l, h = batch["x"], batch["h"]
+        k_ou, k_t = jax.random.split(key)
+        x_r = ou_step(k_ou, x_l, h)
+        t = time_sampler(k_t, x_l.shape[0]).astype(x_l.dtype)
+        b = lambda t_, x_: velocity(params, t_, x_)
+        per_example = jax.vmap(lambda t_, a, c: losses.flow_matching(b, interp, t_, a, c))
+        return jnp.mean(per_example(t, x_l, x_r)), {}
+
+    return loss_fn
+
+
+def gaussian_block_velocity(interp) -> Velocity:
+    """Exact field of a block whose input is Gaussian, as velocity(params, t, x).
+
+    params = {"mean": m (d,), "cov": C (d, d), "h": h}: x_l ~ N(m, C) and
+    x_r = a x_l + s z (a = exp(-h), s = sqrt(1 - a^2)). Then
+    I_t = A x_l + B z and dI_t = A' x_l + B' z with A = alpha + beta a, B = beta s,
+    A' = alpha' + beta' a, B' = beta' s, so (I_t, dI_t) is jointly Gaussian and
+
+        v(t, x) = E[dI_t | I_t = x] = A' m + K_t S_t^{-1} (x - A m),
+        S_t = A^2 C + B^2 I,  K_t = A A' C + B B' I.
+
+    Its flow carries N(m, C) at t = 0 to N(a m, a^2 C + s^2 I) at t = 1 (the OU
+    moments), so chaining blocks gives an exact local flow for Gaussian data.
+    """
+
+    def velocity(params, t, x):
+        m, C, h = params["mean"], params["cov"], params["h"]
+        a, s = ou_coefficients(h)
+        A = interp.alpha(t) + interp.beta(t) * a
+        B = interp.beta(t) * s
+        dA = interp.dalpha(t) + interp.dbeta(t) * a
+        dB = interp.dbeta(t) * s
+        eye = jnp.eye(C.shape[0], dtype=C.dtype)
+        S = A * A * C + B * B * eye
+        K = A * dA * C + B * dB * eye
+        return dA * m + K @ jnp.linalg.solve(S, x - A * m)
+
+    return velocity
+
+
+# ------------------------------------------------------------------ chunked helper
+
+def map_in_chunks(fn: Callable, arrays: Sequence, chunk_size: int, mesh=None):
+    """Apply a jitted batch function chunk by chunk, each chunk sharded on the mesh.
+
+    fn(chunk_index, *chunks) -> pytree of arrays with leading axis = chunk length.
+    Every chunk has the same length (the last one is padded by repeating its last row
+    and the padding cut off), a multiple of the mesh's data-axis size, and is placed
+    with the batch sharding, so the devices split each chunk and only one chunk lives
+    on the devices at a time. Returns the concatenated outputs as numpy arrays.
+    Single-process only (the chunks come from host memory).
+    """
+    mesh = distributed.make_mesh() if mesh is None else mesh
+    ndev = mesh.shape[distributed.DATA_AXIS]
+    arrays = [np.asarray(a) for a in arrays]
+    n = arrays[0].shape[0]
+    chunk = min(int(chunk_size), -(-n // ndev) * ndev)
+    chunk = max(ndev, -(-chunk // ndev) * ndev)
+    sharding = distributed.batch_sharded(mesh)
+    outs = []
+    for i, start in enumerate(range(0, n, chunk)):
+        parts = [a[start:start + chunk] for a in arrays]
+        m = parts[0].shape[0]
+        if m < chunk:
+            parts = [np.concatenate([p, np.repeat(p[-1:], chunk - m, axis=0)]) for p in parts]
+        parts = [jax.device_put(p, sharding) for p in parts]
+        out = fn(np.int32(i), *parts)
+        outs.append(jax.tree_util.tree_map(lambda o: np.asarray(o)[:m], out))
+    return jax.tree_util.tree_map(lambda *o: np.concatenate(o, axis=0), *outs)
+
+
+# ----------------------------------------------------------------------- the model
+
+def _zero_log_prob(x):
+    return jnp.zeros((), x.dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class LocalFlow:
+    """N blocks of one velocity function, each with its own params pytree.
+
+    Attributes:
+      velocity: velocity(params, t, x) -> dx/dt for ONE example of `example_shape`
+        (e.g. `networks.velocity_mlp(...).apply`, or `gaussian_block_velocity`).
+      step_sizes: (N,) OU step sizes h_n (inf for a free block); defines N.
+      example_shape: shape of one example, e.g. (d,).
+      solver, rtol, atol, num_steps, max_steps: ODE options of `ode.integrate`
+        (num_steps None: adaptive).
+      chunk_size: examples per device call when pushing, generating or scoring.
+    Every method taking `params_list` expects one params pytree per block (blocks
+    1..len(params_list); fewer than N gives the truncated model).
+    """
+
+    velocity: Velocity
+    step_sizes: tuple
+    example_shape: tuple
+    solver: str = "tsit5"
+    rtol: float = 1e-5
+    atol: float = 1e-5
+    num_steps: Optional[int] = None
+    max_steps: int = 4096
+    chunk_size: int = 1000
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.step_sizes)
+
+    @property
+    def dim(self) -> int:
+        return math.prod(self.example_shape)
+
+    def _ode_kw(self):
+        return dict(solver=self.solver, rtol=self.rtol, atol=self.atol,
+                    num_steps=self.num_steps, max_steps=self.max_steps)
+
+    # -- one block -----------------------------------------------------------------
+    def block_map(self, params, x, *, inverse: bool = False, mesh=None) -> np.ndarray:
+        """T_n(x) (t: 0 -> 1) or T_n^{-1}(x) (t: 1 -> 0) for a batch x (n, ...)."""
+        fn = _jitted_block_map(self, bool(inverse))
+        return map_in_chunks(lambda i, xc: fn(params, xc), [x], self.chunk_size, mesh)
+
+    def block_log_det(self, params, x, *, method: str = "exact", key=None,
+                      n_probes: int = 1, mesh=None):
+        """(T_n(x), int_0^1 div v_n(t, x(t)) dt) for a batch x (n, ...).
+
+        The integral is log q_{n-1}(x) - log q_n(T_n(x)) (nats), by
+        `ode.log_prob(..., t_data=0, t_base=1)` with a zero base; shapes
+        ((n, ...), (n,)). Hutchinson probes are keyed by fold_in(key, chunk index).
+        """
+        if method != "exact" and key is None:
+            raise ValueError(f"divergence method {method!r} needs a key")
+        key = jax.random.PRNGKey(0) if key is None else key
+        fn = _jitted_block_log_det(self, method, int(n_probes))
+        return map_in_chunks(lambda i, xc: fn(params, xc, jax.random.fold_in(key, i)),
+                             [x], self.chunk_size, mesh)
+
+    # -- all blocks -----------------------------------------------------------------
+    def push_forward(self, params_list, x, *, mesh=None) -> np.ndarray:
+        """T_k ... T_1(x) (data -> noise) for k = len(params_list); x (n, ...)."""
+        for params in params_list:
+            x = self.block_map(params, x, mesh=mesh)
+        return x
+
+    def push_backward(self, params_list, z, *, mesh=None) -> np.ndarray:
+        """T_1^{-1} ... T_k^{-1}(z) (noise -> data); z (n, ...)."""
+        for params in reversed(list(params_list)):
+            z = self.block_map(params, z, inverse=True, mesh=mesh)
+        return z
+
+    def generate(self, params_list, key, n: int, *, mesh=None) -> np.ndarray:
+        """n samples (n, *example_shape): z ~ N(0, I) through the inverse blocks."""
+        z = jax.random.normal(key, (int(n),) + tuple(self.example_shape))
+        return self.push_backward(params_list, np.asarray(z), mesh=mesh)
+
+    def log_prob(self, params_list, x, *, method: str = "exact", key=None,
+                 n_probes: int = 1, per_block: bool = False, mesh=None) -> np.ndarray:
+        """log q(x) in nats, log N(T(x); 0, I) + sum_n int_0^1 div v_n dt.
+
+        Args:
+          x: (n, ...) points.
+          method: "exact" (Jacobian trace) or "hutchinson" (needs key).
+          per_block: also return the truncated models.
+        Returns:
+          (n,), or with per_block (k + 1, n): row j is log q_j(x) of the model
+          truncated after j blocks (row 0: N(x; 0, I); row k: the full model).
+        """
+        logdet = np.zeros(np.shape(x)[0], np.float64)
+        rows = [self._base_log_prob(x, mesh)]
+        for n, params in enumerate(params_list):
+            bkey = None if key is None else jax.random.fold_in(key, n)
+            x, delta = self.block_log_det(params, x, method=method, key=bkey,
+                                          n_probes=n_probes, mesh=mesh)
+            logdet = logdet + delta
+            if per_block or n == len(params_list) - 1:
+                rows.append(self._base_log_prob(x, mesh) + logdet)
+        return np.stack(rows) if per_block else rows[-1]
+
+    def _base_log_prob(self, x, mesh):
+        fn = _jitted_base_log_prob()
+        return map_in_chunks(lambda i, xc: fn(xc), [x], self.chunk_size, mesh).astype(
+            np.float64)
+
+
+@functools.lru_cache(maxsize=64)
+def _jitted_block_map(model: LocalFlow, inverse: bool):
+    t0, t1 = (1.0, 0.0) if inverse else (0.0, 1.0)
+
+    def fn(params, x):
+        b = lambda t, y: model.velocity(params, t, y)
+        return ode.integrate(b, x, t0, t1, **model._ode_kw())
+
+    return jax.jit(fn)
+
+
+@functools.lru_cache(maxsize=64)
+def _jitted_block_log_det(model: LocalFlow, method: str, n_probes: int):
+    def fn(params, x, key):
+        b = lambda t, y: model.velocity(params, t, y)
+        delta, x_next = ode.log_prob(b, x, _zero_log_prob, t_data=0.0, t_base=1.0,
+                                     method=method, key=key, n_probes=n_probes,
+                                     return_base=True, **model._ode_kw())
+        return x_next, delta
+
+    return jax.jit(fn)
+
+
+@functools.lru_cache(maxsize=1)
+def _jitted_base_log_prob():
+    return jax.jit(jax.vmap(ode.standard_normal_log_prob))
+
+
+# ----------------------------------------------------------------------- diagnostics
+
+def moment_check(x_prev, x_next, h) -> dict:
+    """Compare the moments of pushed samples with the OU prediction (SPEC 3).
+
+    x_prev (n, d) ~ q_{n-1}, x_next = T_n(x_prev) (n, d). The exact block carries
+    mean m and covariance C to exp(-h) m and exp(-2h) C + (1 - exp(-2h)) I.
+    Returns max-abs and relative Frobenius errors of mean and covariance (floats).
+    """
+    x_prev = np.asarray(x_prev, np.float64).reshape(len(x_prev), -1)
+    x_next = np.asarray(x_next, np.float64).reshape(len(x_next), -1)
+    m, C = x_prev.mean(0), np.atleast_2d(np.cov(x_prev, rowvar=False))
+    a, s = math.exp(-h), math.sqrt(-math.expm1(-2.0 * h))
+    m_pred, C_pred = a * m, a * a * C + s * s * np.eye(len(m))
+    m_obs, C_obs = x_next.mean(0), np.atleast_2d(np.cov(x_next, rowvar=False))
+    return {
+        "mean_err_max": float(np.max(np.abs(m_obs - m_pred))),
+        "cov_err_max": float(np.max(np.abs(C_obs - C_pred))),
+        "cov_err_rel": float(np.linalg.norm(C_obs - C_pred) / np.linalg.norm(C_pred)),
+        "mean_norm_pred": float(np.linalg.norm(m_pred)),
+        "cov_trace_pred": float(np.trace(C_pred)),
+        "cov_trace_obs": float(np.trace(C_obs)),
+    }
+
+
+def chi_square_diagnostics(log_p, log_q) -> dict:
+    """Excess NLL and chi-square of p_data against a model q, from samples x_i ~ p.
+
+    With r_i = log p(x_i) - log q(x_i):
+      excess NLL = mean_i r_i, an estimate of KL(p || q) = NLL_q - H(p);
+      chi2(p || q) = E_p[p / q] - 1, estimated by mean_i exp(r_i) - 1
+    (unbiased but heavy-tailed: a few points where q is small dominate). Standard
+    errors are std / sqrt(n). Inputs (n,) in nats; returns floats.
+    """
+    r = np.asarray(log_p, np.float64) - np.asarray(log_q, np.float64)
+    r = r[np.isfinite(r)]
+    n = max(len(r), 1)
+    shift = np.max(r) if len(r) else 0.0
+    w = np.exp(r - shift)
+    ratio_mean = float(np.exp(shift) * np.mean(w)) if len(r) else float("nan")
+    ratio_se = float(np.exp(shift) * np.std(w, ddof=1) / math.sqrt(n)) if n > 1 else 0.0
+    return {
+        "excess_nll": float(np.mean(r)) if len(r) else float("nan"),
+        "excess_nll_stderr": float(np.std(r, ddof=1) / math.sqrt(n)) if n > 1 else 0.0,
+        "chi2": ratio_mean - 1.0,
+        "chi2_stderr": ratio_se,
+    }
