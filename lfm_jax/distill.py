@@ -270,9 +270,6 @@ OBJECTIVES = {
     "progressive_self_distillation": ("self", "progressive", False),
 }
 
-_FACTORIES = {"distill": make_distill_loss, "self": make_self_distill_loss}
-
-
 def needs_teacher(name: str) -> bool:
     """Whether objective `name` (a key of `OBJECTIVES`) distils a teacher velocity."""
     return _lookup(OBJECTIVES, name, "flow-map objective")[2]

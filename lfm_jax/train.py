@@ -96,7 +96,8 @@ def _ema_update(ema, params, decay):
 
 def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation, *,
                     sample_batch: Callable | None = None, steps_per_call: int = 1,
-                    ema_decay: float = 0.999, mesh=None, donate: bool = True):
+                    ema_decay: float = 0.999, mesh=None, donate: bool = True,
+                    unroll: int | bool = 1):
     """Jitted `step(state, data) -> (state, metrics)` running `steps_per_call` steps.
 
     Args:
@@ -106,6 +107,8 @@ def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation, 
       steps_per_call: optimisation steps fused per compiled call (lax.scan).
       ema_decay: EMA of params (0 disables averaging: ema = params).
       mesh: device mesh (default: all devices on one "data" axis).
+      unroll: `lax.scan` unroll factor for the fused steps (True: fully unrolled;
+        can help XLA:CPU, costs compile time).
     Returns:
       step(state, data); metrics is a dict of arrays of shape (steps_per_call,),
       with 'loss' and 'grad_norm' plus loss_fn's aux entries.
@@ -135,8 +138,8 @@ def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation, 
     def multi_step(state, data):
         if sample_batch is not None:
             return jax.lax.scan(lambda s, _: one_step(s, data), state, None,
-                                length=steps_per_call)
-        return jax.lax.scan(one_step, state, data)
+                                length=steps_per_call, unroll=unroll)
+        return jax.lax.scan(one_step, state, data, unroll=unroll)
 
     data_sharding = repl if sample_batch is not None else NamedSharding(
         mesh, P(None, distributed.DATA_AXIS))

@@ -1,0 +1,207 @@
+"""Few-step flow maps vs the teacher ODE: quality and wall time at K = 1, 2, 4, 8.
+
+    python -m experiments.flow_map_steps --config configs/flow_map_lsd.py \
+        --workdir runs/fmap_steps [--objectives all] [--quick]
+
+1. Train (or load from the workdir) a flow-matching teacher velocity b.
+2. For each objective, train a flow map (teacher objectives distil b; direct matching
+   and self-distillation learn from the data alone).
+3. Sample n points with K flow-map steps (K network calls), with the teacher's adaptive
+   ODE solve (tsit5) and with K Euler steps of the teacher (the same K network calls);
+   report energy distance, MMD and sliced W2 against held-out data, sampling wall time
+   (best of 3, after compilation), and the teacher's test NLL.
+Writes results.json, table.md, teacher.msgpack, samples_<name>.png.
+"""
+
+import os
+import time
+
+from absl import app, flags
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", "configs/flow_map_lsd.py", "Base config file.",
+                                lock_config=True)
+flags.DEFINE_string("workdir", "runs/flow_map_steps", "Output directory.")
+flags.DEFINE_string("objectives", "all",
+                    "Comma-separated keys of lfm_jax.distill.OBJECTIVES, or 'all', or "
+                    "'config' (only config.flow_map.objective).")
+flags.DEFINE_bool("quick", False, "Small CPU settings: a few minutes in all.")
+flags.DEFINE_integer("n_samples", 0, "Samples per method (0: config.eval.n_samples).")
+
+
+def quick_settings(config):
+    """Shrink a config for a CPU smoke run (a few minutes for all objectives)."""
+    config.model.hidden = (128, 128, 128)
+    config.train.steps = 1_500
+    config.train.steps_per_call = 100
+    config.train.warmup_steps = 0
+    config.flow_map.teacher_steps = 1_500
+    config.eval.n_samples = 2_000
+    config.eval.nll_examples = 500
+    return config
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    import flax.serialization
+    import jax
+    import numpy as np
+
+    from lfm_jax import distill, distributed, flow_map, flow_matching, interpolants
+    from lfm_jax import logging as log_lib
+    from lfm_jax import ode, plots, time_sampling, train
+    from lfm_jax.runs import common
+    from configs import flow_map_defaults
+
+    config = FLAGS.config
+    if FLAGS.quick:
+        config = quick_settings(config)
+    fcfg, tcfg, ecfg = config.flow_map, config.train, config.eval
+    n_samples = FLAGS.n_samples or ecfg.n_samples
+    workdir = common.check_workdir(FLAGS.workdir)
+    names = (sorted(distill.OBJECTIVES) if FLAGS.objectives == "all" else
+             [fcfg.objective] if FLAGS.objectives == "config" else
+             [s.strip() for s in FLAGS.objectives.split(",") if s.strip()])
+    for name in names:
+        distill.needs_teacher(name)  # unknown names fail here, before any training
+
+    dataset = common.load_data(config)
+    example_shape = dataset.train.shape[1:]
+    mesh = common.make_mesh(config)
+    interp = interpolants.get(fcfg.interpolant)
+    key = jax.random.PRNGKey(config.seed)
+    k_teacher, k_maps, k_z, k_metric = jax.random.split(key, 4)
+    test = np.asarray(dataset.test)
+    print(f"devices: {jax.devices()}  data: {dataset.name} dim={dataset.dim}  "
+          f"objectives: {names}")
+
+    # 1. Teacher velocity.
+    net = common.velocity_network(config, example_shape)
+    teacher_path = os.path.join(fcfg.teacher_workdir or workdir, "teacher.msgpack")
+    template = net.init(k_teacher)
+    if os.path.exists(teacher_path):
+        with open(teacher_path, "rb") as f:
+            teacher_params = flax.serialization.from_bytes(template, f.read())
+        print(f"loaded teacher from {teacher_path}")
+        teacher_train_time = None
+    else:
+        opt = common.optimizer(config, fcfg.teacher_steps)
+        loss_fn = flow_matching.make_loss(net.apply, interp, time_sampling.get("uniform"))
+        spc = min(tcfg.steps_per_call, fcfg.teacher_steps)
+        step_fn = train.make_train_step(
+            loss_fn, opt, sample_batch=flow_matching.make_sample_batch(tcfg.batch_size),
+            steps_per_call=spc, ema_decay=tcfg.ema_decay, mesh=mesh)
+        state = distributed.replicate(train.create_train_state(k_teacher, template, opt),
+                                      mesh)
+        t0 = time.perf_counter()
+        state, _ = train.fit(state, step_fn, distributed.replicate(dataset.train, mesh),
+                             fcfg.teacher_steps, steps_per_call=spc)
+        teacher_train_time = time.perf_counter() - t0
+        teacher_params = jax.device_get(state.ema_params)
+        with open(os.path.join(workdir, "teacher.msgpack"), "wb") as f:
+            f.write(flax.serialization.to_bytes(teacher_params))
+        print(f"teacher trained in {teacher_train_time:.1f}s")
+    teacher_b = distill.velocity_teacher(net, teacher_params)
+
+    z = jax.random.normal(k_z, (n_samples, *example_shape))
+    results = {"config": config.to_dict(), "n_samples": n_samples, "rows": [],
+               "teacher_train_time_s": teacher_train_time}
+
+    def record(method, k, samples, seconds, extra=None):
+        row = {"method": method, "steps": k, "time_s": seconds,
+               **common.sample_metrics(k_metric, common.to_numpy(samples), test),
+               **(extra or {})}
+        results["rows"].append(row)
+        print(f"{method:>32s} K={str(k):>8s}  ED={row['energy_distance']:.4f}  "
+              f"MMD={row['mmd']:.5f}  SW2={row['sliced_w2']:.4f}  {1e3 * seconds:8.2f} ms")
+        return row
+
+    # 2. Teacher baselines: adaptive solve, and Euler with the same network calls.
+    ode_kw = dict(solver=ecfg.solver, rtol=ecfg.rtol, atol=ecfg.atol)
+    adaptive = jax.jit(lambda zz: ode.integrate(teacher_b, zz, 0.0, 1.0, **ode_kw))
+    samples, seconds = distill.timed(adaptive, z)
+    record("teacher_adaptive", "adaptive", samples, seconds)
+    plots.plot_samples(os.path.join(workdir, "samples_teacher.png"), common.to_numpy(samples),
+                       data=test, title="teacher (adaptive)")
+    logp = jax.jit(lambda x: flow_matching.log_prob(net.apply, teacher_params, x, **ode_kw))
+    lp = common.to_numpy(logp(test[: ecfg.nll_examples]))
+    results["teacher_test_nll"] = float(-lp.mean())
+    print(f"teacher test NLL: {results['teacher_test_nll']:.4f} nats")
+    for k in fcfg.sample_steps:
+        euler = jax.jit(lambda zz, k=k: ode.integrate(teacher_b, zz, 0.0, 1.0,
+                                                      solver="euler", num_steps=k))
+        samples, seconds = distill.timed(euler, z)
+        record("teacher_euler", k, samples, seconds)
+
+    # 3. Flow maps.
+    for i, name in enumerate(names):
+        fm = flow_map.make_flow_map(example_shape, hidden=tuple(config.model.hidden),
+                                    activation=config.model.activation,
+                                    num_frequencies=config.model.num_frequencies,
+                                    max_frequency=config.model.max_frequency,
+                                    zero_init_output=fcfg.zero_init_output,
+                                    learned_weighting=fcfg.learned_weighting)
+        loss_kw = dict(interp=interp, sampler_kwargs=flow_map_defaults.sampler_kwargs(
+            fcfg, tcfg.steps))
+        if fcfg.time_sampler:
+            loss_kw["time_sampler"] = fcfg.time_sampler
+        kind, short, _ = distill.OBJECTIVES[name]
+        if short == "progressive" and kind == "distill":
+            loss_kw.update(num_teacher_steps=fcfg.num_teacher_steps,
+                           teacher_substeps=fcfg.teacher_substeps)
+        if short == "progressive" and kind == "self":
+            loss_kw["intermediate"] = fcfg.intermediate
+        loss_fn = distill.make_loss(name, fm, teacher_b, **loss_kw)
+        t0 = time.perf_counter()
+        try:
+            state, history = distill.train_flow_map(
+                loss_fn, fm, dataset.train, key=jax.random.fold_in(k_maps, i),
+                num_steps=tcfg.steps, batch_size=tcfg.batch_size, lr=tcfg.lr,
+                schedule=tcfg.schedule, warmup_steps=tcfg.warmup_steps,
+                grad_clip=tcfg.grad_clip, ema_decay=tcfg.ema_decay,
+                steps_per_call=tcfg.steps_per_call, mesh=mesh)
+        except train.NonFiniteLossError as err:
+            print(f"{name}: diverged ({err})")
+            results["rows"].append({"method": name, "diverged": str(err)})
+            continue
+        train_time = time.perf_counter() - t0
+        losses_ = np.asarray(history["loss"])
+        tail = losses_[-max(len(losses_) // 10, 1):]
+        extra = {"train_time_s": train_time, "final_loss": float(tail.mean()),
+                 "loss_tail_std": float(tail.std())}
+        X = fm.bind(jax.device_get(state.ema_params))
+        for k in fcfg.sample_steps:
+            sampler = jax.jit(lambda zz, k=k: flow_map.sample(X, zz, flow_map.uniform_grid(k)))
+            samples, seconds = distill.timed(sampler, z)
+            record(name, k, samples, seconds, extra)
+            plots.plot_samples(os.path.join(workdir, f"samples_{name}_K{k}.png"),
+                               common.to_numpy(samples), data=test, title=f"{name}, K={k}")
+
+    # 4. Table: quality relative to the teacher's adaptive solve and speed-up.
+    ref = results["rows"][0]
+    lines = ["| method | K | energy dist | MMD | sliced W2 | time (ms) | speed-up | "
+             "ED / teacher ED |", "|---|---|---|---|---|---|---|---|"]
+    for row in results["rows"]:
+        if "diverged" in row:
+            lines.append(f"| {row['method']} | diverged | | | | | | |")
+            continue
+        row["speedup_vs_adaptive"] = ref["time_s"] / max(row["time_s"], 1e-12)
+        row["ed_ratio_vs_adaptive"] = row["energy_distance"] / max(ref["energy_distance"],
+                                                                   1e-12)
+        lines.append(
+            f"| {row['method']} | {row['steps']} | {row['energy_distance']:.4f} | "
+            f"{row['mmd']:.5f} | {row['sliced_w2']:.4f} | {1e3 * row['time_s']:.2f} | "
+            f"{row['speedup_vs_adaptive']:.1f}x | {row['ed_ratio_vs_adaptive']:.2f} |")
+    lines.append(f"\nteacher test NLL: {results['teacher_test_nll']:.4f} nats "
+                 f"({dataset.name}, {ecfg.nll_examples} test points)")
+    table = "\n".join(lines)
+    print(table)
+    with open(os.path.join(workdir, "table.md"), "w") as f:
+        f.write(table + "\n")
+    log_lib.write_json(os.path.join(workdir, "results.json"), results)
+
+
+if __name__ == "__main__":
+    app.run(main)
