@@ -46,20 +46,43 @@ def sampler_kwargs(fm_config, total_steps: int) -> dict:
     return {}
 
 
-def with_variant(config, variant: str):
-    """Data variants: "" / "checkerboard" (2-D) or "gmm43" (43-D Gaussian mixture).
+def _checkerboard(config):
+    config.data.name = "checkerboard"
 
-    Select with `--config=configs/flow_map_lsd.py:gmm43`, or set the data fields
-    (`--config.data.name=gmm --config.data.dim=43`) directly.
+
+def _gmm43(config):
+    config.data.name = "gmm"
+    config.data.dim = 43
+    config.data.n_components = 8
+    config.model.hidden = (512, 512, 512)
+
+
+def _quick(config):
+    """Small CPU settings (a few minutes for all objectives in experiments/flow_map_steps)."""
+    config.model.hidden = (128, 128, 128)
+    config.train.steps = 1_500
+    config.train.steps_per_call = 100
+    config.train.warmup_steps = 0
+    config.flow_map.teacher_steps = 1_500
+    config.eval.n_samples = 2_000
+    config.eval.nll_examples = 500
+
+
+VARIANTS = {"": lambda config: None, "checkerboard": _checkerboard, "gmm43": _gmm43,
+            "quick": _quick}
+
+
+def with_variant(config, variant: str):
+    """Apply comma-separated variants: "checkerboard" (2-D, the default), "gmm43" (43-D
+    Gaussian mixture), "quick" (small CPU settings), e.g.
+    `--config=configs/flow_map_lsd.py:gmm43,quick`. Command-line overrides
+    (`--config.train.steps=...`) apply after the variants. The data fields can also be
+    set directly (`--config.data.name=gmm --config.data.dim=43`).
     """
-    if variant in ("", "checkerboard"):
-        config.data.name = "checkerboard"
-    elif variant == "gmm43":
-        config.data.name = "gmm"
-        config.data.dim = 43
-        config.data.n_components = 8
-        config.model.hidden = (512, 512, 512)
-    else:
-        raise ValueError(f"unknown flow-map config variant {variant!r}; "
-                         "use checkerboard or gmm43")
+    for part in variant.split(","):
+        part = part.strip()
+        if part not in VARIANTS:
+            raise ValueError(f"unknown flow-map config variant {part!r}; known: "
+                             f"{sorted(v for v in VARIANTS if v)}")
+        VARIANTS[part](config)
     return config

@@ -22,13 +22,13 @@ def get_config():
     config.lfm.step_c = 0.15
     config.lfm.step_rho = 2.0
     config.lfm.free_last_block = True
-    config.lfm.steps_per_block = 1_500
+    config.lfm.steps_per_block = 3_000
     config.lfm.push_rtol = 1e-4
     config.lfm.push_atol = 1e-4
     config.lfm.n_val = 1_000
-    config.train.batch_size = 256
+    config.train.batch_size = 512
     config.train.steps_per_call = 100
-    config.train.lr = 2e-3
+    config.train.lr = 1e-3
     config.train.ema_decay = 0.99
     config.train.checkpoint_every = 500
     config.eval.n_samples = 5_000

@@ -44,18 +44,44 @@ def check_batch_size(batch_size: int, mesh) -> None:
 
 
 def replicate(tree, mesh):
-    """Place a pytree of host arrays on every device of the mesh (same value)."""
-    sharding = replicated(mesh)
-    return jax.tree_util.tree_map(lambda x: jax.device_put(x, sharding), tree)
+    """Place a pytree on every device of the mesh (the same value everywhere).
 
-
-def shard_batch(local_batch, mesh):
-    """Global array from this process's part of a batch, sharded on the leading axis.
-
-    Each process passes its own rows (n_local, ...); the global batch has
-    n_local * process_count rows. On one process this is a plain sharded put.
+    Every process must pass the same values (as after seeding identically); this
+    works across hosts, since each process only fills its own devices.
     """
-    sharding = batch_sharded(mesh)
+    sharding = replicated(mesh)
+
+    def put(x):
+        if isinstance(x, jax.Array) and x.is_fully_addressable and x.sharding == sharding:
+            return x
+        return jax.make_array_from_process_local_data(sharding, np.asarray(x))
+
+    return jax.tree_util.tree_map(put, tree)
+
+
+def shard_batch(local_batch, mesh, batch_axis: int = 0):
+    """Global array from this process's part of a batch, sharded on `batch_axis`.
+
+    Each process passes its own rows (n_local on `batch_axis`); the global batch has
+    n_local * process_count rows there. Use batch_axis=1 for stacks of batches
+    (steps_per_call, batch, ...) fed to a fused step.
+    """
+    spec = P(*([None] * batch_axis), DATA_AXIS)
+    sharding = NamedSharding(mesh, spec)
     return jax.tree_util.tree_map(
         lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)),
         local_batch)
+
+
+def to_host(tree):
+    """Numpy copy of a pytree of replicated (or single-device) arrays.
+
+    Reads this process's first local shard, so it also works on several hosts,
+    where a global array is not fully addressable from one process.
+    """
+    def get(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            return np.asarray(x.addressable_data(0))
+        return np.asarray(jax.device_get(x))
+
+    return jax.tree_util.tree_map(get, tree)

@@ -154,7 +154,7 @@ class NonFiniteLossError(FloatingPointError):
 
 def check_finite(metrics, step: int) -> None:
     """Raise NonFiniteLossError naming the first step whose loss is not finite."""
-    loss = jax.device_get(metrics["loss"])
+    loss = distributed.to_host(metrics["loss"])
     bad = ~jnp.isfinite(loss)
     if bool(bad.any()):
         first = int(step - len(loss) + int(jnp.argmax(bad)) + 1)
@@ -193,7 +193,7 @@ def fit(state: TrainState, step_fn, data, num_steps: int, *, steps_per_call: int
 
     def consume(item):
         step_end, metrics = item
-        metrics = jax.device_get(metrics)
+        metrics = distributed.to_host(metrics)
         check_finite(metrics, step_end)
         loss = metrics["loss"]
         for i, l in enumerate(loss):

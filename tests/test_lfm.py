@@ -2,6 +2,8 @@
 the block loss, and kill-and-resume of block-by-block training."""
 
 import math
+import os
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -143,3 +145,66 @@ def test_chi_square_diagnostics():
     out = lfm.chi_square_diagnostics(log_p, log_p - 1.0)
     np.testing.assert_allclose(out["excess_nll"], 1.0)
     np.testing.assert_allclose(out["chi2"], math.e - 1.0)
+
+
+class _Stop(Exception):
+    pass
+
+
+def _tiny_config():
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    from configs import default
+
+    config = default.get_config()
+    config.method = "lfm"
+    config.data.n_train, config.data.n_val, config.data.n_test = 256, 64, 64
+    config.model.hidden = (16, 16)
+    config.model.num_frequencies = 2
+    config.lfm.num_blocks = 2
+    config.lfm.step_c = 0.3
+    config.lfm.free_last_block = True
+    config.lfm.steps_per_block = 40
+    config.lfm.push_rtol = config.lfm.push_atol = 1e-3
+    config.lfm.chunk_size = 128
+    config.lfm.n_val = 32
+    config.train.batch_size = 32
+    config.train.steps_per_call = 10
+    config.train.checkpoint_every = 20
+    config.train.warmup_steps = 5
+    return default.locked(config)
+
+
+def test_resume_inside_block_2_matches_uninterrupted(tmp_path):
+    from lfm_jax.runs import common
+    from lfm_jax.runs import lfm as lfm_run
+
+    config = _tiny_config()
+    dataset = common.load_data(config)
+    _, straight, reports = lfm_run.train_blocks(config, dataset, str(tmp_path / "a"),
+                                                verbose=False)
+    assert [r["block"] for r in reports] == [0, 1, 2]
+
+    def kill(block, step, metrics):
+        if block == 2 and step >= 30:
+            raise _Stop
+
+    workdir = str(tmp_path / "b")
+    with pytest.raises(_Stop):
+        lfm_run.train_blocks(config, dataset, workdir, callback=kill, verbose=False)
+    block1 = tmp_path / "b" / "blocks" / "1"
+    pushed = np.load(block1 / "train_pushed.npy")
+    params_mtime = (block1 / "params.msgpack").stat().st_mtime_ns
+    (block1 / "train_pushed.npy").unlink()  # a missing file is recomputed
+
+    seen = []
+    _, resumed, _ = lfm_run.train_blocks(
+        config, dataset, workdir, verbose=False,
+        callback=lambda block, step, m: seen.append((block, step)))
+    assert seen and all(block == 2 for block, _ in seen)  # block 1 not retrained
+    assert seen[0][1] > 20  # resumed inside block 2 from its checkpoint
+    assert (block1 / "params.msgpack").stat().st_mtime_ns == params_mtime
+    np.testing.assert_array_equal(np.load(block1 / "train_pushed.npy"), pushed)
+    for a, b in zip(straight, resumed):
+        jax.tree_util.tree_map(np.testing.assert_array_equal, a, b)

@@ -56,8 +56,7 @@ def test_sharded_step_with_host_fed_batches():
         step = train.make_train_step(loss, opt, steps_per_call=3, mesh=mesh)
         state = train.create_train_state(jax.random.PRNGKey(0), net.init(jax.random.PRNGKey(1)), opt)
         state = distributed.replicate(state, mesh)
-        sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, "data"))
-        state, m = step(state, jax.device_put(batches, sharding))
+        state, m = step(state, distributed.shard_batch(batches, mesh, batch_axis=1))
         out.append(state.params)
     _assert_trees_close(out[0], out[1], rtol=1e-5, atol=1e-6)
 
