@@ -155,3 +155,12 @@ def test_fit_rejects_misaligned_fused_steps():
     state, step, data = _setup(1, steps_per_call=4)
     with pytest.raises(ValueError, match="multiple of steps_per_call"):
         train.fit(state, step, data, 10, steps_per_call=4)
+
+
+def test_map_batch_sharded_matches_direct():
+    mesh = distributed.make_mesh(4)
+    x = np.random.default_rng(0).normal(size=(37, 3)).astype(np.float32)
+    fn = lambda c: (jnp.tanh(c) * 2.0, jnp.sum(c**2, -1))
+    out = distributed.map_batch_sharded(fn, x, mesh, chunk_size=4)
+    np.testing.assert_allclose(out[0], np.tanh(x) * 2.0, rtol=1e-6)
+    np.testing.assert_allclose(out[1], np.sum(x**2, -1), rtol=1e-5)
