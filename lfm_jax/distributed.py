@@ -113,7 +113,9 @@ def map_batch_sharded(fn, x, mesh, chunk_size: int | None = None):
         return jax.tree_util.tree_map(lambda o: o.reshape(per, *o.shape[2:]), out)
 
     spec = P(DATA_AXIS)
-    mapped = jax.jit(jax.shard_map(local, mesh=mesh, in_specs=spec, out_specs=spec))
+    # check_vma=False: diffrax while-loops carry values that do not track varying axes.
+    mapped = jax.jit(jax.shard_map(local, mesh=mesh, in_specs=spec, out_specs=spec,
+                                   check_vma=False))
     sharding = NamedSharding(mesh, spec)
     x_global = jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
     out = mapped(x_global)

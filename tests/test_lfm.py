@@ -111,11 +111,11 @@ def test_invertibility_and_generate_shapes():
     np.testing.assert_allclose(model.push_backward(params, z), x, atol=1e-4)
     samples = model.generate(params, jax.random.PRNGKey(3), 10)
     assert samples.shape == (10, 2) and np.all(np.isfinite(samples))
-    # Hutchinson is close to exact on average over probes.
+    # Hutchinson (many probes) is close to the exact divergence.
     exact = model.log_prob(params, x[:8])
-    hutch = np.mean([model.log_prob(params, x[:8], method="hutchinson", n_probes=4,
-                                    key=jax.random.PRNGKey(s)) for s in range(8)], 0)
-    np.testing.assert_allclose(hutch, exact, atol=0.15)
+    hutch = model.log_prob(params, x[:8], method="hutchinson", n_probes=64,
+                           key=jax.random.PRNGKey(4))
+    np.testing.assert_allclose(hutch, exact, atol=0.1)
 
 
 def test_block_loss_minimised_by_exact_field(x64):
