@@ -191,8 +191,8 @@ def make_distill_loss(objective: str, flow_map: flow_map_lib.FlowMap,
       teacher_map: frozen map for "progressive" (default: `ode_flow_map(teacher_b,
         teacher_substeps)`, i.e. teacher_substeps RK4 steps per teacher jump).
       num_teacher_steps: k teacher jumps per progressive target.
-    Note: `step` (for the annealed sampler) defaults to 0 because the lead's trainer
-      calls loss_fn(params, key, batch); pass it when driving the loss yourself.
+    Note: `step` (for the annealed sampler) defaults to 0; `make_train_step(...,
+      loss_takes_step=True)` passes the training step.
     """
     per_example, default_sampler, needs_teacher = _lookup(
         DISTILL_OBJECTIVES, objective, "distillation objective")
@@ -320,9 +320,9 @@ def train_flow_map(loss_fn: Callable, flow_map: flow_map_lib.FlowMap, data, *, k
                                total_steps=num_steps, grad_clip=grad_clip)
     k_init, k_state = jax.random.split(key)
     params = flow_map.init(k_init) if init_params is None else init_params
-    state = distributed.replicate(train.create_train_state(k_state, params, opt), mesh)
+    state = train.create_train_state(k_state, params, opt, mesh=mesh)
     step_fn = train.make_train_step(
-        lambda p, k, b: loss_fn(p, k, b), opt,
+        loss_fn, opt, loss_takes_step=True,
         sample_batch=functools.partial(sample_rows, batch_size=batch_size),
         steps_per_call=steps_per_call, ema_decay=ema_decay, mesh=mesh)
     data = distributed.replicate(jax.tree_util.tree_map(jnp.asarray, data), mesh)

@@ -25,6 +25,7 @@ import math
 from typing import Callable, Optional
 
 import diffrax
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 
@@ -52,43 +53,42 @@ def _lookup(registry, name, what):
 
 
 def _vector_field(t, y, f):
-    """diffrax vector field; the velocity travels as ``args`` so that diffrax's
-    compiled solve is cached across calls with the same velocity object."""
+    """diffrax vector field; the velocity f(t, y) travels as diffrax's ``args``."""
     return f(t, y)
 
 
 _TERM = diffrax.ODETerm(_vector_field)
 
 
-def _solve(f, y0, t0, t1, *, solver, rtol, atol, num_steps, max_steps, save_times):
+def _check_solver(solver, num_steps):
+    """Validate a solver name and step count in Python, before any tracing."""
+    _, adaptive = _lookup(SOLVERS, solver, "solver")
+    if num_steps is None and not adaptive:
+        raise ValueError(f"solver {solver!r} is fixed-step: pass num_steps")
+    if num_steps is not None and int(num_steps) < 1:
+        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+
+
+def _solve(f, y0, t0, t1, rtol, atol, save_times, num_steps, *, solver, max_steps):
     """Solve dy/dt = f(t, y) for ONE example (y0 any pytree) with diffrax.
 
-    Returns y(t1) (same pytree as y0), or, if ``save_times`` (shape (T,)) is given,
-    the states at those times, each leaf with a leading axis of length T.
+    ``t0, t1, rtol, atol, save_times`` and ``num_steps`` (an integer array, or None
+    for adaptive steps) are traced, so new values do not recompile; ``solver`` and
+    ``max_steps`` (already >= num_steps) are static. Returns y(t1) (same pytree as y0), or,
+    with ``save_times`` of shape (T,), the states at those times, each leaf with a
+    leading axis of length T.
     """
-    solver_cls, adaptive = _lookup(SOLVERS, solver, "solver")
-    # Times as arrays, not Python floats, so new times do not recompile diffrax's
-    # (cached) solve.
-    t0, t1 = jnp.asarray(t0), jnp.asarray(t1)
+    solver_cls, _ = SOLVERS[solver]
     if num_steps is not None:
-        num_steps = int(num_steps)
-        if num_steps < 1:
-            raise ValueError(f"num_steps must be >= 1, got {num_steps}")
         controller = diffrax.ConstantStepSize()
         dt0 = (t1 - t0) / num_steps
-        max_steps = max(int(max_steps), num_steps)
-    elif adaptive:
-        # Tolerances as arrays too: changing them does not recompile.
-        controller = diffrax.PIDController(
-            rtol=jnp.asarray(rtol), atol=jnp.asarray(atol)
-        )
-        dt0 = None  # diffrax picks the first step; the sign follows t1 - t0.
     else:
-        raise ValueError(f"solver {solver!r} is fixed-step: pass num_steps")
+        controller = diffrax.PIDController(rtol=rtol, atol=atol)
+        dt0 = None  # diffrax picks the first step; its sign follows t1 - t0.
     if save_times is None:
         saveat = diffrax.SaveAt(t1=True)
     else:
-        saveat = diffrax.SaveAt(ts=jnp.asarray(save_times))
+        saveat = diffrax.SaveAt(ts=save_times)
     sol = diffrax.diffeqsolve(
         _TERM,
         solver_cls(),
@@ -104,63 +104,6 @@ def _solve(f, y0, t0, t1, *, solver, rtol, atol, num_steps, max_steps, save_time
     if save_times is None:
         return jax.tree_util.tree_map(lambda leaf: leaf[0], sol.ys)
     return sol.ys
-
-
-def integrate(
-    b: Velocity,
-    x: jax.Array,
-    t0=0.0,
-    t1=1.0,
-    *,
-    solver: str = "tsit5",
-    rtol: float = 1e-5,
-    atol: float = 1e-5,
-    num_steps: Optional[int] = None,
-    max_steps: int = 4096,
-    save_times=None,
-    batched: bool = True,
-) -> jax.Array:
-    """Solve dx/dt = b(t, x), x(t0) = x, and return x(t1) (or x at ``save_times``).
-
-    t1 < t0 integrates backward in time, so ``integrate(b, integrate(b, x, 0, 1), 1, 0)``
-    returns x up to solver error.
-
-    Args:
-        b: velocity of one example, ``b(t, x) -> dx/dt`` with x of the example shape.
-        x: start states, shape (n, ...) if ``batched`` else one example of shape (...).
-        t0, t1: start and end times (scalars; may be traced).
-        solver: a key of ``SOLVERS``. "tsit5", "dopri5", "dopri8" are adaptive with
-            ``PIDController(rtol, atol)``; "euler", "heun", "midpoint" are fixed-step
-            and need ``num_steps``. Passing ``num_steps`` with an adaptive solver also
-            makes it take ``num_steps`` constant steps dt0 = (t1 - t0) / num_steps.
-        rtol, atol: tolerances of the adaptive step-size controller.
-        num_steps: number of constant steps (Python int), or None for adaptive.
-        max_steps: diffrax's step budget. Exceeding it raises at run time (diffrax's
-            ``throw=True``: an ``EquinoxRuntimeError`` saying the maximum number of
-            solver steps was reached); raise it or loosen rtol/atol if that happens.
-        save_times: optional times, shape (T,), monotone in the direction t0 -> t1
-            and inside [min(t0, t1), max(t0, t1)].
-        batched: if True, the leading axis of x is the batch and each example is solved
-            independently (``jax.vmap``, each with its own adaptive step sizes).
-
-    Returns:
-        x(t1), the same shape as x; or, with ``save_times``, shape (T, n, ...)
-        (batched) or (T, ...) (one example).
-
-    Raises:
-        ValueError: unknown solver name, or a fixed-step solver without num_steps.
-    """
-    _lookup(SOLVERS, solver, "solver")  # fail early, outside any trace.
-    solve_one = lambda xi: _solve(  # noqa: E731
-        b, xi, t0, t1, solver=solver, rtol=rtol, atol=atol, num_steps=num_steps,
-        max_steps=max_steps, save_times=save_times,
-    )
-    if not batched:
-        return solve_one(x)
-    out = jax.vmap(solve_one)(x)
-    if save_times is not None:
-        out = jnp.moveaxis(out, 1, 0)  # (n, T, ...) -> (T, n, ...)
-    return out
 
 
 def _map_in_chunks(fn, xs, chunk_size):
@@ -187,27 +130,122 @@ def _map_in_chunks(fn, xs, chunk_size):
     )
 
 
-def integrate_chunked(b: Velocity, x: jax.Array, chunk_size: int, **kw) -> jax.Array:
+@eqx.filter_jit
+def _integrate_compiled(b, x, t0, t1, rtol, atol, save_times, num_steps, *, solver,
+                        max_steps, batched, chunk_size):
+    """Body of ``integrate`` / ``integrate_chunked``, compiled once per (b, shapes,
+    static options): arrays are traced, ``b`` and the options are static."""
+    def solve_one(xi):
+        return _solve(b, xi, t0, t1, rtol, atol, save_times, num_steps,
+                      solver=solver, max_steps=max_steps)
+
+    if not batched:
+        return solve_one(x)
+    if chunk_size is None:
+        out = jax.vmap(solve_one)(x)  # (n, ...) or (n, T, ...)
+    else:
+        out = _map_in_chunks(jax.vmap(solve_one), x, chunk_size)
+    return out if save_times is None else jnp.moveaxis(out, 1, 0)
+
+
+def _as_array(value):
+    return None if value is None else jnp.asarray(value)
+
+
+def _step_budget(max_steps, num_steps):
+    """diffrax's static max_steps: at least num_steps for constant steps."""
+    return int(max_steps) if num_steps is None else max(int(max_steps), int(num_steps))
+
+
+def integrate(
+    b: Velocity,
+    x: jax.Array,
+    t0=0.0,
+    t1=1.0,
+    *,
+    solver: str = "tsit5",
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+    num_steps: Optional[int] = None,
+    max_steps: int = 4096,
+    save_times=None,
+    batched: bool = True,
+) -> jax.Array:
+    """Solve dx/dt = b(t, x), x(t0) = x, and return x(t1) (or x at ``save_times``).
+
+    t1 < t0 integrates backward in time, so ``integrate(b, integrate(b, x, 0, 1), 1, 0)``
+    returns x up to solver error.
+
+    Args:
+        b: velocity of one example, ``b(t, x) -> dx/dt`` with x of the example shape.
+            A closure over parameters, or ``jax.tree_util.Partial(velocity, params)``
+            (then new parameter values reuse the compiled solve).
+        x: start states, shape (n, ...) if ``batched`` else one example of shape (...).
+        t0, t1: start and end times (scalars; may be traced).
+        solver: a key of ``SOLVERS``. "tsit5", "dopri5", "dopri8" are adaptive with
+            ``PIDController(rtol, atol)``; "euler", "heun", "midpoint" are fixed-step
+            and need ``num_steps``. Passing ``num_steps`` with an adaptive solver also
+            makes it take ``num_steps`` constant steps dt0 = (t1 - t0) / num_steps.
+        rtol, atol: tolerances of the adaptive step-size controller.
+        num_steps: number of constant steps (Python int), or None for adaptive.
+        max_steps: diffrax's step budget. Exceeding it raises at run time (diffrax's
+            ``throw=True``: an ``EquinoxRuntimeError`` saying the maximum number of
+            steps was reached); raise it or loosen rtol/atol if that happens.
+        save_times: optional times, shape (T,), monotone in the direction t0 -> t1
+            and inside [min(t0, t1), max(t0, t1)].
+        batched: if True, the leading axis of x is the batch and each example is solved
+            independently (``jax.vmap``, each with its own adaptive step sizes).
+
+    Returns:
+        x(t1), the same shape and dtype as x; or, with ``save_times``, shape
+        (T, n, ...) (batched) or (T, ...) (one example).
+
+    Raises:
+        ValueError: unknown solver name, or a fixed-step solver without num_steps.
+
+    The solve is compiled (``equinox.filter_jit``) once per velocity object, shapes and
+    static options; new x, t0, t1, rtol, atol or save_times values reuse it. It also
+    works inside the caller's ``jax.jit``, ``vmap`` and ``grad``.
+    """
+    _check_solver(solver, num_steps)
+    return _integrate_compiled(
+        b, x, jnp.asarray(t0), jnp.asarray(t1), jnp.asarray(rtol), jnp.asarray(atol),
+        _as_array(save_times), _as_array(num_steps), solver=solver,
+        max_steps=_step_budget(max_steps, num_steps), batched=bool(batched),
+        chunk_size=None,
+    )
+
+
+def integrate_chunked(
+    b: Velocity,
+    x: jax.Array,
+    chunk_size: int,
+    t0=0.0,
+    t1=1.0,
+    *,
+    solver: str = "tsit5",
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+    num_steps: Optional[int] = None,
+    max_steps: int = 4096,
+    save_times=None,
+) -> jax.Array:
     """``integrate`` over a large batch, ``chunk_size`` examples at a time.
 
-    Same maths and result as ``integrate(b, x, **kw)`` (batched), but the batch of
-    shape (n, ...) is split into ceil(n / chunk_size) chunks processed sequentially by
-    ``jax.lax.map``, so memory is that of one chunk. Keyword arguments are those of
-    ``integrate`` (``t0``, ``t1``, ``solver``, ``save_times``, ...; not ``batched``).
+    Same maths and result as ``integrate(b, x, t0, t1, ...)`` (batched), but the batch
+    of shape (n, ...) is split into ceil(n / chunk_size) chunks (the last one padded)
+    processed one after another by ``jax.lax.map``, so memory is that of one chunk.
 
     Returns:
         shape (n, ...), or (T, n, ...) with ``save_times``.
     """
-    if "batched" in kw:
-        raise ValueError("integrate_chunked always treats x as a batch")
-    save_times = kw.get("save_times")
-
-    def fn(chunk):
-        out = integrate(b, chunk, **kw)
-        return out if save_times is None else jnp.moveaxis(out, 0, 1)
-
-    out = _map_in_chunks(fn, x, chunk_size)
-    return out if save_times is None else jnp.moveaxis(out, 1, 0)
+    _check_solver(solver, num_steps)
+    return _integrate_compiled(
+        b, x, jnp.asarray(t0), jnp.asarray(t1), jnp.asarray(rtol), jnp.asarray(atol),
+        _as_array(save_times), _as_array(num_steps), solver=solver,
+        max_steps=_step_budget(max_steps, num_steps), batched=True,
+        chunk_size=int(chunk_size),
+    )
 
 
 # --------------------------------------------------------------------------- divergence
@@ -313,35 +351,58 @@ def _augmented_velocity(b, vel_div, probes, t, state):
     return v, div.astype(y.dtype)
 
 
-def _log_prob_one(
-    b, x, base_log_prob, index, key, *, t_data, t_base, method, n_probes, probe,
-    solver, rtol, atol, num_steps, max_steps,
-):
-    """(log p_data(x), x_base) for one example; see ``log_prob``."""
+def _log_prob_one(b, x, index, base_log_prob, key, t_data, t_base, rtol, atol,
+                  num_steps, *, method, n_probes, probe, solver, max_steps):
+    """(log p_{t_data}(x), x_base) for ONE example; see ``log_prob``."""
     vel_div, needs_probes = DIVERGENCES[method]
     probes = None
     if needs_probes:
         # One probe set per example, fixed along the whole trajectory (FFJORD).
         probes = draw_probes(jax.random.fold_in(key, index), x.shape, n_probes,
                              x.dtype, probe)
-
-    # A pytree Partial (not a fresh closure) so diffrax's compiled solve is reused.
+    # A pytree Partial rather than a closure: probes stay traced arguments.
     augmented = jax.tree_util.Partial(_augmented_velocity, b, vel_div, probes)
-    delta0 = jnp.zeros((), x.dtype)
     x_base, delta = _solve(
-        augmented, (x, delta0), t_data, t_base, solver=solver, rtol=rtol, atol=atol,
-        num_steps=num_steps, max_steps=max_steps, save_times=None,
+        augmented, (x, jnp.zeros((), x.dtype)), t_data, t_base, rtol, atol, None,
+        num_steps, solver=solver, max_steps=max_steps,
     )
-    # delta = int_{t_data}^{t_base} div b(t, x(t)) dt  (signed: negative direction
-    # if t_base < t_data), and log p_{t_base}(x_base) - log p_{t_data}(x) = -delta.
+    # delta = int_{t_data}^{t_base} div b(t, x(t)) dt (signed: a negative-direction
+    # integral if t_base < t_data), and log p_{t_base}(x_base) - log p_{t_data}(x)
+    # = -delta along the trajectory.
     return base_log_prob(x_base) + delta, x_base
 
 
-def _check_log_prob_args(solver, method, key):
-    _lookup(SOLVERS, solver, "solver")
+@eqx.filter_jit
+def _log_prob_compiled(b, x, base_log_prob, key, t_data, t_base, rtol, atol, num_steps,
+                       *, chunk_size, **static):
+    """Batched body of ``log_prob`` / ``log_prob_chunked``: x (n, ...) ->
+    ((n,), (n, ...)). Example i draws its Hutchinson probes from fold_in(key, i)."""
+    def batch(chunk):
+        xs, idx = chunk
+        return jax.vmap(
+            lambda xi, i: _log_prob_one(b, xi, i, base_log_prob, key, t_data, t_base,
+                                        rtol, atol, num_steps, **static)
+        )(xs, idx)
+
+    xs = (x, jnp.arange(x.shape[0]))
+    return batch(xs) if chunk_size is None else _map_in_chunks(batch, xs, chunk_size)
+
+
+def _log_prob_call(b, x, base_log_prob, chunk_size, *, t_data, t_base, method, key,
+                   n_probes, probe, solver, rtol, atol, num_steps, max_steps):
+    """Validate names in Python, make the numbers arrays, call the compiled body."""
+    _check_solver(solver, num_steps)
     _, needs_probes = _lookup(DIVERGENCES, method, "divergence method")
+    _lookup(PROBES, probe, "probe distribution")
     if needs_probes and key is None:
         raise ValueError("method='hutchinson' needs a key")
+    return _log_prob_compiled(
+        b, x, base_log_prob, key if needs_probes else None, jnp.asarray(t_data),
+        jnp.asarray(t_base), jnp.asarray(rtol), jnp.asarray(atol),
+        _as_array(num_steps), chunk_size=chunk_size, method=method,
+        n_probes=int(n_probes), probe=probe, solver=solver,
+        max_steps=_step_budget(max_steps, num_steps),
+    )
 
 
 def log_prob(
@@ -372,39 +433,38 @@ def log_prob(
         log p_{t_data}(x) = log p_{t_base}(x(t_base)) + delta(t_base)
                           = base_log_prob(x_base) + int_{t_data}^{t_base} div b dt.
     Plain flow matching (noise at 0, data at 1): t_data=1, t_base=0, so
-    log p_1(x) = log p_0(X_{1,0}(x)) - int_0^1 div b(t, x(t)) dt.
+        log p_1(x) = log p_0(X_{1,0}(x)) - int_0^1 div b(t, x(t)) dt.
     LFM blocks (data at 0, noise at 1): t_data=0, t_base=1, so
-    log p_0(x) = log p_1(X_{0,1}(x)) + int_0^1 div b(t, x(t)) dt.
+        log p_0(x) = log p_1(X_{0,1}(x)) + int_0^1 div b(t, x(t)) dt.
 
     Args:
         b: velocity of one example.
         x: points, shape (n, ...) if ``batched`` else one example.
-        base_log_prob: log-density of ONE example at time t_base, returns a scalar
+        base_log_prob: log-density of ONE example at time t_base, returning a scalar
             (e.g. ``standard_normal_log_prob``).
-        t_data, t_base: times at which x lives and at which the base density is known.
-        method: "exact" (Jacobian trace) or "hutchinson" (needs ``key``). For
-            Hutchinson, each example draws ``n_probes`` probes once from
-            ``fold_in(key, example_index)`` and keeps them along the trajectory, so the
-            augmented ODE is deterministic and the estimate is unbiased.
+        t_data, t_base: the time at which x lives and the time of the base density.
+        method: "exact" (Jacobian trace; d forward passes per step) or "hutchinson"
+            (needs ``key``). With Hutchinson, example i draws ``n_probes`` probes once
+            from ``fold_in(key, i)`` and keeps them along its trajectory (FFJORD), so
+            the augmented ODE is deterministic and its solution is an unbiased
+            estimate of the exact one (up to solver error).
         probe: "rademacher" or "gaussian" Hutchinson probes.
-        solver, rtol, atol, num_steps, max_steps: as in ``integrate`` (the tolerance
-            covers the log-det state as well as x).
+        solver, rtol, atol, num_steps, max_steps: as in ``integrate``; the tolerances
+            cover the log-det state delta as well as x.
         return_base: also return the base points x(t_base).
 
     Returns:
-        log p_{t_data}(x) of shape (n,) (or a scalar), and if ``return_base`` the base
-        points of x's shape.
+        log p_{t_data}(x), shape (n,) (a scalar if not ``batched``); with
+        ``return_base``, also the base points x(t_base) of x's shape.
     """
-    _check_log_prob_args(solver, method, key)
-    one = lambda xi, i: _log_prob_one(  # noqa: E731
-        b, xi, base_log_prob, i, key, t_data=t_data, t_base=t_base, method=method,
-        n_probes=n_probes, probe=probe, solver=solver, rtol=rtol, atol=atol,
+    xs = x if batched else x[None]
+    logp, x_base = _log_prob_call(
+        b, xs, base_log_prob, None, t_data=t_data, t_base=t_base, method=method,
+        key=key, n_probes=n_probes, probe=probe, solver=solver, rtol=rtol, atol=atol,
         num_steps=num_steps, max_steps=max_steps,
     )
-    if batched:
-        logp, x_base = jax.vmap(one)(x, jnp.arange(x.shape[0]))
-    else:
-        logp, x_base = one(x, 0)
+    if not batched:
+        logp, x_base = logp[0], x_base[0]
     return (logp, x_base) if return_base else logp
 
 
@@ -413,33 +473,29 @@ def log_prob_chunked(
     x: jax.Array,
     base_log_prob: Callable[[jax.Array], jax.Array],
     chunk_size: int,
-    **kw,
+    *,
+    t_data=1.0,
+    t_base=0.0,
+    method: str = "exact",
+    key=None,
+    n_probes: int = 1,
+    probe: str = "rademacher",
+    solver: str = "tsit5",
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+    num_steps: Optional[int] = None,
+    max_steps: int = 4096,
+    return_base: bool = False,
 ):
     """``log_prob`` over a large batch (n, ...), ``chunk_size`` examples at a time.
 
-    Same result as ``log_prob(b, x, base_log_prob, **kw)``, including the Hutchinson
-    probes (keyed by the global example index), with memory bounded by one chunk
+    Same result as ``log_prob(b, x, base_log_prob, ...)``, Hutchinson probes included
+    (they are keyed by the global example index), with memory bounded by one chunk
     (``jax.lax.map``). Returns shape (n,), and the base points if ``return_base``.
     """
-    if "batched" in kw:
-        raise ValueError("log_prob_chunked always treats x as a batch")
-    return_base = kw.pop("return_base", False)
-    _check_log_prob_args(kw.get("solver", "tsit5"), kw.get("method", "exact"),
-                         kw.get("key"))
-    defaults = dict(t_data=1.0, t_base=0.0, method="exact", key=None, n_probes=1,
-                    probe="rademacher", solver="tsit5", rtol=1e-5, atol=1e-5,
-                    num_steps=None, max_steps=4096)
-    unknown = set(kw) - set(defaults)
-    if unknown:
-        raise TypeError(f"unexpected arguments {sorted(unknown)}")
-    opts = {**defaults, **kw}
-    key = opts.pop("key")
-
-    def fn(chunk):
-        xs, idx = chunk
-        return jax.vmap(
-            lambda xi, i: _log_prob_one(b, xi, base_log_prob, i, key, **opts)
-        )(xs, idx)
-
-    logp, x_base = _map_in_chunks(fn, (x, jnp.arange(x.shape[0])), chunk_size)
+    logp, x_base = _log_prob_call(
+        b, x, base_log_prob, int(chunk_size), t_data=t_data, t_base=t_base,
+        method=method, key=key, n_probes=n_probes, probe=probe, solver=solver,
+        rtol=rtol, atol=atol, num_steps=num_steps, max_steps=max_steps,
+    )
     return (logp, x_base) if return_base else logp

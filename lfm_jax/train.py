@@ -97,7 +97,7 @@ def _ema_update(ema, params, decay):
 def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation, *,
                     sample_batch: Callable | None = None, steps_per_call: int = 1,
                     ema_decay: float = 0.999, mesh=None, donate: bool = True,
-                    unroll: int | bool = 1):
+                    unroll: int | bool = 1, loss_takes_step: bool = False):
     """Jitted `step(state, data) -> (state, metrics)` running `steps_per_call` steps.
 
     Args:
@@ -107,6 +107,8 @@ def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation, 
       steps_per_call: optimisation steps fused per compiled call (lax.scan).
       ema_decay: EMA of params (0 disables averaging: ema = params).
       mesh: device mesh (default: all devices on one "data" axis).
+      loss_takes_step: call `loss_fn(params, key, batch, step)` with the (traced)
+        step number, for curricula such as an annealed (s, t) window.
       unroll: `lax.scan` unroll factor for the fused steps (True: fully unrolled;
         can help XLA:CPU, costs compile time).
     Returns:
@@ -125,8 +127,9 @@ def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation, 
         else:
             batch = batch_or_data
         batch = jax.lax.with_sharding_constraint(batch, batch_spec)
+        extra = (state.step,) if loss_takes_step else ()
         (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state.params, loss_key, batch)
+            state.params, loss_key, batch, *extra)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         ema = _ema_update(state.ema_params, params, ema_decay)

@@ -6,7 +6,6 @@ their stop-gradients, checked on the closed-form Gaussian flow of SPEC 5:
   b_t(x) = m + (sigma'_t / sigma_t)(x - mu_t),  X_{s,t}(x) = mu_t + (sigma_t/sigma_s)(x - mu_s).
 """
 
-import functools
 
 import jax
 import jax.numpy as jnp

@@ -4,7 +4,10 @@ Gaussian flow (SPEC section 5): x0 ~ N(0, I), x1 ~ N(m, sigma^2 I), linear inter
 mu_t = t m, sigma_t^2 = (1 - t)^2 + t^2 sigma^2,
 b_t(x) = mu'_t + (sigma'_t / sigma_t)(x - mu_t),
 X_{s,t}(x) = mu_t + (sigma_t / sigma_s)(x - mu_s).
-Linear flow b(t, x) = A x with non-symmetric A: X_{0,1} = expm(A), div b = tr A.
+Linear flow b(t, x) = A x with non-symmetric A: X_{s,t} = expm((t - s) A), div b = tr A.
+
+Every diffrax solve with a new field, shape, dtype or solver compiles (about a second
+on CPU), so the tests share fields and batch shapes (6 examples, D = 3) where they can.
 """
 import math
 
@@ -17,9 +20,11 @@ import pytest
 from lfm_jax import ode
 
 D = 3
-M = jnp.array([1.0, -2.0, 0.5])
+N = 6
+M = np.array([1.0, -2.0, 0.5])
 SIGMA = 0.5
 A = np.array([[0.2, 1.0, 0.0], [-0.7, -0.3, 0.4], [0.1, -0.5, 0.1]])
+TIGHT = dict(rtol=1e-10, atol=1e-10)
 
 
 def sigma_t(t):
@@ -30,19 +35,19 @@ def gaussian_velocity(t, x):
     """Exact FM velocity of one example for the Gaussian closed form."""
     s = sigma_t(t)
     ds = (-(1.0 - t) + t * SIGMA**2) / s
-    m = M.astype(x.dtype)
+    m = jnp.asarray(M, x.dtype)
     return m + (ds / s) * (x - t * m)
 
 
 def gaussian_flow_map(s, t, x):
     """X_{s,t}(x) on a batch x of shape (n, D)."""
-    m = M.astype(x.dtype)[None, :]
+    m = jnp.asarray(M, x.dtype)[None, :]
     return t * m + (sigma_t(t) / sigma_t(s)) * (x - s * m)
 
 
 def gaussian_log_prob(x, mean, std):
     """log N(x; mean, std^2 I) of one example."""
-    return jnp.sum(jsp.stats.norm.logpdf(x, mean.astype(x.dtype), std))
+    return jnp.sum(jsp.stats.norm.logpdf(x, jnp.asarray(mean, x.dtype), std))
 
 
 def linear_velocity(t, x):
@@ -55,50 +60,46 @@ def nonlinear_velocity(t, x):
     return a @ x + 0.5 * (1.0 + t) * jnp.tanh(a.T @ x)
 
 
-def points(n, dtype=jnp.float64, seed=0):
-    return jax.random.normal(jax.random.key(seed), (n, D), dtype)
+def points(n=N, dtype=jnp.float64, seed=0):
+    """Standard normal points of shape (n, D) (numpy RNG: nothing to compile)."""
+    return jnp.asarray(np.random.default_rng(seed).standard_normal((n, D)), dtype)
 
 
 def test_integrate_matches_exact_flow_map(x64):
-    x = points(6)
-    tight = dict(rtol=1e-10, atol=1e-10)
-    x1 = ode.integrate(gaussian_velocity, x, 0.0, 1.0, **tight)
+    x = points()
+    x1 = ode.integrate(gaussian_velocity, x, 0.0, 1.0, **TIGHT)
     assert x1.shape == x.shape and x1.dtype == jnp.float64
     np.testing.assert_allclose(x1, gaussian_flow_map(0.0, 1.0, x), atol=1e-7)
     np.testing.assert_allclose(
-        ode.integrate(gaussian_velocity, x, 0.3, 0.8, solver="dopri5", **tight),
+        ode.integrate(gaussian_velocity, x, 0.3, 0.8, **TIGHT),
         gaussian_flow_map(0.3, 0.8, x), atol=1e-7,
     )
-    # backward in time, and the round trip
+    # backward in time (dopri8), and the round trip
     np.testing.assert_allclose(
-        ode.integrate(gaussian_velocity, x, 0.8, 0.3, solver="dopri8", **tight),
+        ode.integrate(gaussian_velocity, x, 0.8, 0.3, solver="dopri8", **TIGHT),
         gaussian_flow_map(0.8, 0.3, x), atol=1e-7,
     )
-    x_back = ode.integrate(gaussian_velocity, x1, 1.0, 0.0, **tight)
+    x_back = ode.integrate(gaussian_velocity, x1, 1.0, 0.0, **TIGHT)
     np.testing.assert_allclose(x_back, x, atol=1e-7)
     # save_times: (T, n, D)
     ts = jnp.array([0.1, 0.5, 0.9])
-    traj = ode.integrate(gaussian_velocity, x, 0.0, 1.0, save_times=ts, **tight)
-    assert traj.shape == (3, 6, D)
+    traj = ode.integrate(gaussian_velocity, x, 0.0, 1.0, save_times=ts, **TIGHT)
+    assert traj.shape == (3, N, D)
     want = jnp.stack([gaussian_flow_map(0.0, t, x) for t in ts])
     np.testing.assert_allclose(traj, want, atol=1e-7)
-
-
-def _nonlinear_reference(x):
-    return ode.integrate(nonlinear_velocity, x, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("solver,order", [("euler", 1), ("heun", 2), ("midpoint", 2)])
 def test_fixed_step_convergence_order(x64, solver, order):
     """Error of X_{0,1} falls like num_steps^-order (halves per doubling for euler).
 
-    euler and heun are checked on the Gaussian closed form; midpoint happens to be
-    third-order accurate at t = 1 on that field (error cancellation), so it is checked
-    on a nonlinear field against a tight tsit5 reference.
+    euler and heun on the Gaussian closed form; midpoint happens to be third-order
+    accurate at t = 1 on that field (error cancellation), so it is checked on the
+    linear field against expm(A).
     """
-    x = points(6)
+    x = points()
     if solver == "midpoint":
-        field, exact = nonlinear_velocity, _nonlinear_reference(x)
+        field, exact = linear_velocity, x @ jsp.linalg.expm(jnp.asarray(A)).T
     else:
         field, exact = gaussian_velocity, gaussian_flow_map(0.0, 1.0, x)
     errors = [
@@ -108,82 +109,92 @@ def test_fixed_step_convergence_order(x64, solver, order):
     ]
     ratios = np.array(errors[:-1]) / np.array(errors[1:])
     np.testing.assert_allclose(np.log2(ratios), order, atol=0.25)
-    one = ode.integrate(field, x[0], solver=solver, num_steps=16, batched=False)
-    np.testing.assert_allclose(
-        one, ode.integrate(field, x, solver=solver, num_steps=16)[0], rtol=1e-12)
+    if solver == "euler":  # one example, unbatched
+        one = ode.integrate(field, x[0], solver=solver, num_steps=16, batched=False)
+        np.testing.assert_allclose(
+            one, ode.integrate(field, x, solver=solver, num_steps=16)[0], rtol=1e-12)
 
 
 def test_adaptive_solver_with_num_steps_uses_constant_steps(x64):
-    x = points(6)
+    x = points()
     exact = gaussian_flow_map(0.0, 1.0, x)
-    err = jnp.max(jnp.abs(ode.integrate(gaussian_velocity, x, num_steps=20) - exact))
+    out = ode.integrate(gaussian_velocity, x, solver="dopri5", num_steps=20)
+    err = jnp.max(jnp.abs(out - exact))
     assert 1e-12 < err < 1e-5  # fifth order, 20 steps: small but not tolerance-level
 
 
-def test_integrate_jit_and_grad_through_closure(x64):
-    """Jittable with traced times; reverse-mode gradient through a closed-over param."""
-    x = points(3)
+def test_integrate_jits_with_traced_params_and_times(x64):
+    x = points()
     a = jnp.asarray(A)
 
-    def loss(theta, t1):
-        final = ode.integrate(lambda t, y: theta * (a @ y), x, 0.0, t1,
-                              rtol=1e-10, atol=1e-10)
-        return jnp.sum(final)
+    @jax.jit
+    def final(theta, t1):
+        return ode.integrate(lambda t, y: theta * (a @ y), x, 0.0, t1, **TIGHT)
 
-    value, grad = jax.jit(jax.value_and_grad(loss))(1.0, 1.0)
-    expm = jsp.linalg.expm(a)
-    np.testing.assert_allclose(value, jnp.sum(x @ expm.T), rtol=1e-8)
-    # d/dtheta sum(expm(theta A) x) at theta = 1 is sum(A expm(A) x)
-    np.testing.assert_allclose(grad, jnp.sum(x @ (a @ expm).T), rtol=1e-6)
+    for theta, t1 in ((1.0, 1.0), (0.5, -0.6)):
+        np.testing.assert_allclose(final(theta, t1),
+                                   x @ jsp.linalg.expm(theta * t1 * a).T, atol=1e-7)
 
 
-def test_log_prob_gaussian_noise_at_zero(x64):
+def test_integrate_traces_once_per_velocity():
+    """diffrax's compiled solve is reused for the same b and new x, t0, t1, rtol."""
+    traces = [0]
+
+    def b(t, x):
+        traces[0] += 1
+        return linear_velocity(t, x)
+
+    x = points(dtype=jnp.float32)
+    y = ode.integrate(b, x, 0.0, 1.0)
+    first = traces[0]
+    x_back = ode.integrate(b, y, 1.0, 0.0)
+    ode.integrate(b, 2.0 * x, 0.2, 0.7, rtol=1e-3)
+    assert traces[0] == first
+    np.testing.assert_allclose(x_back, x, atol=1e-4)
+
+
+def test_log_prob_noise_at_zero(x64):
     """Plain FM convention: base N(0, I) at t=0, data N(m, sigma^2 I) at t=1."""
-    x = M[None, :] + SIGMA * points(6, seed=1)
+    x = jnp.asarray(M)[None, :] + SIGMA * points(seed=1)
     logp, x_base = ode.log_prob(gaussian_velocity, x, ode.standard_normal_log_prob,
-                                t_data=1.0, t_base=0.0, rtol=1e-10, atol=1e-10,
-                                return_base=True)
-    assert logp.shape == (6,)
+                                t_data=1.0, t_base=0.0, return_base=True, **TIGHT)
+    assert logp.shape == (N,)
     want = jax.vmap(lambda xi: gaussian_log_prob(xi, M, SIGMA))(x)
     np.testing.assert_allclose(logp, want, atol=1e-7)
     np.testing.assert_allclose(x_base, gaussian_flow_map(1.0, 0.0, x), atol=1e-7)
 
 
 def test_log_prob_data_at_zero(x64):
-    """LFM convention: data at t=0, base at t=1 (integrate forward to the base)."""
-    x = points(6, seed=2)
-    tight = dict(t_data=0.0, t_base=1.0, rtol=1e-10, atol=1e-10)
-    # Same Gaussian flow: data law N(0, I) at 0, base N(m, sigma^2 I) at 1.
-    logp = ode.log_prob(gaussian_velocity, x,
-                        lambda y: gaussian_log_prob(y, M, SIGMA), **tight)
-    np.testing.assert_allclose(logp, jax.vmap(ode.standard_normal_log_prob)(x),
-                               atol=1e-7)
-    # Time-reversed flow: data N(m, sigma^2 I) at 0 carried to noise N(0, I) at 1.
+    """LFM convention: data at t=0, noise at t=1 (integrate forward to the base).
+
+    The time-reversed Gaussian flow b~(t, x) = -b(1 - t, x) carries the data law
+    N(m, sigma^2 I) at t=0 to N(0, I) at t=1.
+    """
     reversed_velocity = lambda t, y: -gaussian_velocity(1.0 - t, y)  # noqa: E731
-    y = M[None, :] + SIGMA * x
-    logp = ode.log_prob(reversed_velocity, y, ode.standard_normal_log_prob, **tight)
+    y = jnp.asarray(M)[None, :] + SIGMA * points(seed=2)
+    logp, y_base = ode.log_prob(reversed_velocity, y, ode.standard_normal_log_prob,
+                                t_data=0.0, t_base=1.0, return_base=True, **TIGHT)
     want = jax.vmap(lambda yi: gaussian_log_prob(yi, M, SIGMA))(y)
     np.testing.assert_allclose(logp, want, atol=1e-7)
+    np.testing.assert_allclose(y_base, gaussian_flow_map(1.0, 0.0, y), atol=1e-7)
 
 
 def test_exact_divergence_non_symmetric_linear_flow(x64):
     a = jnp.asarray(A)
-    x = points(6, seed=3)
+    x = points(seed=3)
     divs = jax.vmap(lambda xi: ode.divergence(linear_velocity, 0.5, xi))(x)
     np.testing.assert_allclose(divs, jnp.trace(a), rtol=1e-12)
-    # non-1D example: b(t, x) = vec^{-1}(K vec x) on (2, 3) examples, div = tr K
-    k = jax.random.normal(jax.random.key(4), (6, 6), jnp.float64)
+    # non-1D examples: b(t, x) = unvec(K vec x) on (2, 3) examples, div = tr K
+    k = jnp.asarray(np.random.default_rng(4).standard_normal((6, 6)))
     b_mat = lambda t, y: (k @ y.reshape(-1)).reshape(y.shape)  # noqa: E731
-    np.testing.assert_allclose(
-        ode.divergence(b_mat, 0.0, x[0, :2].reshape(1, 2).repeat(3, 0).reshape(2, 3)),
-        jnp.trace(k), rtol=1e-12)
-    # pushforward of N(0, I) by expm(A): N(0, E E^T), log-det = tr A
+    np.testing.assert_allclose(ode.divergence(b_mat, 0.0, x[:2]), jnp.trace(k),
+                               rtol=1e-12)
+    # pushforward of N(0, I) by E = expm(A): N(0, E E^T), log|det E| = tr A
     e = jsp.linalg.expm(a)
     y = x @ e.T
-    np.testing.assert_allclose(ode.integrate(linear_velocity, x, rtol=1e-10,
-                                             atol=1e-10), y, atol=1e-7)
-    logp = ode.log_prob(linear_velocity, y, ode.standard_normal_log_prob,
-                        rtol=1e-10, atol=1e-10)
+    logp, x_base = ode.log_prob(linear_velocity, y, ode.standard_normal_log_prob,
+                                return_base=True, **TIGHT)
+    np.testing.assert_allclose(x_base, x, atol=1e-7)
     want = jax.vmap(lambda yi: jsp.stats.multivariate_normal.logpdf(
         yi, jnp.zeros(D), e @ e.T))(y)
     np.testing.assert_allclose(logp, want, atol=1e-7)
@@ -195,36 +206,54 @@ def test_exact_divergence_non_symmetric_linear_flow(x64):
 def test_hutchinson_divergence_unbiased(probe):
     x = points(1, jnp.float32)[0]
     exact = ode.divergence(nonlinear_velocity, 0.3, x)
-    est = ode.divergence(nonlinear_velocity, 0.3, x, key=jax.random.key(0),
-                         method="hutchinson", n_probes=4000, probe=probe)
+    n = 4000
+    many = ode.divergence(nonlinear_velocity, 0.3, x, key=jax.random.key(0),
+                          method="hutchinson", n_probes=n, probe=probe)
     single = jax.vmap(lambda k: ode.divergence(
         nonlinear_velocity, 0.3, x, key=k, method="hutchinson", probe=probe))(
-        jax.random.split(jax.random.key(1), 4000))
-    se = jnp.std(single) / math.sqrt(4000)
+        jax.random.split(jax.random.key(1), n))
+    se = jnp.std(single) / math.sqrt(n)
     assert jnp.std(single) > 1e-2
-    assert abs(est - exact) < 4 * se
+    assert abs(many - exact) < 4 * se
     assert abs(jnp.mean(single) - exact) < 4 * se
 
 
 def test_hutchinson_log_prob_unbiased(x64):
-    p = points(2, seed=5)
-    x = jnp.stack([p[0], p[0], p[1]])  # a repeated point: its probes must differ
+    """Mean over independent keys matches the exact log-density within 4 s.e."""
+    x = points(seed=5).at[1].set(points(seed=5)[0])  # a repeated point
     kw = dict(rtol=1e-7, atol=1e-7)
     exact = ode.log_prob(nonlinear_velocity, x, ode.standard_normal_log_prob, **kw)
     n_keys = 256
+    keys = jax.random.split(jax.random.key(6), n_keys)
     estimates = jax.jit(jax.vmap(lambda k: ode.log_prob(
         nonlinear_velocity, x, ode.standard_normal_log_prob, method="hutchinson",
-        key=k, **kw)))(jax.random.split(jax.random.key(6), n_keys))
-    assert estimates.shape == (n_keys, 3)
+        key=k, **kw)))(keys)
+    assert estimates.shape == (n_keys, N)
     spread = jnp.std(estimates, axis=0)
     assert jnp.all(spread > 1e-3)  # genuinely stochastic
     se = spread / math.sqrt(n_keys)
     assert jnp.all(jnp.abs(jnp.mean(estimates, axis=0) - exact) < 4 * se)
-    assert jnp.any(estimates[:, 0] != estimates[:, 1])  # per-example probes
+    # each example draws its own probes from fold_in(key, index)
+    assert jnp.any(estimates[:, 0] != estimates[:, 1])
+    # chunked (4 + 2 padded) keeps the global example index, so the same probes
+    chunked = ode.log_prob_chunked(nonlinear_velocity, x, ode.standard_normal_log_prob,
+                                   4, method="hutchinson", key=keys[0], **kw)
+    np.testing.assert_allclose(chunked, estimates[0], rtol=1e-10)
+
+
+def test_integrate_chunked_equals_integrate(x64):
+    """6 examples in chunks of 4 (the last one padded) give the unchunked result."""
+    x = points(seed=8)
+    steps = dict(solver="heun", num_steps=8)
+    full = ode.integrate(gaussian_velocity, x, 0.0, 1.0, **steps)
+    ts = jnp.array([0.5, 1.0])
+    traj = ode.integrate_chunked(gaussian_velocity, x, 4, save_times=ts, **steps)
+    assert traj.shape == (2, N, D)
+    np.testing.assert_allclose(traj[-1], full, rtol=1e-12)
 
 
 def test_unknown_names_and_missing_arguments_raise():
-    x = points(2, jnp.float32)
+    x = points(dtype=jnp.float32)
     with pytest.raises(ValueError, match="tsit5"):
         ode.integrate(linear_velocity, x, solver="rk4")
     with pytest.raises(ValueError, match="num_steps"):
@@ -236,44 +265,13 @@ def test_unknown_names_and_missing_arguments_raise():
                      method="hutchinson")
     with pytest.raises(ValueError, match="dopri5"):
         ode.log_prob(linear_velocity, x, ode.standard_normal_log_prob, solver="x")
+    with pytest.raises(ValueError, match="gaussian"):
+        ode.divergence(linear_velocity, 0.0, x[0], key=jax.random.key(0),
+                       method="hutchinson", probe="sphere")
 
 
 def test_max_steps_exceeded_raises():
-    x = points(2, jnp.float32)
+    x = points(dtype=jnp.float32)
     with pytest.raises(Exception, match="(?i)max"):
         jax.block_until_ready(
             ode.integrate(nonlinear_velocity, x, rtol=1e-8, atol=1e-8, max_steps=2))
-
-
-def test_chunked_equals_unchunked():
-    """7 examples in chunks of 3 (the last one padded) give the unchunked results."""
-    x = points(7, jnp.float32, seed=8)
-    steps = dict(solver="heun", num_steps=8)
-    full = ode.integrate(nonlinear_velocity, x, 0.0, 1.0, **steps)
-    ts = jnp.array([0.5, 1.0])
-    traj = ode.integrate_chunked(nonlinear_velocity, x, 3, save_times=ts, **steps)
-    assert traj.shape == (2, 7, D)
-    np.testing.assert_allclose(traj[-1], full, rtol=1e-6, atol=1e-6)
-    kw = dict(method="hutchinson", key=jax.random.key(9), n_probes=2)
-    lp = ode.log_prob(nonlinear_velocity, x, ode.standard_normal_log_prob, **kw)
-    lp_chunked, base = ode.log_prob_chunked(
-        nonlinear_velocity, x, ode.standard_normal_log_prob, 3, return_base=True, **kw)
-    assert base.shape == x.shape
-    np.testing.assert_allclose(lp_chunked, lp, rtol=1e-5, atol=1e-5)
-
-
-def test_integrate_traces_once_per_velocity():
-    """diffrax's compiled solve is reused for the same b and new x, t0, t1."""
-    traces = [0]
-
-    def b(t, x):
-        traces[0] += 1
-        return linear_velocity(t, x)
-
-    x = points(3, jnp.float32, seed=11)
-    y = ode.integrate(b, x, 0.0, 1.0)
-    first = traces[0]
-    x_back = ode.integrate(b, y, 1.0, 0.0)
-    ode.integrate(b, 2.0 * x, 0.2, 0.7)
-    assert traces[0] == first
-    np.testing.assert_allclose(x_back, x, atol=1e-4)
