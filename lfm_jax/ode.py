@@ -17,9 +17,18 @@ Public functions:
 - ``log_prob_chunked(b, x, base_log_prob, chunk_size, ...)``: the same in chunks.
 - ``standard_normal_log_prob(x)``: log N(x; 0, I) of one example.
 
-Solvers and divergence estimators are chosen by name from the registries ``SOLVERS``
-and ``DIVERGENCES`` in Python, outside any traced code. Every function is jittable
-(``jax.jit`` with the names, ``num_steps`` and ``max_steps`` static).
+Solvers and divergence estimators are chosen by name from the registries ``SOLVERS``,
+``DIVERGENCES`` and ``PROBES`` in Python, outside any traced code. Every function works
+inside ``jax.jit`` / ``vmap`` / ``grad`` (names, ``num_steps``, ``max_steps``,
+``chunk_size`` and ``n_probes`` must be Python values, i.e. static).
+
+Compilation: ``integrate`` and ``log_prob`` compile their whole body with
+``equinox.filter_jit``: arrays (x, times, tolerances, keys, and arrays inside a pytree
+velocity) are traced; callables are static, keyed by identity. A fresh closure
+``lambda t, x: velocity(params, t, x)`` therefore recompiles on every call (and bakes
+``params`` in as constants); pass ``jax.tree_util.Partial(velocity, params)`` instead,
+or call from inside your own ``jax.jit``, to reuse one compiled solve across parameter
+values.
 """
 import math
 from typing import Callable, Optional
@@ -74,9 +83,9 @@ def _solve(f, y0, t0, t1, rtol, atol, save_times, num_steps, *, solver, max_step
 
     ``t0, t1, rtol, atol, save_times`` and ``num_steps`` (an integer array, or None
     for adaptive steps) are traced, so new values do not recompile; ``solver`` and
-    ``max_steps`` (already >= num_steps) are static. Returns y(t1) (same pytree as y0), or,
-    with ``save_times`` of shape (T,), the states at those times, each leaf with a
-    leading axis of length T.
+    ``max_steps`` (already >= num_steps) are static. Returns y(t1) (same pytree as
+    y0), or, with ``save_times`` of shape (T,), the states at those times, each leaf
+    with a leading axis of length T.
     """
     solver_cls, _ = SOLVERS[solver]
     if num_steps is not None:
@@ -133,8 +142,8 @@ def _map_in_chunks(fn, xs, chunk_size):
 @eqx.filter_jit
 def _integrate_compiled(b, x, t0, t1, rtol, atol, save_times, num_steps, *, solver,
                         max_steps, batched, chunk_size):
-    """Body of ``integrate`` / ``integrate_chunked``, compiled once per (b, shapes,
-    static options): arrays are traced, ``b`` and the options are static."""
+    """Body of ``integrate`` / ``integrate_chunked``: x (n, ...) -> (n, ...) or
+    (T, n, ...). Compiled once per (b, shapes, static options)."""
     def solve_one(xi):
         return _solve(b, xi, t0, t1, rtol, atol, save_times, num_steps,
                       solver=solver, max_steps=max_steps)
@@ -173,8 +182,8 @@ def integrate(
 ) -> jax.Array:
     """Solve dx/dt = b(t, x), x(t0) = x, and return x(t1) (or x at ``save_times``).
 
-    t1 < t0 integrates backward in time, so ``integrate(b, integrate(b, x, 0, 1), 1, 0)``
-    returns x up to solver error.
+    t1 < t0 integrates backward in time, so
+    ``integrate(b, integrate(b, x, 0, 1), 1, 0)`` returns x up to solver error.
 
     Args:
         b: velocity of one example, ``b(t, x) -> dx/dt`` with x of the example shape.
@@ -248,7 +257,7 @@ def integrate_chunked(
     )
 
 
-# --------------------------------------------------------------------------- divergence
+# -------------------------------------------------------------------------- divergence
 
 def _flat_velocity(b, t, shape):
     """The map R^d -> R^d, y -> vec(b(t, unvec(y))), for examples of ``shape``."""
@@ -334,7 +343,7 @@ def divergence(
     return fn(b, t, x, probes)[1]
 
 
-# --------------------------------------------------------------------------- log-density
+# ------------------------------------------------------------------------- log-density
 
 def standard_normal_log_prob(x: jax.Array) -> jax.Array:
     """log N(x; 0, I) = -|x|^2 / 2 - (d / 2) log(2 pi) of ONE example, d = x.size.
@@ -424,7 +433,7 @@ def log_prob(
     batched: bool = True,
     return_base: bool = False,
 ):
-    """Log-density in nats of x under the flow of b, by instantaneous change of variables.
+    """Log-density (nats) of x under the flow of b: instantaneous change of variables.
 
     If X_t solves dx/dt = b(t, x) and p_t is its law, then
     d/dt log p_t(X_t) = -div b(t, X_t). Integrating the augmented ODE
@@ -438,10 +447,10 @@ def log_prob(
         log p_0(x) = log p_1(X_{0,1}(x)) + int_0^1 div b(t, x(t)) dt.
 
     Args:
-        b: velocity of one example.
+        b: velocity of one example (see the module docstring on closures).
         x: points, shape (n, ...) if ``batched`` else one example.
         base_log_prob: log-density of ONE example at time t_base, returning a scalar
-            (e.g. ``standard_normal_log_prob``).
+            (e.g. ``standard_normal_log_prob``); static, so reuse one function object.
         t_data, t_base: the time at which x lives and the time of the base density.
         method: "exact" (Jacobian trace; d forward passes per step) or "hutchinson"
             (needs ``key``). With Hutchinson, example i draws ``n_probes`` probes once

@@ -137,20 +137,23 @@ def test_integrate_jits_with_traced_params_and_times(x64):
 
 
 def test_integrate_traces_once_per_velocity():
-    """diffrax's compiled solve is reused for the same b and new x, t0, t1, rtol."""
+    """With b = Partial(velocity, params), new params, x, t0, t1, rtol reuse the
+    compiled solve (the velocity's Python body is traced only for the first call)."""
     traces = [0]
 
-    def b(t, x):
+    def velocity(a, t, x):
         traces[0] += 1
-        return linear_velocity(t, x)
+        return a @ x
 
+    a = jnp.asarray(A, jnp.float32)
     x = points(dtype=jnp.float32)
-    y = ode.integrate(b, x, 0.0, 1.0)
+    y = ode.integrate(jax.tree_util.Partial(velocity, a), x, 0.0, 1.0)
     first = traces[0]
-    x_back = ode.integrate(b, y, 1.0, 0.0)
-    ode.integrate(b, 2.0 * x, 0.2, 0.7, rtol=1e-3)
+    x_back = ode.integrate(jax.tree_util.Partial(velocity, a), y, 1.0, 0.0)
+    z = ode.integrate(jax.tree_util.Partial(velocity, 0.5 * a), x, 0.2, 0.7, rtol=1e-6)
     assert traces[0] == first
     np.testing.assert_allclose(x_back, x, atol=1e-4)
+    np.testing.assert_allclose(z, x @ jsp.linalg.expm(0.25 * A).T, atol=1e-4)
 
 
 def test_log_prob_noise_at_zero(x64):

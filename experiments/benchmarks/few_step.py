@@ -102,24 +102,31 @@ class _MeanFlowNet(torch.nn.Module):
         return self.mlp(x, t, delta)
 
 
+def torch_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def run_peer(name, seed, data, test, ks):
     rf = peers.import_rectified_flow()
+    dev = torch_device()
     torch.manual_seed(seed)
-    mlp = peers.MLP(2, (FLAGS.width,) * 4, num_times=2)
+    mlp = peers.MLP(2, (FLAGS.width,) * 4, num_times=2).to(dev)
     if name == "lsd_flow":
         model = rf.LsdFlow(mlp, data_shape=(2,))
     else:
         model = rf.MeanFlow(_MeanFlowNet(mlp), data_shape=(2,))
+    model.to(dev)
     opt = torch.optim.Adam(mlp.parameters(), lr=1e-3)
-    x_train = torch.as_tensor(np.asarray(data), dtype=torch.float32)
-    gen = torch.Generator().manual_seed(seed + 12345)
+    x_train = torch.as_tensor(np.asarray(data), dtype=torch.float32, device=dev)
+    gen = torch.Generator(device=dev).manual_seed(seed + 12345)
 
     class T:
         steps = 0
 
         def step(self, n):
             for _ in range(n):
-                idx = torch.randint(0, x_train.shape[0], (FLAGS.batch,), generator=gen)
+                idx = torch.randint(0, x_train.shape[0], (FLAGS.batch,), generator=gen,
+                                    device=dev)
                 loss = model(x_train[idx])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -127,12 +134,13 @@ def run_peer(name, seed, data, test, ks):
             self.steps += n
 
         def sync(self):
-            pass
+            if dev == "cuda":
+                torch.cuda.synchronize()
 
     tr = T()
     elapsed = train_for(tr, 1, FLAGS.seconds)
     torch.manual_seed(1000 + seed)
-    z = torch.randn(FLAGS.n_samples, 2)
+    z = torch.randn(FLAGS.n_samples, 2).to(dev)
     out = []
     with torch.no_grad():
         for k in ks:
@@ -143,7 +151,7 @@ def run_peer(name, seed, data, test, ks):
                 x = z.clone()
                 h = 1.0 / k
                 for i in range(k):
-                    t = torch.full((len(z),), 1.0 - i * h)
+                    t = torch.full((len(z),), 1.0 - i * h, device=dev)
                     x = x - h * mlp(x, t, torch.full_like(t, h))
                 variants = {"mean_flow": x,
                             "mean_flow_lib": model.slow_sample(steps=k, noise=z) if k > 1
@@ -151,7 +159,7 @@ def run_peer(name, seed, data, test, ks):
             for impl, x in variants.items():
                 out.append({"impl": impl, "seed": seed, "steps": k, "train_steps": tr.steps,
                             "train_s": elapsed,
-                            **score(x.numpy(), test, jax.random.PRNGKey(7))})
+                            **score(x.cpu().numpy(), test, jax.random.PRNGKey(7))})
     return out
 
 
@@ -189,7 +197,7 @@ def markdown(result) -> str:
 
 def main(argv):
     del argv
-    if FLAGS.torch_threads != "default":
+    if FLAGS.torch_threads != "default" and torch_device() == "cpu":
         torch.set_num_threads(int(FLAGS.torch_threads))
     ks = [int(k) for k in FLAGS.steps.split(",")]
     seeds = [int(s) for s in FLAGS.seeds.split(",")]
@@ -206,6 +214,7 @@ def main(argv):
             rows += run_peer(name, seed, ds.train, test, ks)
             print(json.dumps(rows[-1]), flush=True)
     result = {"benchmark": "few_step", **ours.device_info(), **peers.versions(),
+              "torch_device": torch_device(),
               "seconds": FLAGS.seconds, "seeds": seeds, "sampling_steps": ks,
               "batch": FLAGS.batch, "n_samples": n, "reference": reference,
               "summary": summarize(rows), "rows": rows}

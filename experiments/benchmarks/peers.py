@@ -32,25 +32,30 @@ import torch
 from torch import nn
 
 
-def fourier_features(t: torch.Tensor, num_frequencies: int = 8,
-                     max_frequency: float = 64.0) -> torch.Tensor:
+def fourier_frequencies(num_frequencies: int = 8, max_frequency: float = 64.0):
+    """w_k = max_frequency^(k / (K-1)), k = 0..K-1, as lfm_jax.networks."""
+    k = torch.arange(num_frequencies, dtype=torch.float32)
+    return torch.exp(k / max(num_frequencies - 1, 1) * math.log(max_frequency))
+
+
+def fourier_features(t: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """t (b,) -> (b, 2K+1): [t, sin(w_k t), cos(w_k t)], as lfm_jax.networks."""
-    k = torch.arange(num_frequencies, dtype=t.dtype, device=t.device)
-    w = torch.exp(k / max(num_frequencies - 1, 1) * math.log(max_frequency))
-    wt = t[:, None] * w
-    return torch.cat([t[:, None], torch.sin(wt), torch.cos(wt)], dim=-1)
+    t = t[:, None]
+    wt = t * w
+    return torch.cat([t, torch.sin(wt), torch.cos(wt)], dim=-1)
 
 
 class MLP(nn.Module):
     """[features(t_1), ..., features(t_n), x] -> hidden SiLU layers -> dim.
 
-    forward(x, *times): x (b, dim), each time (b,) or a scalar.
+    forward(x, *times): x (b, dim), each time a tensor of shape (b,) or a scalar.
     """
 
     def __init__(self, dim: int, hidden=(256,) * 4, num_times: int = 1,
-                 num_frequencies: int = 8):
+                 num_frequencies: int = 8, max_frequency: float = 64.0):
         super().__init__()
-        self.num_frequencies = num_frequencies
+        self.register_buffer("w", fourier_frequencies(num_frequencies, max_frequency),
+                             persistent=False)
         width_in = num_times * (2 * num_frequencies + 1) + dim
         layers = []
         for width in hidden:
@@ -62,10 +67,11 @@ class MLP(nn.Module):
     def forward(self, x, *times):
         feats = []
         for t in times:
-            t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
+            if not torch.is_tensor(t):
+                t = torch.tensor(t, dtype=x.dtype, device=x.device)
             if t.ndim == 0:
                 t = t.expand(x.shape[0])
-            feats.append(fourier_features(t.reshape(-1), self.num_frequencies))
+            feats.append(fourier_features(t.reshape(x.shape[0]).to(x.dtype), self.w))
         return self.net(torch.cat(feats + [x], dim=-1))
 
 

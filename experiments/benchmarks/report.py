@@ -24,10 +24,10 @@ COMMANDS = """\
 # everything (creates experiments/benchmarks/.venv, installs lfm-jax + peers, runs 1-4):
 bash experiments/benchmarks/run_all.sh            # QUICK=1 for a few-minute smoke run
 # or one at a time, in an environment with the peers installed:
-python -m experiments.benchmarks.throughput --seconds=2 --repeats=3 --out=experiments/benchmarks/results
+python -m experiments.benchmarks.throughput --seconds=1.5 --repeats=3 --out=experiments/benchmarks/results
 python -m experiments.benchmarks.time_to_quality --budgets=15,30,60,120 --seeds=0,1,2 --n_eval=1000 --out=experiments/benchmarks/results
-python -m experiments.benchmarks.few_step --seconds=60 --seeds=0 --out=experiments/benchmarks/results
-python -m experiments.compare_lfm_fm --workdir experiments/benchmarks/results/lfm_vs_fm --budget_s 60 --datasets checkerboard
+python -m experiments.benchmarks.few_step --seconds=30 --seeds=0 --out=experiments/benchmarks/results
+python -m experiments.compare_lfm_fm --workdir experiments/benchmarks/results/lfm_vs_fm --budget_s 30 --datasets checkerboard
 python -m experiments.benchmarks.report --results=experiments/benchmarks/results --out=BENCHMARKS.md
 ```"""
 
@@ -43,7 +43,7 @@ def _load(name):
 def _env(r):
     return (f"JAX {r.get('jax')} on {r.get('jax_platform')} ({r.get('jax_device')} x"
             f"{r.get('jax_device_count')}); torch {r.get('torch')} on "
-            f"{r.get('torch_device', 'cpu')}, torch default threads {r.get('torch_threads')}; "
+            f"{r.get('torch_device', 'cpu')} ({r.get('torch_threads')} threads unless stated); "
             f"torchcfm {r.get('torchcfm')}, flow_matching {r.get('flow_matching')}, "
             f"rectified-flow-pytorch {r.get('rectified-flow-pytorch')}; host {r.get('host')}.")
 

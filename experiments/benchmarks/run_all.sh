@@ -5,7 +5,7 @@
 #   bash experiments/benchmarks/run_all.sh          # full run (CPU: about an hour)
 #   QUICK=1 bash experiments/benchmarks/run_all.sh  # smoke run, a few minutes
 #
-# Environment: VENV (default experiments/benchmarks/.venv, git-ignored),
+# Environment: INSTALL_ONLY=1 (set up the venv and stop), VENV (default experiments/benchmarks/.venv, git-ignored),
 # OUT (default experiments/benchmarks/results), PYTHON (default python3).
 # Torch: if the base Python already imports a CUDA torch, the venv sees it
 # (--system-site-packages) and nothing new is installed; otherwise torch==2.13.0 (the
@@ -41,6 +41,8 @@ echo "torch==$TORCH_VERSION" > "$CONSTRAINT"
   accelerate x-unet x-transformers rotary-embedding-torch torch-einops-utils
 rm -f "$CONSTRAINT"
 "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
+"$PY" -c "import jax; print('jax', jax.__version__, jax.devices())"
+if [ "${INSTALL_ONLY:-0}" = "1" ]; then exit 0; fi
 
 mkdir -p "$OUT"
 if [ "$QUICK" = "1" ]; then
@@ -49,10 +51,10 @@ if [ "$QUICK" = "1" ]; then
   FS=(--seconds=5 --n_samples=1000)
   LFM=(--budget_s 10 --quick --nll_examples 300)
 else
-  TP=(--seconds=2 --repeats=3)
+  TP=(--seconds=1.5 --repeats=3)
   TTQ=(--budgets=15,30,60,120 --seeds=0,1,2 --n_eval=1000)
-  FS=(--seconds=60 --seeds=0)
-  LFM=(--budget_s 60)
+  FS=(--seconds=30 --seeds=0)
+  LFM=(--budget_s 30)
 fi
 set -x
 "$PY" -m experiments.benchmarks.throughput "${TP[@]}" --out="$OUT"

@@ -100,9 +100,13 @@ def train_with_snapshots(trainer, unit: int, budgets, snapshot):
     return out
 
 
+def torch_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def pick_threads(factory, data, batch, width, setting: str) -> int:
     default = torch.get_num_threads()
-    if setting == "default":
+    if setting == "default" or torch_device() != "cpu":
         return default
     if setting != "auto":
         return int(setting)
@@ -137,7 +141,8 @@ def run_one(name, seed, data, budgets, nll):
     threads = pick_threads(factory, data, batch, w, FLAGS.torch_threads)
     torch.set_num_threads(threads)
     try:
-        tr = peers.TorchTrainer(factory, 2, (w,) * 4, data, batch, seed=seed)
+        tr = peers.TorchTrainer(factory, 2, (w,) * 4, data, batch, seed=seed,
+                                device=torch_device())
         snaps = train_with_snapshots(tr, 1, budgets,
                                      lambda t: {"params": peers.torch_to_flax(t.mlp)})
     finally:
@@ -205,6 +210,7 @@ def main(argv):
             rows += new
     summary = summarize(rows, budgets, FLAGS.target)
     result = {"benchmark": "time_to_quality", **ours.device_info(), **peers.versions(),
+              "torch_device": torch_device(),
               "budgets": budgets, "seeds": seeds, "batch": FLAGS.batch,
               "width": FLAGS.width, "n_eval": FLAGS.n_eval, "target": FLAGS.target,
               "floor": floor, "peers_missing": missing, "summary": summary, "rows": rows,
