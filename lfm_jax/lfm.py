@@ -41,6 +41,7 @@ from typing import Callable, Optional, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import PartitionSpec as P
 
 from lfm_jax import distributed, losses, ode
 
@@ -194,7 +195,7 @@ def gaussian_block_velocity(interp) -> Velocity:
     return velocity
 
 
-# ------------------------------------------------------------------ chunked helper
+# ------------------------------------------------------------------ chunked helpers
 
 def map_in_chunks(fn: Callable, arrays: Sequence, chunk_size: int, mesh=None):
     """Apply a jitted batch function chunk by chunk, each chunk sharded on the mesh.
@@ -202,9 +203,9 @@ def map_in_chunks(fn: Callable, arrays: Sequence, chunk_size: int, mesh=None):
     fn(chunk_index, *chunks) -> pytree of arrays with leading axis = chunk length.
     Every chunk has the same length (the last one is padded by repeating its last row
     and the padding cut off), a multiple of the mesh's data-axis size, and is placed
-    with the batch sharding, so the devices split each chunk and only one chunk lives
-    on the devices at a time. Returns the concatenated outputs as numpy arrays.
-    Single-process only (the chunks come from host memory).
+    with the batch sharding. Returns the concatenated outputs as numpy arrays.
+    Single-process only. (`LocalFlow` uses `sharded_map` instead; this is kept for
+    callers that need a Python loop over chunks.)
     """
     mesh = distributed.make_mesh() if mesh is None else mesh
     ndev = mesh.shape[distributed.DATA_AXIS]
@@ -223,6 +224,73 @@ def map_in_chunks(fn: Callable, arrays: Sequence, chunk_size: int, mesh=None):
         out = fn(np.int32(i), *parts)
         outs.append(jax.tree_util.tree_map(lambda o: np.asarray(o)[:m], out))
     return jax.tree_util.tree_map(lambda *o: np.concatenate(o, axis=0), *outs)
+
+
+@functools.lru_cache(maxsize=128)
+def _sharded_callable(fn: Callable, mesh):
+    """jit(shard_map): each device runs fn(params, key, x_rows, index_rows) on its own
+    rows. Cached on (fn, mesh), so jit compiles it once per chunk shape and every later
+    call (new params, new data, another data set of any size) reuses the executable."""
+    spec = P(distributed.DATA_AXIS)
+    # check_vma=False: diffrax while-loops carry values that do not track varying axes.
+    return jax.jit(jax.shard_map(fn, mesh=mesh, in_specs=(P(), P(), spec, spec),
+                                 out_specs=spec, check_vma=False))
+
+
+def sharded_map(fn: Callable, params, x, *, mesh=None, chunk_size: Optional[int] = None,
+                key=None):
+    """fn(params, key, x_rows, global_index_rows) over the rows of x, split over devices.
+
+    The scheme of `distributed.map_batch_sharded`: per-device work through
+    `jax.shard_map`, so each device runs its own adaptive ODE loops instead of waiting
+    on a global loop predicate; rows are padded by repeating the last one and the padding
+    is dropped. Differences: the x rows go through in calls of (devices x chunk) rows
+    (each device `chunk` rows), dispatched asynchronously from a host loop, so memory is
+    bounded by one call and the compiled function depends only on the chunk shape, not
+    on len(x); `params` and `key` are explicit replicated arguments and the jitted
+    function is cached (map_batch_sharded builds a new closure, hence a new trace and
+    compilation, on every call); and fn receives every row's GLOBAL index (int32), so
+    per-example randomness (Hutchinson probes) does not depend on the chunking or on the
+    device count.
+
+    Args:
+      fn: batched function (params, key, x (c, ...), idx (c,)) -> pytree, leading axis c.
+        Must be a stable object (e.g. from an lru_cache) for the compilation cache.
+      params: pytree (replicated on every device).
+      x: (n, ...) host array (the same on every process).
+      chunk_size: rows per device per call (default: all rows in one call).
+      key: PRNG key passed to fn (default PRNGKey(0)).
+    Returns:
+      pytree of numpy arrays with leading axis n.
+    """
+    mesh = distributed.make_mesh() if mesh is None else mesh
+    n_dev = mesh.shape[distributed.DATA_AXIS]
+    x = np.asarray(x)
+    n = x.shape[0]
+    per = -(-n // n_dev)
+    chunk = per if chunk_size is None else max(1, min(int(chunk_size), per))
+    rows = chunk * n_dev
+    total = -(-n // rows) * rows
+    idx = np.arange(total, dtype=np.int32)
+    if total > n:
+        x = np.concatenate([x, np.repeat(x[-1:], total - n, axis=0)])
+        idx[n:] = n - 1
+    sharding = distributed.batch_sharded(mesh)
+    key = jax.random.PRNGKey(0) if key is None else key
+    rep = distributed.replicate({"params": params, "key": key}, mesh)
+    mapped = _sharded_callable(fn, mesh)
+    to_host = functools.partial(jax.tree_util.tree_map, distributed._gather)
+    outs, pending = [], None
+    for start in range(0, total, rows):
+        xs, ids = x[start:start + rows], idx[start:start + rows]
+        xs = jax.make_array_from_callback(xs.shape, sharding, lambda i, a=xs: a[i])
+        ids = jax.make_array_from_callback(ids.shape, sharding, lambda i, a=ids: a[i])
+        out = mapped(rep["params"], rep["key"], xs, ids)
+        if pending is not None:  # copy the previous call's result while this one runs
+            outs.append(to_host(pending))
+        pending = out
+    outs.append(to_host(pending))
+    return jax.tree_util.tree_map(lambda *o: np.concatenate(o, axis=0)[:n], *outs)
 
 
 # ----------------------------------------------------------------------- the model
@@ -271,9 +339,12 @@ class LocalFlow:
 
     # -- one block -----------------------------------------------------------------
     def block_map(self, params, x, *, inverse: bool = False, mesh=None) -> np.ndarray:
-        """T_n(x) (t: 0 -> 1) or T_n^{-1}(x) (t: 1 -> 0) for a batch x (n, ...)."""
-        fn = _jitted_block_map(self, bool(inverse))
-        return map_in_chunks(lambda i, xc: fn(params, xc), [x], self.chunk_size, mesh)
+        """T_n(x) (t: 0 -> 1) or T_n^{-1}(x) (t: 1 -> 0) for a batch x (n, ...).
+
+        Rows are split over the mesh's devices (`sharded_map`), `chunk_size` per device
+        call; compiled once per (model, direction, shape)."""
+        return sharded_map(_block_map_fn(self, bool(inverse)), params, x, mesh=mesh,
+                           chunk_size=self.chunk_size)
 
     def block_log_det(self, params, x, *, method: str = "exact", key=None,
                       n_probes: int = 1, mesh=None):
@@ -281,14 +352,15 @@ class LocalFlow:
 
         The integral is log q_{n-1}(x) - log q_n(T_n(x)) (nats), by
         `ode.log_prob(..., t_data=0, t_base=1)` with a zero base; shapes
-        ((n, ...), (n,)). Hutchinson probes are keyed by fold_in(key, chunk index).
+        ((n, ...), (n,)). Hutchinson probes of example i are drawn from
+        fold_in(key, i), i its GLOBAL index in x (as `ode.log_prob_chunked`), so no two
+        examples share probes and the result does not depend on chunk_size or on the
+        number of devices.
         """
         if method != "exact" and key is None:
             raise ValueError(f"divergence method {method!r} needs a key")
-        key = jax.random.PRNGKey(0) if key is None else key
-        fn = _jitted_block_log_det(self, method, int(n_probes))
-        return map_in_chunks(lambda i, xc: fn(params, xc, jax.random.fold_in(key, i)),
-                             [x], self.chunk_size, mesh)
+        fn = _block_log_det_fn(self, method, int(n_probes))
+        return sharded_map(fn, params, x, mesh=mesh, chunk_size=self.chunk_size, key=key)
 
     # -- all blocks -----------------------------------------------------------------
     def push_forward(self, params_list, x, *, mesh=None) -> np.ndarray:
@@ -332,37 +404,45 @@ class LocalFlow:
         return np.stack(rows) if per_block else rows[-1]
 
     def _base_log_prob(self, x, mesh):
-        fn = _jitted_base_log_prob()
-        return map_in_chunks(lambda i, xc: fn(xc), [x], self.chunk_size, mesh).astype(
-            np.float64)
+        return sharded_map(_base_log_prob_fn, None, x, mesh=mesh,
+                           chunk_size=self.chunk_size).astype(np.float64)
 
 
 @functools.lru_cache(maxsize=64)
-def _jitted_block_map(model: LocalFlow, inverse: bool):
+def _block_map_fn(model: LocalFlow, inverse: bool):
+    """(params, key, x (c, ...), idx) -> T_n(x) or T_n^{-1}(x), for `sharded_map`."""
     t0, t1 = (1.0, 0.0) if inverse else (0.0, 1.0)
 
-    def fn(params, x):
+    def fn(params, key, x, idx):
         b = lambda t, y: model.velocity(params, t, y)
         return ode.integrate(b, x, t0, t1, **model._ode_kw())
 
-    return jax.jit(fn)
+    return fn
 
 
 @functools.lru_cache(maxsize=64)
-def _jitted_block_log_det(model: LocalFlow, method: str, n_probes: int):
-    def fn(params, x, key):
+def _block_log_det_fn(model: LocalFlow, method: str, n_probes: int):
+    """(params, key, x (c, ...), idx (c,)) -> (T_n(x), int div v_n dt), for `sharded_map`.
+
+    Each example solves its own augmented ODE (`ode.log_prob` on one example, vmapped)
+    with key fold_in(key, idx): probes keyed by the global example index."""
+
+    def one(params, key, xi, i):
         b = lambda t, y: model.velocity(params, t, y)
-        delta, x_next = ode.log_prob(b, x, _zero_log_prob, t_data=0.0, t_base=1.0,
-                                     method=method, key=key, n_probes=n_probes,
-                                     return_base=True, **model._ode_kw())
+        delta, x_next = ode.log_prob(b, xi, _zero_log_prob, t_data=0.0, t_base=1.0,
+                                     method=method, key=jax.random.fold_in(key, i),
+                                     n_probes=n_probes, batched=False, return_base=True,
+                                     **model._ode_kw())
         return x_next, delta
 
-    return jax.jit(fn)
+    def fn(params, key, x, idx):
+        return jax.vmap(one, in_axes=(None, None, 0, 0))(params, key, x, idx)
+
+    return fn
 
 
-@functools.lru_cache(maxsize=1)
-def _jitted_base_log_prob():
-    return jax.jit(jax.vmap(ode.standard_normal_log_prob))
+def _base_log_prob_fn(params, key, x, idx):
+    return jax.vmap(ode.standard_normal_log_prob)(x)
 
 
 # ----------------------------------------------------------------------- diagnostics

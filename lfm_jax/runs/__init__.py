@@ -1,0 +1,20 @@
+"""Full jobs (train, evaluate, write artefacts) chosen by `config.method`.
+
+Each method module exposes `run(config, workdir) -> dict of final metrics`.
+Modules are imported lazily so that one method's dependencies never slow another.
+"""
+
+import importlib
+
+METHODS = {
+    "fm": "lfm_jax.runs.fm",
+    "lfm": "lfm_jax.runs.lfm",
+    "flow_map": "lfm_jax.runs.flow_map",
+}
+
+
+def get(method: str):
+    """The `run(config, workdir)` function of a method."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; known: {sorted(METHODS)}")
+    return importlib.import_module(METHODS[method]).run

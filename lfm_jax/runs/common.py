@@ -1,0 +1,66 @@
+"""Pieces shared by the jobs in `lfm_jax.runs`: data, model, optimiser, evaluation."""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lfm_jax import data as data_lib
+from lfm_jax import distributed, metrics, networks, train
+
+
+def load_data(config):
+    """The dataset named by config.data (validated)."""
+    d = config.data
+    if d.name in getattr(data_lib, "TOY_2D", {}) or d.name == "gmm":
+        kw = {"dim": d.dim, "n_components": d.n_components} if d.name == "gmm" else {}
+        return data_lib.make_dataset(d.name, d.n_train, d.n_val, d.n_test, config.seed, **kw)
+    from lfm_jax import tabular
+
+    return tabular.load(d.name, d.path, seed=config.seed)
+
+
+def make_mesh(config):
+    n = config.train.num_devices or None
+    mesh = distributed.make_mesh(n)
+    distributed.check_batch_size(config.train.batch_size, mesh)
+    return mesh
+
+
+def velocity_network(config, example_shape):
+    m = config.model
+    return networks.velocity_mlp(example_shape, hidden=tuple(m.hidden), activation=m.activation,
+                                 num_frequencies=m.num_frequencies,
+                                 max_frequency=m.max_frequency)
+
+
+def optimizer(config, total_steps=None):
+    t = config.train
+    return train.make_optimizer(lr=t.lr, schedule=t.schedule, warmup_steps=t.warmup_steps,
+                                total_steps=total_steps or t.steps, grad_clip=t.grad_clip,
+                                weight_decay=t.weight_decay)
+
+
+def sample_metrics(key, samples, reference, max_points: int = 2000) -> dict:
+    """Energy distance, MMD and sliced W2 between samples and held-out data."""
+    n = min(len(samples), len(reference), max_points)
+    x = jnp.asarray(samples[:n], jnp.float32)
+    y = jnp.asarray(reference[:n], jnp.float32)
+    return {
+        "energy_distance": float(metrics.energy_distance(x, y)),
+        "mmd": float(metrics.mmd(x, y)),
+        "sliced_w2": float(metrics.sliced_wasserstein(key, x, y)),
+    }
+
+
+def check_workdir(workdir: str) -> str:
+    workdir = os.path.abspath(os.path.expanduser(workdir))
+    os.makedirs(workdir, exist_ok=True)
+    return workdir
+
+
+def to_numpy(x):
+    return distributed.to_host(x)
