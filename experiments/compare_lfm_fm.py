@@ -4,13 +4,15 @@
         [--datasets checkerboard,gmm43] [--quick]
 
 For each data set, LFM (configs/lfm_<name>.py) and plain FM get the same training
-wall-clock budget (seconds of training, pushes included for LFM, evaluation
-excluded) and the same total parameter count (the FM MLP's width is chosen so that
-its parameter count matches the sum over LFM's blocks). Steps are set from the
-measured time of one fused call of each train step. Test NLL (nats, exact
-divergence) is measured over training time: for LFM after every block (the
-truncated model q_n is a normalised density), for FM at `--fm_evals` evenly spaced
-points. Writes compare.json, compare.md (table), nll_<data>.png (NLL against
+wall-clock budget (seconds of training, pushes of the training set included for LFM,
+evaluation and compilation excluded) and the same total parameter count (the FM MLP's
+width is chosen so that its parameter count matches the sum over LFM's blocks).
+Training stops by elapsed time: FM after the first fused call past the budget; LFM
+gives each of its N blocks budget/N seconds, its training stopping by time so that
+training plus the (estimated) push fit in it. The lr schedules span the steps expected
+from the measured speed of one fused call. Test NLL (nats, exact divergence) is
+measured over training time: for LFM after every block (the truncated model q_n is a
+normalised density), for FM at `--fm_evals` evenly spaced times. Writes compare.json, compare.md (table), nll_<data>.png (NLL against
 training time with the entropy floor) and samples_<data>_<method>.png.
 """
 
@@ -85,10 +87,14 @@ def _fm_width(config, n_params_target, dim):
 
 
 def run_lfm(config, dataset, workdir, budget_s):
+    """LFM under a wall-clock budget: budget_s / N per block, covering the block's
+    training and the push of the training set through it (the push is part of LFM
+    training); each block's training stops by elapsed time (`block_train_budget_s`).
+    Test NLL of the truncated model after every block; evaluation time excluded."""
     import jax
     import numpy as np
 
-    from lfm_jax import lfm, train
+    from lfm_jax import train
     from lfm_jax.runs import common
     from lfm_jax.runs import lfm as lfm_run
 
@@ -99,46 +105,53 @@ def run_lfm(config, dataset, workdir, budget_s):
                                      opt)
     data = {"x": np.asarray(dataset.train), "h": np.float32(0.1)}
     tps = _time_per_step(step_fn, state, data, config.train.steps_per_call)
-    # Budget = blocks x (steps x sec/step + push time); the push time of a block is
-    # estimated from one timed chunk (after compiling it).
-    chunk = np.asarray(dataset.train[: config.lfm.chunk_size])
+    # Push time of a block, estimated from one call of the (compiled) sharded push; the
+    # push is compiled per chunk shape, so this also compiles it outside the budget.
+    chunk = np.asarray(dataset.train[: config.lfm.chunk_size * len(jax.devices())])
     p0 = network.init(jax.random.PRNGKey(0))
     model.block_map(p0, chunk, mesh=mesh)
     t0 = time.perf_counter()
     model.block_map(p0, chunk, mesh=mesh)
     push_s = (time.perf_counter() - t0) * len(dataset.train) / len(chunk)
     spc = config.train.steps_per_call
-    per_block = max(budget_s / model.num_blocks - 1.2 * push_s, 0.25 * budget_s / model.num_blocks)
-    steps = int(per_block / tps) // spc * spc
-    config.lfm.steps_per_block = max(spc, steps)
+    per_block = budget_s / model.num_blocks
+    train_budget = max(per_block - 1.5 * push_s, 0.25 * per_block)
+    # The lr schedule spans the steps expected in the budget; training stops by time.
+    config.lfm.steps_per_block = max(spc, -(-int(train_budget / tps) // spc) * spc)
     config.train.checkpoint_every = 10**9
-    # Compile the step and the ODE solves outside the timed region (as for FM).
+    # Compile the step and the validation log-det outside the timed region (as for FM).
     network, model, opt, step_fn = lfm_run._components(config, example_shape, mesh)
     state = train.create_train_state(jax.random.PRNGKey(0), network.init(jax.random.PRNGKey(0)),
                                      opt)
     jax.block_until_ready(step_fn(state, data)[1])
-    params = network.init(jax.random.PRNGKey(0))
     x_val = np.asarray(dataset.val[: config.lfm.n_val])
-    model.block_map(params, np.asarray(dataset.train[: config.lfm.chunk_size]), mesh=mesh)
-    model.block_log_det(params, x_val, method=config.lfm.divergence,
+    model.block_log_det(p0, x_val, method=config.lfm.divergence,
                         key=jax.random.PRNGKey(0), n_probes=config.lfm.n_probes, mesh=mesh)
     _, params_list, reports = lfm_run.train_blocks(config, dataset, workdir, mesh=mesh,
-                                                   verbose=True)
+                                                   verbose=True,
+                                                   block_train_budget_s=train_budget)
     emodel = lfm_run.eval_model(config, model)
     test = np.asarray(dataset.test[: config.eval.nll_examples])
-    per_block = emodel.log_prob(params_list, test, per_block=True, mesh=mesh)
-    times = np.cumsum([0.0] + [r.get("train_time_s", 0.0) + r.get("push_time_s", 0.0)
-                               for r in reports[1:]])
-    nll = [float(-np.mean(row)) for row in per_block]
+    per_block_lp = emodel.log_prob(params_list, test, per_block=True, mesh=mesh)
+    train_s = [r.get("train_time_s", 0.0) for r in reports[1:]]
+    push = [r.get("push_time_s", 0.0) for r in reports[1:]]
+    times = np.cumsum([0.0] + [t + p for t, p in zip(train_s, push)])
+    nll = [float(-np.mean(row)) for row in per_block_lp]
     samples = emodel.generate(params_list, jax.random.PRNGKey(1), config.eval.n_samples,
                               mesh=mesh)
     n_params = sum(network.num_params(p) for p in params_list)
     return {"time_s": times.tolist(), "test_nll": nll, "num_params": int(n_params),
-            "steps_per_block": config.lfm.steps_per_block, "blocks": model.num_blocks,
-            "hidden": list(config.model.hidden), "sec_per_step": tps}, samples
+            "steps_per_block": [r.get("steps_trained") for r in reports[1:]],
+            "block_train_budget_s": train_budget, "push_time_s": push,
+            "train_time_s": train_s, "estimated_push_s": push_s,
+            "blocks": model.num_blocks, "hidden": list(config.model.hidden),
+            "sec_per_step": tps}, samples
 
 
 def run_fm(config, dataset, workdir, budget_s, n_params_target):
+    """One global FM model (same depth, width matched to LFM's total parameter count)
+    trained until `budget_s` seconds of training have elapsed (measured per fused call,
+    evaluation excluded); test NLL at `--fm_evals` evenly spaced times."""
     import jax
     import numpy as np
 
@@ -154,28 +167,25 @@ def run_fm(config, dataset, workdir, budget_s, n_params_target):
                                 max_frequency=config.model.max_frequency)
     t = config.train
     spc = t.steps_per_call
-    loss_fn = flow_matching.make_loss(net.apply, interpolants.get("linear"),
+    loss_fn = flow_matching.make_loss(net.apply, interpolants.get(config.lfm.interpolant),
                                       lambda k, n: jax.random.uniform(k, (n,)))
-    # Steps from the measured speed; the lr schedule spans all of them.
-    probe_opt = common.optimizer(config, total_steps=10**6)
-    probe = train.make_train_step(loss_fn, probe_opt,
-                                  sample_batch=flow_matching.make_sample_batch(t.batch_size),
-                                  steps_per_call=spc, ema_decay=t.ema_decay, mesh=mesh)
+    sample_batch = flow_matching.make_sample_batch(t.batch_size)
     data = distributed.replicate(np.asarray(dataset.train), mesh)
-    state = train.create_train_state(jax.random.PRNGKey(0), net.init(jax.random.PRNGKey(1)),
-                                     probe_opt)
-    tps = _time_per_step(probe, distributed.replicate(state, mesh), data, spc)
-    state = train.create_train_state(jax.random.PRNGKey(0), net.init(jax.random.PRNGKey(1)),
-                                     probe_opt)
-    tps = max(tps, _time_per_step(probe, distributed.replicate(state, mesh), data, spc))
-    total = max(spc, int(budget_s / tps) // spc * spc)
+
+    def fresh(opt):
+        return distributed.replicate(train.create_train_state(
+            jax.random.PRNGKey(0), net.init(jax.random.PRNGKey(1)), opt), mesh)
+
+    # The lr schedule spans the steps expected in the budget (from the measured speed);
+    # training itself stops by elapsed time.
+    probe_opt = common.optimizer(config, total_steps=10**6)
+    probe = train.make_train_step(loss_fn, probe_opt, sample_batch=sample_batch,
+                                  steps_per_call=spc, ema_decay=t.ema_decay, mesh=mesh)
+    tps = _time_per_step(probe, fresh(probe_opt), data, spc)
+    total = max(spc, -(-int(budget_s / tps) // spc) * spc)
     opt = common.optimizer(config, total_steps=total)
-    step_fn = train.make_train_step(loss_fn, opt,
-                                    sample_batch=flow_matching.make_sample_batch(t.batch_size),
+    step_fn = train.make_train_step(loss_fn, opt, sample_batch=sample_batch,
                                     steps_per_call=spc, ema_decay=t.ema_decay, mesh=mesh)
-    state = distributed.replicate(
-        train.create_train_state(jax.random.PRNGKey(0), net.init(jax.random.PRNGKey(1)), opt),
-        mesh)
     e = config.eval
     test = np.asarray(dataset.test[: e.nll_examples])
     logp = jax.jit(lambda p, x: flow_matching.log_prob(net.apply, p, x, solver=e.solver,
@@ -185,26 +195,37 @@ def run_fm(config, dataset, workdir, budget_s, n_params_target):
         return float(-np.mean(np.concatenate([np.asarray(logp(params, test[i:i + 500]))
                                               for i in range(0, len(test), 500)])))
 
-    marks = sorted({max(spc, int(total * k / FLAGS.fm_evals) // spc * spc)
-                    for k in range(1, FLAGS.fm_evals + 1)})
-    times, nll, elapsed = [0.0], [test_nll(state.ema_params)], 0.0
-    step_fn(state, data)  # compile outside the timed region (the state is donated)
-    state = distributed.replicate(
-        train.create_train_state(jax.random.PRNGKey(0), net.init(jax.random.PRNGKey(1)), opt),
-        mesh)
-    for mark in marks:
+    state = fresh(opt)
+    times, nll, steps, elapsed = [0.0], [test_nll(state.ema_params)], [0], 0.0
+    jax.block_until_ready(step_fn(state, data)[1])  # compile outside the budget (donated)
+    state = fresh(opt)
+    marks = [budget_s * k / FLAGS.fm_evals for k in range(1, FLAGS.fm_evals + 1)]
+    step = 0
+    while elapsed < budget_s:
         t0 = time.perf_counter()
-        state, _ = train.fit(state, step_fn, data, mark, steps_per_call=spc)
-        jax.block_until_ready(state.params)
+        state, m = step_fn(state, data)
+        jax.block_until_ready(m)
         elapsed += time.perf_counter() - t0
-        times.append(elapsed)
-        nll.append(test_nll(state.ema_params))
-        print(f"fm step {mark}: {elapsed:.1f}s test NLL {nll[-1]:.4f}", flush=True)
+        step += spc
+        if (marks and elapsed >= marks[0]) or elapsed >= budget_s:
+            while marks and elapsed >= marks[0]:
+                marks.pop(0)
+            times.append(elapsed)
+            steps.append(step)
+            nll.append(test_nll(state.ema_params))
+            print(f"fm step {step}: {elapsed:.1f}s test NLL {nll[-1]:.4f}", flush=True)
     samples = flow_matching.sample(net.apply, state.ema_params, jax.random.PRNGKey(1),
                                    e.n_samples, (dim,), solver=e.solver, rtol=e.rtol,
                                    atol=e.atol)
-    return {"time_s": times, "test_nll": nll, "num_params": int(n_params), "steps": total,
+    return {"time_s": times, "test_nll": nll, "steps_at_eval": steps,
+            "num_params": int(n_params), "steps": step, "scheduled_steps": total,
             "hidden": list(hidden), "sec_per_step": tps}, np.asarray(samples)
+
+
+def _nll_at(res, t):
+    """Test NLL of the latest evaluation at or before training time t (None if none)."""
+    vals = [v for s, v in zip(res["time_s"], res["test_nll"]) if s <= t * 1.02 + 1e-9]
+    return vals[-1] if vals else None
 
 
 def main(argv):
@@ -238,12 +259,21 @@ def main(argv):
         for method, s in (("lfm", lfm_samples), ("fm", fm_samples)):
             plots.plot_samples(os.path.join(workdir, f"samples_{name}_{method}.png"), s,
                                data=np.asarray(dataset.test), title=f"{name} {method}")
+        fracs = (0.25, 0.5, 0.75, 1.0)
         for method, r in (("LFM", lfm_res), ("FM", fm_res)):
+            at = [_nll_at(r, f * FLAGS.budget_s) for f in fracs]
+            cells = " | ".join("-" if v is None else f"{v:.4f}" for v in at)
             rows.append(f"| {name} | {method} | {r['num_params']} | {r['time_s'][-1]:.1f} | "
-                        f"{r['test_nll'][-1]:.4f} | {floor:.4f} |")
+                        f"{cells} | {r['test_nll'][-1]:.4f} | {floor:.4f} |")
+            r["test_nll_at_budget_fraction"] = dict(zip(map(str, fracs), at))
         log_lib.write_json(os.path.join(workdir, "compare.json"), results)
-    table = "\n".join(["| data | method | params | train s | test NLL | floor |",
-                       "|---|---|---|---|---|---|"] + rows)
+    table = "\n".join([f"budget {FLAGS.budget_s:.0f}s of training per method (pushes "
+                       f"included for LFM, evaluation excluded); NLL in nats on "
+                       f"{FLAGS.nll_examples} test points, latest evaluation at or before "
+                       f"each fraction of the budget ('-': none yet)\n",
+                       "| data | method | params | train s | NLL@25% | NLL@50% | NLL@75% | "
+                       "NLL@100% | final NLL | floor |",
+                       "|---|---|---|---|---|---|---|---|---|---|"] + rows)
     with open(os.path.join(workdir, "compare.md"), "w") as f:
         f.write(table + "\n")
     print(table)

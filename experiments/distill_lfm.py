@@ -136,7 +136,7 @@ def main(argv):
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         sp = "" if r["speedup_vs_ode"] is None else f"{r['speedup_vs_ode']:.1f}x"
-        lines.append(f"| {r['method']} | {r['K']} | {r['network_calls'] or 'adaptive'} | "
+        lines.append(f"| {r['method']} | {r['K']} | {'adaptive' if r['network_calls'] is None else r['network_calls']} | "
                      f"{r['energy_distance']:.4f} | {r['mmd']:.5f} | {r['sliced_w2']:.4f} | "
                      f"{r['energy_distance_to_ode']:.4f} | {r['mse_to_ode']:.4f} | "
                      f"{1e3 * r['time_s']:.2f} | {sp} |")

@@ -68,7 +68,7 @@ def test_distilled_lfm_generates_close_to_ode(tmp_path):
     ed_noise = float(metrics.energy_distance(z, ode_samples))
     # The claim can fail: the 2-step distilled maps must land nearer the ODE samples
     # (in distribution) than the noise they start from.
-    assert ed_fast < 0.5 * ed_noise, (ed_fast, ed_noise)
+    assert ed_fast < 0.2 * ed_noise, (ed_fast, ed_noise)
     # ... and pointwise: the same noise goes to nearby points.
     assert np.mean(np.sum((fast - ode_samples) ** 2, -1)) < np.mean(
         np.sum((z - ode_samples) ** 2, -1))

@@ -8,7 +8,8 @@
   3. its final params (raw and EMA) are saved to blocks/<n>/params.msgpack, then the
      training set and the validation subset are pushed through it (chunks sharded over
      the mesh) and saved, with the cumulative log-determinant of the validation points,
-     as .npy files; then blocks/<n>/report.json.
+     as .npy files; then blocks/<n>/report.json (train_time_s, push_time_s of the
+     training set, val_logdet_time_s).
 Every file is written to a temporary name and renamed, so a run killed at any moment
 and restarted with the same command restores blocks < n with their pushed data (only
 what is missing is recomputed) and resumes inside block n from its latest checkpoint,
@@ -111,7 +112,7 @@ class _BlockFiles:
 # ---------------------------------------------------------------------- training
 
 def train_blocks(config, dataset, workdir: str, *, mesh=None, callback=None,
-                 verbose: bool = True):
+                 verbose: bool = True, block_train_budget_s=None):
     """Train all blocks (resuming where the workdir left off).
 
     Args:
@@ -121,6 +122,10 @@ def train_blocks(config, dataset, workdir: str, *, mesh=None, callback=None,
       mesh: device mesh (default from config.train.num_devices).
       callback: optional f(block, step, metrics) after every fused call (e.g. to
         stop a run for tests by raising).
+      block_train_budget_s: optional wall-clock limit (seconds) on each block's
+        training (not its push): the block stops after the first fused call that ends
+        past it, or at steps_per_block (the lr schedule spans steps_per_block). For
+        equal-time comparisons; the steps run are in the block's report.
     Returns:
       (model, params_list, reports): the LocalFlow (push options), the model params of
       each block (EMA if config.eval.use_ema), and the per-block report dicts.
@@ -157,10 +162,12 @@ def train_blocks(config, dataset, workdir: str, *, mesh=None, callback=None,
             else:
                 init = network.init(jax.random.fold_in(init_key, n))
             t0 = time.perf_counter()
-            saved = _train_one_block(n, h, x_train, init, opt, step_fn, files, config,
-                                     jax.random.fold_in(train_key, n), mesh, callback,
-                                     verbose)
+            saved, steps_run = _train_one_block(
+                n, h, x_train, init, opt, step_fn, files, config,
+                jax.random.fold_in(train_key, n), mesh, callback, verbose,
+                block_train_budget_s)
             timing["train_time_s"] = time.perf_counter() - t0
+            timing["steps_trained"] = steps_run
             _save_bytes(files.params, flax.serialization.to_bytes(saved))
         raw_prev = saved["params"]
         params = saved["ema_params"] if config.eval.use_ema else saved["params"]
@@ -171,6 +178,8 @@ def train_blocks(config, dataset, workdir: str, *, mesh=None, callback=None,
         if x_next is None:
             x_next = model.block_map(params, x_train, mesh=mesh)
             _save_npy(files.train, x_next)
+        push_time = time.perf_counter() - t0
+        t0 = time.perf_counter()
         v_next, v_logdet = _load_npy(files.val), _load_npy(files.val_logdet)
         if v_next is None or v_logdet is None:
             bkey = jax.random.fold_in(div_key, n)
@@ -178,7 +187,7 @@ def train_blocks(config, dataset, workdir: str, *, mesh=None, callback=None,
             v_logdet = val_logdet + delta
             _save_npy(files.val, v_next)
             _save_npy(files.val_logdet, v_logdet)
-        push_time = time.perf_counter() - t0
+        val_time = time.perf_counter() - t0
 
         if os.path.exists(files.report):
             with open(files.report) as f:
@@ -186,7 +195,9 @@ def train_blocks(config, dataset, workdir: str, *, mesh=None, callback=None,
         else:
             report = _block_report(model, n, h, cum_h[n], x_train, x_next, v_next,
                                    v_logdet, log_p_val, files, mesh)
-            report.update(timing, push_time_s=push_time)
+            # push_time_s: the training set through the block (part of LFM training);
+            # val_logdet_time_s: the validation points and their log-det (evaluation).
+            report.update(timing, push_time_s=push_time, val_logdet_time_s=val_time)
             _save_json(files.report, report)
         reports.append(report)
         if verbose:
@@ -227,9 +238,10 @@ def _build_components(config, example_shape, mesh):
 
 
 def _train_one_block(n, h, x_l, init_params, opt, step_fn, files, config, key, mesh,
-                     user_callback, verbose):
+                     user_callback, verbose, budget_s=None):
     """Train block n from init_params (or its latest checkpoint); returns
-    {"params", "ema_params"} on the host."""
+    ({"params", "ema_params"} on the host, steps run). With budget_s, stops after the
+    first fused call that ends past budget_s seconds."""
     t_cfg = config.train
     steps = config.lfm.steps_per_block
     state = train.create_train_state(key, init_params, opt)
@@ -254,15 +266,27 @@ def _train_one_block(n, h, x_l, init_params, opt, step_fn, files, config, key, m
             {"x": np.asarray(x_l), "h": np.asarray(h, np.asarray(x_l).dtype)}, mesh)
         progress = log_lib.Progress(steps, initial=start, desc=f"lfm block {n}",
                                     disable=None if verbose else True)
+        spc = t_cfg.steps_per_call
         try:
-            state, _ = train.fit(state, step_fn, data, steps,
-                                 steps_per_call=t_cfg.steps_per_call, callback=callback,
-                                 checkpointer=ckpt, progress=progress)
+            if budget_s is None:
+                state, _ = train.fit(state, step_fn, data, steps, steps_per_call=spc,
+                                     callback=callback, checkpointer=ckpt,
+                                     progress=progress)
+            else:
+                t0 = time.perf_counter()
+                step = int(state.step)
+                while step < steps and time.perf_counter() - t0 < budget_s:
+                    step = min(steps, step + spc)
+                    state, _ = train.fit(state, step_fn, data, step, steps_per_call=spc,
+                                         callback=callback, progress=progress)
+                ckpt.save(int(state.step), state, force=True)
+                ckpt.wait()
         finally:
             progress.close()
     finally:
         ckpt.close()
-    return jax.device_get({"params": state.params, "ema_params": state.ema_params})
+    return (jax.device_get({"params": state.params, "ema_params": state.ema_params}),
+            int(state.step) - start)
 
 
 def _load_params(path, template):
