@@ -2,30 +2,12 @@
 --config.data.path or $LFM_DATA to the extracted MAF data folder).
 Official layout: 4 blocks 4x512, h = 0.25. Hutchinson divergence."""
 
-from configs import default
+from configs import lfm_tabular
 
 
 def get_config():
-    config = default.get_config()
-    config.method = "lfm"
-    config.data.name = "bsds300"
-    config.model.hidden = (512,) * 4
-    config.lfm.num_blocks = 4
-    config.lfm.step_c = 0.25
-    config.lfm.step_rho = 1.0
-    config.lfm.steps_per_block = 20_000
-    config.lfm.push_rtol = 1e-5
-    config.lfm.push_atol = 1e-5
-    config.lfm.chunk_size = 10_000
-    config.lfm.n_val = 5_000
-    config.train.lr = 5e-4
-    config.train.batch_size = 2_048
-    config.train.steps_per_call = 200
-    config.train.ema_decay = 0.999
-    config.train.checkpoint_every = 2_000
-    config.eval.nll_examples = 1_000_000  # the whole test split
-    config.eval.n_samples = 10_000
-    config.eval.chunk_size = 10_000
-    config.lfm.divergence = "hutchinson"
+    config = lfm_tabular.get_tabular_config(
+        "bsds300", hidden=(512,) * 4, num_blocks=4, step_c=0.25, lr=5e-4)
+    config.lfm.divergence = "hutchinson"  # 63-D: exact traces cost 63 JVPs per step
     config.eval.divergence = "hutchinson"
-    return default.locked(config)
+    return config

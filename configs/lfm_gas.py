@@ -2,28 +2,9 @@
 --config.data.path or $LFM_DATA to the extracted MAF data folder).
 Official layout: 2 blocks 5x362, h = 0.05."""
 
-from configs import default
+from configs import lfm_tabular
 
 
 def get_config():
-    config = default.get_config()
-    config.method = "lfm"
-    config.data.name = "gas"
-    config.model.hidden = (362,) * 5
-    config.lfm.num_blocks = 2
-    config.lfm.step_c = 0.05
-    config.lfm.step_rho = 1.0
-    config.lfm.steps_per_block = 20_000
-    config.lfm.push_rtol = 1e-5
-    config.lfm.push_atol = 1e-5
-    config.lfm.chunk_size = 10_000
-    config.lfm.n_val = 5_000
-    config.train.lr = 1e-3
-    config.train.batch_size = 2_048
-    config.train.steps_per_call = 200
-    config.train.ema_decay = 0.999
-    config.train.checkpoint_every = 2_000
-    config.eval.nll_examples = 1_000_000  # the whole test split
-    config.eval.n_samples = 10_000
-    config.eval.chunk_size = 10_000
-    return default.locked(config)
+    return lfm_tabular.get_tabular_config(
+        "gas", hidden=(362,) * 5, num_blocks=2, step_c=0.05)

@@ -14,7 +14,6 @@ import platform
 import time
 
 import jax
-import jax.numpy as jnp
 from absl import app, flags
 
 from lfm_jax import distributed, flow_matching, interpolants, networks, time_sampling, train

@@ -45,7 +45,7 @@ def main(argv):
     from lfm_jax import logging as log_lib
     from lfm_jax import ode, plots, time_sampling, train
     from lfm_jax.runs import common
-    from configs import flow_map_defaults
+    from lfm_jax.runs import flow_map as flow_map_run
 
     config = FLAGS.config
     fcfg, tcfg, ecfg = config.flow_map, config.train, config.eval
@@ -134,23 +134,8 @@ def main(argv):
 
     # 3. Flow maps.
     for i, name in enumerate(names):
-        fm = flow_map.make_flow_map(example_shape, hidden=tuple(config.model.hidden),
-                                    activation=config.model.activation,
-                                    num_frequencies=config.model.num_frequencies,
-                                    max_frequency=config.model.max_frequency,
-                                    zero_init_output=fcfg.zero_init_output,
-                                    learned_weighting=fcfg.learned_weighting)
-        loss_kw = dict(interp=interp, sampler_kwargs=flow_map_defaults.sampler_kwargs(
-            fcfg, tcfg.steps))
-        if fcfg.time_sampler:
-            loss_kw["time_sampler"] = fcfg.time_sampler
-        kind, short, _ = distill.OBJECTIVES[name]
-        if short == "progressive" and kind == "distill":
-            loss_kw.update(num_teacher_steps=fcfg.num_teacher_steps,
-                           teacher_substeps=fcfg.teacher_substeps)
-        if short == "progressive" and kind == "self":
-            loss_kw["intermediate"] = fcfg.intermediate
-        loss_fn = distill.make_loss(name, fm, teacher_b, **loss_kw)
+        fm, loss_fn = flow_map_run.make_flow_map_and_loss(config, name, example_shape,
+                                                          teacher_b)
         t0 = time.perf_counter()
         try:
             state, history = distill.train_flow_map(

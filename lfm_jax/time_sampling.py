@@ -8,7 +8,6 @@ from __future__ import annotations
 import functools
 
 import jax
-import jax.numpy as jnp
 
 
 def uniform(key, n, eps: float = 0.0):

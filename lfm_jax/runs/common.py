@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import os
 
-import jax
 import jax.numpy as jnp
-import numpy as np
 
 from lfm_jax import data as data_lib
 from lfm_jax import distributed, metrics, networks, train

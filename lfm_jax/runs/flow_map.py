@@ -52,9 +52,32 @@ def _teacher(config, workdir, example_shape):
     return distill.velocity_teacher(net, params)
 
 
-def run(config, workdir: str) -> dict:
+def make_flow_map_and_loss(config, objective: str, example_shape, teacher_b=None):
+    """The student `FlowMap` (config.model) and its batch loss for `objective`
+    (config.flow_map settings), for `train.make_train_step(..., loss_takes_step=True)`."""
     from configs import flow_map_defaults
 
+    fcfg = config.flow_map
+    fmap = flow_map.make_flow_map(example_shape, hidden=tuple(config.model.hidden),
+                                  activation=config.model.activation,
+                                  num_frequencies=config.model.num_frequencies,
+                                  max_frequency=config.model.max_frequency,
+                                  zero_init_output=fcfg.zero_init_output,
+                                  learned_weighting=fcfg.learned_weighting)
+    loss_kw = dict(interp=interpolants.get(fcfg.interpolant),
+                   sampler_kwargs=flow_map_defaults.sampler_kwargs(fcfg, config.train.steps))
+    if fcfg.time_sampler:
+        loss_kw["time_sampler"] = fcfg.time_sampler
+    kind, short, _ = distill.OBJECTIVES[objective]
+    if short == "progressive" and kind == "distill":
+        loss_kw.update(num_teacher_steps=fcfg.num_teacher_steps,
+                       teacher_substeps=fcfg.teacher_substeps)
+    if short == "progressive" and kind == "self":
+        loss_kw["intermediate"] = fcfg.intermediate
+    return fmap, distill.make_loss(objective, fmap, teacher_b, **loss_kw)
+
+
+def run(config, workdir: str) -> dict:
     workdir = common.check_workdir(workdir)
     fcfg, tcfg, ecfg = config.flow_map, config.train, config.eval
     dataset = common.load_data(config)
@@ -63,23 +86,7 @@ def run(config, workdir: str) -> dict:
     name = fcfg.objective
     teacher_b = _teacher(config, workdir, example_shape) if distill.needs_teacher(name) else None
 
-    fmap = flow_map.make_flow_map(example_shape, hidden=tuple(config.model.hidden),
-                                  activation=config.model.activation,
-                                  num_frequencies=config.model.num_frequencies,
-                                  max_frequency=config.model.max_frequency,
-                                  zero_init_output=fcfg.zero_init_output,
-                                  learned_weighting=fcfg.learned_weighting)
-    loss_kw = dict(interp=interpolants.get(fcfg.interpolant),
-                   sampler_kwargs=flow_map_defaults.sampler_kwargs(fcfg, tcfg.steps))
-    if fcfg.time_sampler:
-        loss_kw["time_sampler"] = fcfg.time_sampler
-    kind, short, _ = distill.OBJECTIVES[name]
-    if short == "progressive" and kind == "distill":
-        loss_kw.update(num_teacher_steps=fcfg.num_teacher_steps,
-                       teacher_substeps=fcfg.teacher_substeps)
-    if short == "progressive" and kind == "self":
-        loss_kw["intermediate"] = fcfg.intermediate
-    loss_fn = distill.make_loss(name, fmap, teacher_b, **loss_kw)
+    fmap, loss_fn = make_flow_map_and_loss(config, name, example_shape, teacher_b)
 
     opt = common.optimizer(config)
     step_fn = train.make_train_step(
