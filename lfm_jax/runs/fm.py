@@ -106,4 +106,9 @@ def evaluate(config, net, state, dataset, key, workdir) -> dict:
     results.update(common.sample_metrics(k_metric, samples, np.asarray(dataset.test)))
     plots.plot_samples(os.path.join(workdir, "samples.png"), samples,
                        data=np.asarray(dataset.test), title=f"{config.method} samples")
+    if dataset.dim == 2:
+        times = np.linspace(0.0, 1.0, 33)
+        paths = jax.jit(lambda z: ode.integrate(b, z, 0.0, 1.0, save_times=times, **ode_kw))(
+            noise[:200])
+        plots.plot_trajectories(os.path.join(workdir, "trajectories.png"), common.to_numpy(paths))
     return results
