@@ -43,7 +43,7 @@ def _load(name):
 def _env(r):
     return (f"JAX {r.get('jax')} on {r.get('jax_platform')} ({r.get('jax_device')} x"
             f"{r.get('jax_device_count')}); torch {r.get('torch')} on "
-            f"{r.get('torch_device', 'cpu')} ({r.get('torch_threads')} threads unless stated); "
+            f"{r.get('torch_device', 'cpu')} (threads: {r.get('torch_threads')} unless stated); "
             f"torchcfm {r.get('torchcfm')}, flow_matching {r.get('flow_matching')}, "
             f"rectified-flow-pytorch {r.get('rectified-flow-pytorch')}; host {r.get('host')}.")
 
@@ -134,6 +134,16 @@ def ttq_section(r, md):
             notes.append(f"at {b:g} s ours (raw) is lower than the best peer ({best}) by "
                          f"{pv[best] - o:.3f} nats")
     out.append("**Reading.** " + "; ".join(notes) + ".")
+    last = max(r["budgets"])
+    per_seed = {}
+    for row in r["rows"]:
+        if row["budget_s"] == last and row["impl"] != "ours_ema":
+            per_seed.setdefault(row["impl"], []).append(row["steps"])
+    out.append(f"Steps reached within {last:g} s, per seed (the machine was shared with "
+               "other jobs whose load changed during the run, so throughput, and with it "
+               "NLL at a given time, varied between seeds as much as between "
+               "libraries; the JSON has NLL against steps for every run): "
+               + "; ".join(f"{k} {v}" for k, v in per_seed.items()) + ".")
     hit = summ.get("ours", {}).get("first_budget_at_target")
     hit_e = summ.get("ours_ema", {}).get("first_budget_at_target")
     out.append(f"Goal (NLL <= {r['target']} within 120 s on CPU): ours (raw) "
@@ -173,6 +183,13 @@ def few_step_section(r, md):
             notes.append(f"K={k}: ours wins ({bo} {o[bo]:.4f} vs best peer {bp} "
                          f"{p[bp]:.4f})")
     out.append("**Reading (energy distance).** " + "; ".join(notes) + ".")
+    steps = {i: next(iter(summ[i].values()))["train_steps"] for i in summ}
+    out.append(f"Caveats: seeds {r['seeds']} only; two independent samples of the data "
+               f"differ by {r['reference']['energy_distance']:.4f} (energy distance) and "
+               f"{r['reference']['sliced_w2']:.3f} (SW2), the noise level of these "
+               "estimates. Equal time means unequal steps: "
+               + ", ".join(f"{k} {v:.0f}" for k, v in steps.items())
+               + " (torch.func.jvp on CPU costs more per step than jax.jvp).")
     return "\n".join(out)
 
 
