@@ -225,19 +225,27 @@ def make_distill_loss(objective: str, flow_map: flow_map_lib.FlowMap,
 
 def make_self_distill_loss(objective: str, flow_map: flow_map_lib.FlowMap, *,
                            interp=None, time_sampler: str = "diagonal",
-                           sampler_kwargs=None, intermediate: str = "uniform") -> Callable:
+                           sampler_kwargs=None, intermediate: str = "uniform",
+                           esd_stopgrad: Optional[str] = None) -> Callable:
     """Batch loss (params, key, batch, step=0) -> (mean loss, aux), no external teacher.
 
     Per example: `losses.<objective>_self_distillation` with the model's own velocity
     v_{t,t} (one network call) and its learned lv(s, t) if attached. Default (s, t)
     sampler: "diagonal" (75% of the batch on s = t). For "progressive", u in [s, t]
-    from `INTERMEDIATE_TIMES[intermediate]`.
+    from `INTERMEDIATE_TIMES[intermediate]`. For "eulerian", `esd_stopgrad` (None: the
+    loss's default "average_velocity"; "full": gradient through d/ds X, the official
+    variant, unstable on long runs) is `losses.eulerian_self_distillation(stopgrad=)`.
     aux: fraction of the batch off the diagonal.
     """
     per_example = _lookup(SELF_DISTILL_OBJECTIVES, objective, "self-distillation objective")
     interp = interpolants_lib.linear() if interp is None else interp
     sample_st = flow_map_lib.get_time_pair_sampler(time_sampler, **(sampler_kwargs or {}))
     sample_u = _lookup(INTERMEDIATE_TIMES, intermediate, "intermediate time")
+    extra = {}
+    if esd_stopgrad is not None:
+        if objective != "eulerian":
+            raise ValueError("esd_stopgrad applies to the eulerian objective only")
+        extra["stopgrad"] = esd_stopgrad
 
     def loss_fn(params, key, batch, step=0):
         k_pair, k_time, k_u = jax.random.split(key, 3)
@@ -250,7 +258,7 @@ def make_self_distill_loss(objective: str, flow_map: flow_map_lib.FlowMap, *,
         lv = flow_map.bind_weight(params)
 
         def one(s_, u_, t_, a, c):
-            return per_example(X, interp, s_, u_, t_, a, c, velocity=b, weight=lv)
+            return per_example(X, interp, s_, u_, t_, a, c, velocity=b, weight=lv, **extra)
 
         total = jax.vmap(one)(s, u, t, x0, x1)
         return jnp.mean(total), {"off_diagonal": jnp.mean((s != t).astype(total.dtype))}

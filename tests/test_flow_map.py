@@ -242,10 +242,34 @@ def test_self_distillation_teachers_get_no_gradient():
         return diag(p) + jnp.sum((ds + teacher(p)) ** 2)
 
     full = jax.grad(lambda p: losses.eulerian_self_distillation(
-        fm.bind(p), interp, s, t, x0, x1))(params)  # default jvp velocity
+        fm.bind(p), interp, s, t, x0, x1, stopgrad="full"))(params)  # default jvp velocity
     _tree_close(full, jax.grad(lambda p: esd_const(p, lambda _: A))(params),
                 rtol=1e-5, atol=1e-6)
     assert _tree_differs(full, jax.grad(lambda p: esd_const(p, esd_teacher))(params))
+
+    # ESD default ("average_velocity"): same value |R|^2, gradient only through
+    # v_{s,t}(I_s), regressed onto the constant v_{s,t} + R.
+    def esd_residual(p):
+        _, ds = losses._d_dt(lambda ss: fm.apply(p, ss, t, x_s), s)
+        return ds + esd_teacher(p)
+    R = esd_residual(params)
+
+    def v_st(p):
+        return (fm.apply(p, s, t, x_s) - x_s) / (t - s)
+    target = v_st(params) + R
+
+    def esd_avg_const(p):
+        return diag(p) + jnp.sum((v_st(p) - target) ** 2)
+
+    default = lambda p: losses.eulerian_self_distillation(  # noqa: E731
+        fm.bind(p), interp, s, t, x0, x1)
+    np.testing.assert_allclose(default(params), diag(params) + jnp.sum(R ** 2), rtol=1e-5)
+    avg = jax.grad(default)(params)
+    _tree_close(avg, jax.grad(esd_avg_const)(params), rtol=1e-5, atol=1e-6)
+    assert _tree_differs(avg, full)
+    with pytest.raises(ValueError):
+        losses.eulerian_self_distillation(fm.bind(params), interp, s, t, x0, x1,
+                                          stopgrad="none")
 
     # PSD: two-jump teacher X_{u,t}(X_{s,u}(I_s)).
     def psd_teacher(p):
