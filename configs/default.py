@@ -58,6 +58,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval.solver = "tsit5"
     config.eval.rtol = 1e-5
     config.eval.atol = 1e-5
+    # Step limit of every adaptive solve (push, NLL, sampling): a well-trained field with
+    # sharp features can need thousands of steps; reaching the limit raises.
+    config.eval.max_steps = 65_536
     config.eval.divergence = "exact"  # exact | hutchinson
     config.eval.chunk_size = 1_000
 

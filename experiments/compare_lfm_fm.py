@@ -194,7 +194,7 @@ def run_fm(config, dataset, workdir, budget_s, n_params_target):
     # the comparison (it is recorded as NaN instead).
     logp = jax.jit(lambda p, x: flow_matching.log_prob(net.apply, p, x, solver=e.solver,
                                                         rtol=e.rtol, atol=e.atol,
-                                                        max_steps=65_536))
+                                                        max_steps=e.max_steps))
 
     def test_nll(params):
         try:

@@ -116,7 +116,7 @@ def main(argv):
         return row
 
     # 2. Teacher baselines: adaptive solve, and Euler with the same network calls.
-    ode_kw = dict(solver=ecfg.solver, rtol=ecfg.rtol, atol=ecfg.atol)
+    ode_kw = dict(solver=ecfg.solver, rtol=ecfg.rtol, atol=ecfg.atol, max_steps=ecfg.max_steps)
     adaptive = jax.jit(lambda zz: ode.integrate(teacher_b, zz, 0.0, 1.0, **ode_kw))
     samples, seconds = distill.timed(adaptive, z)
     record("teacher_adaptive", "adaptive", samples, seconds)

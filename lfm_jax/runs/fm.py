@@ -82,7 +82,7 @@ def evaluate(config, net, state, dataset, key, workdir) -> dict:
     e = config.eval
     params = state.ema_params if e.use_ema else state.params
     k_sample, k_metric, k_div = jax.random.split(key, 3)
-    ode_kw = dict(solver=e.solver, rtol=e.rtol, atol=e.atol)
+    ode_kw = dict(solver=e.solver, rtol=e.rtol, atol=e.atol, max_steps=e.max_steps)
     mesh = common.make_mesh(config)
     b = lambda t, x: net.apply(params, t, x)
     noise = jax.random.normal(k_sample, (e.n_samples, *dataset.train.shape[1:]))

@@ -53,7 +53,8 @@ def make_model(config, network, example_shape) -> lfm.LocalFlow:
     c = config.lfm
     return lfm.LocalFlow(network.apply, make_step_sizes(config), tuple(example_shape),
                          solver=c.push_solver, rtol=c.push_rtol, atol=c.push_atol,
-                         num_steps=c.push_num_steps or None, chunk_size=c.chunk_size)
+                         num_steps=c.push_num_steps or None, chunk_size=c.chunk_size,
+                         max_steps=config.eval.max_steps)
 
 
 def eval_model(config, model: lfm.LocalFlow) -> lfm.LocalFlow:
@@ -61,7 +62,7 @@ def eval_model(config, model: lfm.LocalFlow) -> lfm.LocalFlow:
     e = config.eval
     return lfm.LocalFlow(model.velocity, model.step_sizes, model.example_shape,
                          solver=e.solver, rtol=e.rtol, atol=e.atol, num_steps=None,
-                         chunk_size=e.chunk_size)
+                         chunk_size=e.chunk_size, max_steps=e.max_steps)
 
 
 def make_time_sampler(c):
