@@ -92,14 +92,7 @@ def _solve(f, y0, t0, t1, rtol, atol, save_times, num_steps, *, solver, max_step
         controller = diffrax.ConstantStepSize()
         dt0 = (t1 - t0) / num_steps
     else:
-        # dtmin: in float32 the error estimate of a long-trained, sharp field can stall
-        # above rtol/atol ~ 1e-5 (roundoff), shrinking the step until max_steps ends the
-        # run. Steps shorter than |t1 - t0| * 4 / max_steps are therefore taken as they
-        # are (force_dtmin), which bounds a solve to about max_steps / 4 accepted steps;
-        # ordinary solves never come near this limit.
-        dtmin = jnp.abs(t1 - t0) * (4.0 / max_steps)
-        controller = diffrax.PIDController(rtol=rtol, atol=atol, dtmin=dtmin,
-                                           force_dtmin=True)
+        controller = diffrax.PIDController(rtol=rtol, atol=atol)
         dt0 = None  # diffrax picks the first step; its sign follows t1 - t0.
     if save_times is None:
         saveat = diffrax.SaveAt(t1=True)
