@@ -32,6 +32,8 @@ def main(argv):
     print(f"devices: {jax.devices()}  method: {config.method}")
     results = runs.get(config.method)(config, FLAGS.workdir)
     for k, v in sorted(results.items()):
+        if isinstance(v, (dict, list, tuple)) and len(str(v)) > 100:
+            v = f"({type(v).__name__} of {len(v)}; see {FLAGS.workdir}/metrics.json)"
         print(f"{k:>24s}: {v}")
 
 
