@@ -27,7 +27,16 @@ This module is pure maths on callables and arrays:
 - `gaussian_block_velocity`: the exact (affine) field of a block for Gaussian data;
 - `LocalFlow`: N blocks sharing one velocity function, one params pytree per block:
   `push_forward`, `push_backward`, `generate`, `log_prob`, `block_log_det`;
-- `moment_check`, `chi_square_diagnostics`: the SPEC 3 checks.
+- `moment_check`, `chi_square_diagnostics`: the SPEC 3 checks;
+- `failed_rows`: which rows of a result are NaN/Inf (failed ODE solves).
+
+Failed solves: `LocalFlow.on_failure` (or the `on_failure` argument of its methods)
+is "raise" (default: one example whose adaptive solve fails, e.g. by exhausting
+`max_steps`, raises and ends the whole call) or "nan" (`ode.integrate(...,
+on_failure="nan")`: that example's outputs are NaN, the others are unaffected, and a
+NaN row stays NaN through later blocks without being solved). Use "nan" for
+evaluation (count the failures with `failed_rows`), never silently for data that
+trains the next block.
 Block-by-block training with checkpoints and resume is `lfm_jax.runs.lfm`.
 """
 
@@ -311,6 +320,9 @@ class LocalFlow:
       solver, rtol, atol, num_steps, max_steps: ODE options of `ode.integrate`
         (num_steps None: adaptive).
       chunk_size: examples per device call when pushing, generating or scoring.
+      on_failure: "raise" or "nan", as in `ode.integrate`: what a failed solve of one
+        example does (raise for the whole call, or NaN for that example). Every
+        method below also takes `on_failure=` to override it for one call.
     Every method taking `params_list` expects one params pytree per block (blocks
     1..len(params_list); fewer than N gives the truncated model).
     """
@@ -324,6 +336,10 @@ class LocalFlow:
     num_steps: Optional[int] = None
     max_steps: int = 4096
     chunk_size: int = 1000
+    on_failure: str = "raise"
+
+    def __post_init__(self):
+        ode._check_on_failure(self.on_failure)
 
     @property
     def num_blocks(self) -> int:
@@ -335,19 +351,30 @@ class LocalFlow:
 
     def _ode_kw(self):
         return dict(solver=self.solver, rtol=self.rtol, atol=self.atol,
-                    num_steps=self.num_steps, max_steps=self.max_steps)
+                    num_steps=self.num_steps, max_steps=self.max_steps,
+                    on_failure=self.on_failure)
+
+    def _with(self, on_failure: Optional[str]) -> "LocalFlow":
+        """This model, or a copy with another on_failure (a hashable, equal-comparing
+        dataclass, so the cached compiled functions are shared between copies)."""
+        if on_failure is None or on_failure == self.on_failure:
+            return self
+        return dataclasses.replace(self, on_failure=on_failure)
 
     # -- one block -----------------------------------------------------------------
-    def block_map(self, params, x, *, inverse: bool = False, mesh=None) -> np.ndarray:
+    def block_map(self, params, x, *, inverse: bool = False, mesh=None,
+                  on_failure: Optional[str] = None) -> np.ndarray:
         """T_n(x) (t: 0 -> 1) or T_n^{-1}(x) (t: 1 -> 0) for a batch x (n, ...).
 
         Rows are split over the mesh's devices (`sharded_map`), `chunk_size` per device
-        call; compiled once per (model, direction, shape)."""
-        return sharded_map(_block_map_fn(self, bool(inverse)), params, x, mesh=mesh,
+        call; compiled once per (model, direction, shape). With on_failure="nan"
+        (default: the model's), rows whose solve failed are NaN."""
+        model = self._with(on_failure)
+        return sharded_map(_block_map_fn(model, bool(inverse)), params, x, mesh=mesh,
                            chunk_size=self.chunk_size)
 
     def block_log_det(self, params, x, *, method: str = "exact", key=None,
-                      n_probes: int = 1, mesh=None):
+                      n_probes: int = 1, mesh=None, on_failure: Optional[str] = None):
         """(T_n(x), int_0^1 div v_n(t, x(t)) dt) for a batch x (n, ...).
 
         The integral is log q_{n-1}(x) - log q_n(T_n(x)) (nats), by
@@ -355,39 +382,50 @@ class LocalFlow:
         ((n, ...), (n,)). Hutchinson probes of example i are drawn from
         fold_in(key, i), i its GLOBAL index in x (as `ode.log_prob_chunked`), so no two
         examples share probes and the result does not depend on chunk_size or on the
-        number of devices.
+        number of devices. With on_failure="nan" (default: the model's), a row whose
+        augmented solve failed (or whose x is already NaN) is NaN in both outputs.
         """
         if method != "exact" and key is None:
             raise ValueError(f"divergence method {method!r} needs a key")
-        fn = _block_log_det_fn(self, method, int(n_probes))
+        fn = _block_log_det_fn(self._with(on_failure), method, int(n_probes))
         return sharded_map(fn, params, x, mesh=mesh, chunk_size=self.chunk_size, key=key)
 
     # -- all blocks -----------------------------------------------------------------
-    def push_forward(self, params_list, x, *, mesh=None) -> np.ndarray:
+    def push_forward(self, params_list, x, *, mesh=None,
+                     on_failure: Optional[str] = None) -> np.ndarray:
         """T_k ... T_1(x) (data -> noise) for k = len(params_list); x (n, ...)."""
         for params in params_list:
-            x = self.block_map(params, x, mesh=mesh)
+            x = self.block_map(params, x, mesh=mesh, on_failure=on_failure)
         return x
 
-    def push_backward(self, params_list, z, *, mesh=None) -> np.ndarray:
+    def push_backward(self, params_list, z, *, mesh=None,
+                      on_failure: Optional[str] = None) -> np.ndarray:
         """T_1^{-1} ... T_k^{-1}(z) (noise -> data); z (n, ...)."""
         for params in reversed(list(params_list)):
-            z = self.block_map(params, z, inverse=True, mesh=mesh)
+            z = self.block_map(params, z, inverse=True, mesh=mesh, on_failure=on_failure)
         return z
 
-    def generate(self, params_list, key, n: int, *, mesh=None) -> np.ndarray:
-        """n samples (n, *example_shape): z ~ N(0, I) through the inverse blocks."""
+    def generate(self, params_list, key, n: int, *, mesh=None,
+                 on_failure: Optional[str] = None) -> np.ndarray:
+        """n samples (n, *example_shape): z ~ N(0, I) through the inverse blocks.
+        With on_failure="nan", samples whose solve failed in any block are NaN rows
+        (`failed_rows` finds them)."""
         z = jax.random.normal(key, (int(n),) + tuple(self.example_shape))
-        return self.push_backward(params_list, np.asarray(z), mesh=mesh)
+        return self.push_backward(params_list, np.asarray(z), mesh=mesh,
+                                  on_failure=on_failure)
 
     def log_prob(self, params_list, x, *, method: str = "exact", key=None,
-                 n_probes: int = 1, per_block: bool = False, mesh=None) -> np.ndarray:
+                 n_probes: int = 1, per_block: bool = False, mesh=None,
+                 on_failure: Optional[str] = None) -> np.ndarray:
         """log q(x) in nats, log N(T(x); 0, I) + sum_n int_0^1 div v_n dt.
 
         Args:
           x: (n, ...) points.
           method: "exact" (Jacobian trace) or "hutchinson" (needs key).
           per_block: also return the truncated models.
+          on_failure: "raise" or "nan" (default: the model's). With "nan", a point
+            whose solve fails in block j is NaN from row j on (and in the result);
+            the other points are unaffected. Count them with `np.isnan`.
         Returns:
           (n,), or with per_block (k + 1, n): row j is log q_j(x) of the model
           truncated after j blocks (row 0: N(x; 0, I); row k: the full model).
@@ -397,7 +435,8 @@ class LocalFlow:
         for n, params in enumerate(params_list):
             bkey = None if key is None else jax.random.fold_in(key, n)
             x, delta = self.block_log_det(params, x, method=method, key=bkey,
-                                          n_probes=n_probes, mesh=mesh)
+                                          n_probes=n_probes, mesh=mesh,
+                                          on_failure=on_failure)
             logdet = logdet + delta
             if per_block or n == len(params_list) - 1:
                 rows.append(self._base_log_prob(x, mesh) + logdet)
@@ -446,6 +485,13 @@ def _base_log_prob_fn(params, key, x, idx):
 
 
 # ----------------------------------------------------------------------- diagnostics
+
+def failed_rows(x) -> np.ndarray:
+    """(n,) bool: rows of x (n, ...) with any NaN or Inf entry, i.e. the examples
+    whose ODE solve failed under on_failure="nan"."""
+    x = np.asarray(x)
+    return ~np.isfinite(x.reshape(x.shape[0], -1)).all(axis=1)
+
 
 def moment_check(x_prev, x_next, h) -> dict:
     """Compare the moments of pushed samples with the OU prediction (SPEC 3).

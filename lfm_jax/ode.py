@@ -17,10 +17,19 @@ Public functions:
 - ``log_prob_chunked(b, x, base_log_prob, chunk_size, ...)``: the same in chunks.
 - ``standard_normal_log_prob(x)``: log N(x; 0, I) of one example.
 
+Failed solves: by default (``on_failure="raise"``) a solve that does not succeed (e.g.
+diffrax's step budget ``max_steps`` is exhausted in a stiff region, or the velocity is
+non-finite) raises at run time and the whole batch is lost. With ``on_failure="nan"``
+(every solving function takes it) each example is solved with diffrax's
+``throw=False`` and the examples whose solve failed (``sol.result !=
+diffrax.RESULTS.successful``), or whose start state is not finite, come back as NaN
+while the others keep their values: evaluation code can then drop or count them
+(``jnp.isnan``). ``on_failure`` is a Python string, chosen outside ``jit``.
+
 Solvers and divergence estimators are chosen by name from the registries ``SOLVERS``,
 ``DIVERGENCES`` and ``PROBES`` in Python, outside any traced code. Every function works
 inside ``jax.jit`` / ``vmap`` / ``grad`` (names, ``num_steps``, ``max_steps``,
-``chunk_size`` and ``n_probes`` must be Python values, i.e. static).
+``chunk_size``, ``n_probes`` and ``on_failure`` must be Python values, i.e. static).
 
 Compilation: ``integrate`` and ``log_prob`` compile their whole body with
 ``equinox.filter_jit``: arrays (x, times, tolerances, keys, and arrays inside a pytree
@@ -69,6 +78,23 @@ def _vector_field(t, y, f):
 _TERM = diffrax.ODETerm(_vector_field)
 
 
+ON_FAILURE = ("raise", "nan")
+
+
+def _check_on_failure(on_failure):
+    """Validate ``on_failure`` in Python ("raise" or "nan") and return it."""
+    if on_failure not in ON_FAILURE:
+        raise ValueError(f"unknown on_failure {on_failure!r}; expected one of "
+                         f"{list(ON_FAILURE)}")
+    return on_failure
+
+
+def _all_finite(tree):
+    """Scalar bool: every entry of every leaf of ``tree`` is finite."""
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf))
+                              for leaf in jax.tree_util.tree_leaves(tree)]))
+
+
 def _check_solver(solver, num_steps):
     """Validate a solver name and step count in Python, before any tracing."""
     _, adaptive = _lookup(SOLVERS, solver, "solver")
@@ -78,15 +104,26 @@ def _check_solver(solver, num_steps):
         raise ValueError(f"num_steps must be >= 1, got {num_steps}")
 
 
-def _solve(f, y0, t0, t1, rtol, atol, save_times, num_steps, *, solver, max_steps):
+def _solve(f, y0, t0, t1, rtol, atol, save_times, num_steps, *, solver, max_steps,
+           on_failure="raise"):
     """Solve dy/dt = f(t, y) for ONE example (y0 any pytree) with diffrax.
 
     ``t0, t1, rtol, atol, save_times`` and ``num_steps`` (an integer array, or None
-    for adaptive steps) are traced, so new values do not recompile; ``solver`` and
-    ``max_steps`` (already >= num_steps) are static. Returns y(t1) (same pytree as
-    y0), or, with ``save_times`` of shape (T,), the states at those times, each leaf
-    with a leading axis of length T.
+    for adaptive steps) are traced, so new values do not recompile; ``solver``,
+    ``max_steps`` (already >= num_steps) and ``on_failure`` are static. Returns y(t1)
+    (same pytree as y0), or, with ``save_times`` of shape (T,), the states at those
+    times, each leaf with a leading axis of length T.
+
+    on_failure="raise": diffrax's ``throw=True`` (a failed solve raises at run time).
+    on_failure="nan": ``throw=False``; if the solve did not succeed, or y0 is not
+    finite (then it is not solved: a zero start stands in, so a NaN row cannot stall
+    a vmapped batch), every returned leaf is NaN.
     """
+    nan_on_failure = on_failure == "nan"
+    if nan_on_failure:
+        start_ok = _all_finite(y0)
+        y0 = jax.tree_util.tree_map(
+            lambda leaf: jnp.where(start_ok, leaf, jnp.zeros_like(leaf)), y0)
     solver_cls, _ = SOLVERS[solver]
     if num_steps is not None:
         controller = diffrax.ConstantStepSize()
@@ -109,10 +146,16 @@ def _solve(f, y0, t0, t1, rtol, atol, save_times, num_steps, *, solver, max_step
         saveat=saveat,
         stepsize_controller=controller,
         max_steps=max_steps,
+        throw=not nan_on_failure,
     )
+    ys = sol.ys
+    if nan_on_failure:
+        ok = start_ok & (sol.result == diffrax.RESULTS.successful)
+        ys = jax.tree_util.tree_map(
+            lambda leaf: jnp.where(ok, leaf, jnp.full_like(leaf, jnp.nan)), ys)
     if save_times is None:
-        return jax.tree_util.tree_map(lambda leaf: leaf[0], sol.ys)
-    return sol.ys
+        return jax.tree_util.tree_map(lambda leaf: leaf[0], ys)
+    return ys
 
 
 def _map_in_chunks(fn, xs, chunk_size):
@@ -141,12 +184,12 @@ def _map_in_chunks(fn, xs, chunk_size):
 
 @eqx.filter_jit
 def _integrate_compiled(b, x, t0, t1, rtol, atol, save_times, num_steps, *, solver,
-                        max_steps, batched, chunk_size):
+                        max_steps, batched, chunk_size, on_failure):
     """Body of ``integrate`` / ``integrate_chunked``: x (n, ...) -> (n, ...) or
     (T, n, ...). Compiled once per (b, shapes, static options)."""
     def solve_one(xi):
         return _solve(b, xi, t0, t1, rtol, atol, save_times, num_steps,
-                      solver=solver, max_steps=max_steps)
+                      solver=solver, max_steps=max_steps, on_failure=on_failure)
 
     if not batched:
         return solve_one(x)
@@ -179,6 +222,7 @@ def integrate(
     max_steps: int = 4096,
     save_times=None,
     batched: bool = True,
+    on_failure: str = "raise",
 ) -> jax.Array:
     """Solve dx/dt = b(t, x), x(t0) = x, and return x(t1) (or x at ``save_times``).
 
@@ -199,18 +243,24 @@ def integrate(
         num_steps: number of constant steps (Python int), or None for adaptive.
         max_steps: diffrax's step budget. Exceeding it raises at run time (diffrax's
             ``throw=True``: an ``EquinoxRuntimeError`` saying the maximum number of
-            steps was reached); raise it or loosen rtol/atol if that happens.
+            steps was reached); raise it or loosen rtol/atol if that happens, or use
+            ``on_failure="nan"``.
         save_times: optional times, shape (T,), monotone in the direction t0 -> t1
             and inside [min(t0, t1), max(t0, t1)].
         batched: if True, the leading axis of x is the batch and each example is solved
             independently (``jax.vmap``, each with its own adaptive step sizes).
+        on_failure: "raise" (default): a failed solve of any example raises at run
+            time. "nan": solve with ``throw=False`` and return NaN (the whole example,
+            every saved time) for the examples whose solve did not succeed or whose
+            start is not finite; the others are unaffected. Static (a Python string).
 
     Returns:
         x(t1), the same shape and dtype as x; or, with ``save_times``, shape
         (T, n, ...) (batched) or (T, ...) (one example).
 
     Raises:
-        ValueError: unknown solver name, or a fixed-step solver without num_steps.
+        ValueError: unknown solver name or on_failure, or a fixed-step solver without
+            num_steps.
 
     The solve is compiled (``equinox.filter_jit``) once per velocity object, shapes and
     static options; new x, t0, t1, rtol, atol or save_times values reuse it. It also
@@ -221,7 +271,7 @@ def integrate(
         b, x, jnp.asarray(t0), jnp.asarray(t1), jnp.asarray(rtol), jnp.asarray(atol),
         _as_array(save_times), _as_array(num_steps), solver=solver,
         max_steps=_step_budget(max_steps, num_steps), batched=bool(batched),
-        chunk_size=None,
+        chunk_size=None, on_failure=_check_on_failure(on_failure),
     )
 
 
@@ -238,12 +288,14 @@ def integrate_chunked(
     num_steps: Optional[int] = None,
     max_steps: int = 4096,
     save_times=None,
+    on_failure: str = "raise",
 ) -> jax.Array:
     """``integrate`` over a large batch, ``chunk_size`` examples at a time.
 
     Same maths and result as ``integrate(b, x, t0, t1, ...)`` (batched), but the batch
     of shape (n, ...) is split into ceil(n / chunk_size) chunks (the last one padded)
     processed one after another by ``jax.lax.map``, so memory is that of one chunk.
+    ``on_failure`` as in ``integrate`` ("nan": failed examples are NaN, per example).
 
     Returns:
         shape (n, ...), or (T, n, ...) with ``save_times``.
@@ -253,7 +305,7 @@ def integrate_chunked(
         b, x, jnp.asarray(t0), jnp.asarray(t1), jnp.asarray(rtol), jnp.asarray(atol),
         _as_array(save_times), _as_array(num_steps), solver=solver,
         max_steps=_step_budget(max_steps, num_steps), batched=True,
-        chunk_size=int(chunk_size),
+        chunk_size=int(chunk_size), on_failure=_check_on_failure(on_failure),
     )
 
 
@@ -361,7 +413,8 @@ def _augmented_velocity(b, vel_div, probes, t, state):
 
 
 def _log_prob_one(b, x, index, base_log_prob, key, t_data, t_base, rtol, atol,
-                  num_steps, *, method, n_probes, probe, solver, max_steps):
+                  num_steps, *, method, n_probes, probe, solver, max_steps,
+                  on_failure):
     """(log p_{t_data}(x), x_base) for ONE example; see ``log_prob``."""
     vel_div, needs_probes = DIVERGENCES[method]
     probes = None
@@ -373,8 +426,9 @@ def _log_prob_one(b, x, index, base_log_prob, key, t_data, t_base, rtol, atol,
     augmented = jax.tree_util.Partial(_augmented_velocity, b, vel_div, probes)
     x_base, delta = _solve(
         augmented, (x, jnp.zeros((), x.dtype)), t_data, t_base, rtol, atol, None,
-        num_steps, solver=solver, max_steps=max_steps,
+        num_steps, solver=solver, max_steps=max_steps, on_failure=on_failure,
     )
+    # with on_failure="nan", a failed solve gives NaN x_base and delta, so NaN log p.
     # delta = int_{t_data}^{t_base} div b(t, x(t)) dt (signed: a negative-direction
     # integral if t_base < t_data), and log p_{t_base}(x_base) - log p_{t_data}(x)
     # = -delta along the trajectory.
@@ -398,7 +452,8 @@ def _log_prob_compiled(b, x, base_log_prob, key, t_data, t_base, rtol, atol, num
 
 
 def _log_prob_call(b, x, base_log_prob, chunk_size, *, t_data, t_base, method, key,
-                   n_probes, probe, solver, rtol, atol, num_steps, max_steps):
+                   n_probes, probe, solver, rtol, atol, num_steps, max_steps,
+                   on_failure):
     """Validate names in Python, make the numbers arrays, call the compiled body."""
     _check_solver(solver, num_steps)
     _, needs_probes = _lookup(DIVERGENCES, method, "divergence method")
@@ -411,6 +466,7 @@ def _log_prob_call(b, x, base_log_prob, chunk_size, *, t_data, t_base, method, k
         _as_array(num_steps), chunk_size=chunk_size, method=method,
         n_probes=int(n_probes), probe=probe, solver=solver,
         max_steps=_step_budget(max_steps, num_steps),
+        on_failure=_check_on_failure(on_failure),
     )
 
 
@@ -432,6 +488,7 @@ def log_prob(
     max_steps: int = 4096,
     batched: bool = True,
     return_base: bool = False,
+    on_failure: str = "raise",
 ):
     """Log-density (nats) of x under the flow of b: instantaneous change of variables.
 
@@ -461,6 +518,10 @@ def log_prob(
         solver, rtol, atol, num_steps, max_steps: as in ``integrate``; the tolerances
             cover the log-det state delta as well as x.
         return_base: also return the base points x(t_base).
+        on_failure: "raise" (default) or "nan" (as in ``integrate``): with "nan", an
+            example whose augmented solve did not succeed gets log p = NaN (and NaN
+            base point) instead of ending the whole batch; count them with
+            ``jnp.isnan``.
 
     Returns:
         log p_{t_data}(x), shape (n,) (a scalar if not ``batched``); with
@@ -470,7 +531,7 @@ def log_prob(
     logp, x_base = _log_prob_call(
         b, xs, base_log_prob, None, t_data=t_data, t_base=t_base, method=method,
         key=key, n_probes=n_probes, probe=probe, solver=solver, rtol=rtol, atol=atol,
-        num_steps=num_steps, max_steps=max_steps,
+        num_steps=num_steps, max_steps=max_steps, on_failure=on_failure,
     )
     if not batched:
         logp, x_base = logp[0], x_base[0]
@@ -495,16 +556,19 @@ def log_prob_chunked(
     num_steps: Optional[int] = None,
     max_steps: int = 4096,
     return_base: bool = False,
+    on_failure: str = "raise",
 ):
     """``log_prob`` over a large batch (n, ...), ``chunk_size`` examples at a time.
 
     Same result as ``log_prob(b, x, base_log_prob, ...)``, Hutchinson probes included
     (they are keyed by the global example index), with memory bounded by one chunk
     (``jax.lax.map``). Returns shape (n,), and the base points if ``return_base``.
+    ``on_failure`` as in ``log_prob`` ("nan": NaN for the examples that failed).
     """
     logp, x_base = _log_prob_call(
         b, x, base_log_prob, int(chunk_size), t_data=t_data, t_base=t_base,
         method=method, key=key, n_probes=n_probes, probe=probe, solver=solver,
         rtol=rtol, atol=atol, num_steps=num_steps, max_steps=max_steps,
+        on_failure=on_failure,
     )
     return (logp, x_base) if return_base else logp

@@ -235,3 +235,54 @@ def test_sharded_push_and_hutchinson_probes_keyed_by_global_index():
     assert len(np.unique(np.round(ref, 6))) > 30  # distinct probes for every copy
     exact = model.block_log_det(params, x[:1])[1]
     assert abs(np.mean(ref) - exact[0]) < 3 * np.std(ref) / math.sqrt(len(ref)) + 1e-3
+
+
+def _rate_velocity(params, t, x):
+    """dx/dt = (0, -s k x[1:]) with k = x[0] (constant along the flow), s = params:
+    rows with k = 1e4 are stiff (thousands of explicit steps), k <= 2 easy."""
+    return jnp.concatenate([jnp.zeros(1, x.dtype), -params * x[0] * x[1:]])
+
+
+def test_failed_solves_nan_in_evaluation_and_raise_in_training_push():
+    """on_failure="nan": exactly the stiff rows are NaN through log_prob (every
+    truncation after their failing block), block_log_det and generation-style pushes;
+    "raise" (the default) and the training-data push still refuse them."""
+    from lfm_jax.runs import lfm as lfm_run
+
+    hs = lfm.step_sizes(2, c=0.2, rho=1.0)
+    model = lfm.LocalFlow(_rate_velocity, hs, (3,), rtol=1e-4, atol=1e-4, max_steps=16,
+                          chunk_size=4)
+    params = [jnp.float32(1.0), jnp.float32(1.0)]
+    x = np.array([[0.0, 1.0, 2.0], [1.0, 1.0, -1.0], [1e4, 1.0, 1.0], [2.0, 0.5, 0.5],
+                  [1e4, -1.0, 0.0]], np.float32)
+    fails = np.array([False, False, True, False, True])
+    ok = ~fails
+
+    lp = model.log_prob(params, x, per_block=True, on_failure="nan")
+    assert lp.shape == (3, 5)
+    assert not np.isnan(lp[0]).any()  # block 0: the base density, no solve
+    for row in lp[1:]:
+        np.testing.assert_array_equal(np.isnan(row), fails)
+    # easy rows: the same values as without failures in the batch
+    np.testing.assert_allclose(lp[-1][ok], model.log_prob(params, x[ok]), rtol=1e-6)
+    # a model built with on_failure="nan" needs no per-call option
+    nan_model = lfm.LocalFlow(_rate_velocity, hs, (3,), rtol=1e-4, atol=1e-4,
+                              max_steps=16, chunk_size=4, on_failure="nan")
+    y, delta = nan_model.block_log_det(params[0], x)
+    np.testing.assert_array_equal(lfm.failed_rows(y), fails)
+    np.testing.assert_array_equal(np.isnan(delta), fails)
+    np.testing.assert_allclose(delta[ok], -2 * x[ok, 0], rtol=1e-4, atol=1e-4)
+    back = nan_model.push_backward(params[:1], y)
+    np.testing.assert_array_equal(lfm.failed_rows(back), fails)
+    np.testing.assert_allclose(back[ok], x[ok], atol=1e-3)
+
+    with pytest.raises(Exception, match="(?i)max"):
+        model.log_prob(params, x)
+    with pytest.raises(lfm_run.PushFailedError, match="block 3: .* 2 of 5 training"):
+        lfm_run.push_training_data(model, params[0], x, 3)
+    np.testing.assert_allclose(lfm_run.push_training_data(model, params[0], x[ok], 1),
+                               y[ok], atol=1e-3)  # y: from the augmented solve
+    with pytest.raises(ValueError, match="on_failure"):
+        lfm.LocalFlow(_rate_velocity, hs, (3,), on_failure="skip")
+    nll, se, n_failed = lfm_run.finite_nll(lp[-1])
+    assert n_failed == 2 and np.isclose(nll, -np.mean(lp[-1][ok]))

@@ -278,3 +278,78 @@ def test_max_steps_exceeded_raises():
     with pytest.raises(Exception, match="(?i)max"):
         jax.block_until_ready(
             ode.integrate(nonlinear_velocity, x, rtol=1e-8, atol=1e-8, max_steps=2))
+
+
+def rate_velocity(t, x):
+    """dx/dt = (0, -k x[1:]) with k = x[0], constant along the flow: an example's
+    stiffness is set by its own first coordinate (k = 1e4 needs thousands of explicit
+    steps on [0, 1], k <= 2 fewer than 10). Exact flow x[1:] exp(-k t); div = -k (D-1)."""
+    k = x[0]
+    return jnp.concatenate([jnp.zeros(1, x.dtype), -k * x[1:]])
+
+
+# rows 0, 1, 3 easy (k = 0, 1, 2), row 2 stiff (k = 1e4), row 4 a non-finite start
+RATE_X = np.array([[0.0, 1.0, 2.0], [1.0, 1.0, -1.0], [1e4, 1.0, 1.0],
+                   [2.0, 0.5, 0.5], [np.nan, 1.0, 1.0]])
+RATE_FAILS = np.array([False, False, True, False, True])
+RATE_KW = dict(rtol=1e-6, atol=1e-6, max_steps=16)
+
+
+def rate_flow_map(x, t):
+    x = np.asarray(x)
+    return np.concatenate([x[:, :1], x[:, 1:] * np.exp(-x[:, :1] * t)], axis=1)
+
+
+def test_on_failure_nan_marks_exactly_the_failed_examples(x64):
+    x = jnp.asarray(RATE_X)
+    good = ~RATE_FAILS
+    out = ode.integrate(rate_velocity, x, 0.0, 1.0, on_failure="nan", **RATE_KW)
+    assert out.shape == x.shape
+    np.testing.assert_array_equal(np.isnan(out).all(axis=1), RATE_FAILS)
+    assert not np.isnan(out[good]).any()
+    np.testing.assert_allclose(out[good], rate_flow_map(RATE_X[good], 1.0), atol=1e-5)
+    # chunked (chunks of 2, last padded), save_times, and one example
+    ts = jnp.array([0.5, 1.0])
+    traj = ode.integrate_chunked(rate_velocity, x, 2, save_times=ts, on_failure="nan",
+                                 **RATE_KW)
+    assert traj.shape == (2, 5, D)
+    np.testing.assert_array_equal(np.isnan(traj).all(axis=(0, 2)), RATE_FAILS)
+    np.testing.assert_allclose(traj[0][good], rate_flow_map(RATE_X[good], 0.5),
+                               atol=1e-5)
+    one = ode.integrate(rate_velocity, x[2], on_failure="nan", batched=False, **RATE_KW)
+    assert np.isnan(one).all()
+    # the easy examples alone never fail: the same values as "raise"
+    np.testing.assert_allclose(
+        ode.integrate(rate_velocity, x[good], **RATE_KW), out[good], rtol=1e-12)
+
+
+def test_on_failure_nan_log_prob(x64):
+    """Data at t=0, zero base at t=1: log p = int_0^1 div dt = -k (D - 1)."""
+    x = jnp.asarray(RATE_X)
+    zero = lambda y: jnp.zeros((), y.dtype)  # noqa: E731
+    kw = dict(t_data=0.0, t_base=1.0, on_failure="nan", **RATE_KW)
+    logp, x_base = ode.log_prob(rate_velocity, x, zero, return_base=True, **kw)
+    np.testing.assert_array_equal(np.isnan(logp), RATE_FAILS)
+    np.testing.assert_array_equal(np.isnan(x_base).all(axis=1), RATE_FAILS)
+    good = ~RATE_FAILS
+    np.testing.assert_allclose(logp[good], -RATE_X[good, 0] * (D - 1), atol=1e-5)
+    chunked = ode.log_prob_chunked(rate_velocity, x, zero, 2, **kw)
+    np.testing.assert_array_equal(np.asarray(chunked), np.asarray(logp))
+    hutch = ode.log_prob(rate_velocity, x, zero, method="hutchinson",
+                         key=jax.random.key(0), **kw)
+    np.testing.assert_array_equal(np.isnan(hutch), RATE_FAILS)
+
+
+def test_on_failure_raise_still_raises_and_names_are_checked(x64):
+    x = jnp.asarray(RATE_X[:4])
+    with pytest.raises(Exception, match="(?i)max"):
+        jax.block_until_ready(ode.integrate(rate_velocity, x, **RATE_KW))
+    with pytest.raises(Exception, match="(?i)max"):
+        jax.block_until_ready(ode.log_prob(
+            rate_velocity, x, ode.standard_normal_log_prob, t_data=0.0, t_base=1.0,
+            on_failure="raise", **RATE_KW))
+    with pytest.raises(ValueError, match="nan"):
+        ode.integrate(rate_velocity, x, on_failure="ignore")
+    with pytest.raises(ValueError, match="raise"):
+        ode.log_prob_chunked(rate_velocity, x, ode.standard_normal_log_prob, 2,
+                             on_failure="skip")

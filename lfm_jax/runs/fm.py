@@ -2,6 +2,10 @@
 
 Writes to the workdir: ckpt/ (orbax), metrics.jsonl (training curve),
 metrics.json (final metrics), samples.png, loss.png.
+
+Evaluation solves with `on_failure="nan"`: test points (samples) whose ODE solve fails
+are left out of the NLL (sample metrics) and counted as `n_failed`
+(`n_samples_failed`) in metrics.json, with a printed warning, instead of ending the run.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from lfm_jax import checkpoint, couplings, distributed, flow_matching, interpola
 from lfm_jax import logging as log_lib
 from lfm_jax import metrics, ode, plots, time_sampling, train
 from lfm_jax.runs import common
+from lfm_jax.runs.lfm import finite_nll, warn_failed
 
 
 def make_time_sampler(fm_config):
@@ -82,7 +87,9 @@ def evaluate(config, net, state, dataset, key, workdir) -> dict:
     e = config.eval
     params = state.ema_params if e.use_ema else state.params
     k_sample, k_metric, k_div = jax.random.split(key, 3)
-    ode_kw = dict(solver=e.solver, rtol=e.rtol, atol=e.atol, max_steps=e.max_steps)
+    # on_failure="nan": a failed solve gives NaN for that example only (counted below)
+    ode_kw = dict(solver=e.solver, rtol=e.rtol, atol=e.atol, max_steps=e.max_steps,
+                  on_failure="nan")
     mesh = common.make_mesh(config)
     b = lambda t, x: net.apply(params, t, x)
     noise = jax.random.normal(k_sample, (e.n_samples, *dataset.train.shape[1:]))
@@ -95,14 +102,25 @@ def evaluate(config, net, state, dataset, key, workdir) -> dict:
     lp = distributed.map_batch_sharded(
         lambda x: ode.log_prob(b, x, ode.standard_normal_log_prob, t_data=1.0, t_base=0.0,
                                **ode_kw, **div_kw), test, mesh, e.chunk_size)
+    nll, nll_se, n_failed = finite_nll(lp)
+    warn_failed(n_failed, len(lp), "test points")
+    samples = np.asarray(samples)
+    bad = ~np.isfinite(samples.reshape(len(samples), -1)).all(axis=1)
+    warn_failed(int(bad.sum()), len(samples), "generated samples")
     results = {
-        "test_nll": float(-lp.mean()),
-        "test_nll_stderr": float(lp.std() / np.sqrt(len(lp))),
+        "test_nll": nll,
+        "test_nll_stderr": nll_se,
+        "n_failed": n_failed,
+        "nll_examples": int(len(lp)),
+        "n_samples_failed": int(bad.sum()),
         "dim": int(dataset.dim),
     }
     floor = metrics.entropy_floor(dataset)
     if floor is not None:
         results["nll_floor"] = float(floor[0] if isinstance(floor, tuple) else floor)
+    if bad.all():  # nothing to measure or plot; the NLL metrics are still written
+        return results
+    samples = samples[~bad]
     results.update(common.sample_metrics(k_metric, samples, np.asarray(dataset.test)))
     plots.plot_samples(os.path.join(workdir, "samples.png"), samples,
                        data=np.asarray(dataset.test), title=f"{config.method} samples")

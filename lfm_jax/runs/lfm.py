@@ -15,6 +15,14 @@ and restarted with the same command restores blocks < n with their pushed data (
 what is missing is recomputed) and resumes inside block n from its latest checkpoint,
 ending with the same params as an uninterrupted run.
 
+Failed ODE solves (an adaptive solve exhausting eval.max_steps on a stiff or
+non-finite stretch of a long-trained field): the training-set push must be complete,
+so a failure there raises `PushFailedError` naming the block and how many points
+failed; validation and test evaluation use `on_failure="nan"`, drop the failed points
+from the NLL, and report their count (`val_n_failed` per block, `n_failed` and
+`n_samples_failed` in metrics.json) with a printed warning (a loud one above
+`FAILED_FRACTION_WARN`), so a few bad points do not end a run.
+
 `run(config, workdir)` is the `experiments.train` entry: trains, then writes
 metrics.json (test NLL in nats and bits/dim, the NLL floor where known, energy
 distance / MMD / sliced W2 of samples against test data, per-block reports),
@@ -37,6 +45,14 @@ from lfm_jax import checkpoint, distributed, interpolants, lfm, metrics, network
 from lfm_jax import logging as log_lib
 from lfm_jax import time_sampling, train
 from lfm_jax.runs import common
+
+
+# Above this fraction of failed evaluation points the warning is printed loudly.
+FAILED_FRACTION_WARN = 0.01
+
+
+class PushFailedError(RuntimeError):
+    """The ODE solve failed for some training points pushed through a block."""
 
 
 # ------------------------------------------------------------------------ building
@@ -93,6 +109,55 @@ def _save_json(path, obj) -> None:
 
 def _load_npy(path):
     return np.load(path) if os.path.exists(path) else None
+
+
+def push_training_data(model, params, x, n: int, *, mesh=None) -> np.ndarray:
+    """T_n(x) for the data that trains block n + 1; every point must succeed.
+
+    Solved with on_failure="nan" so that a failure is counted rather than reported as
+    diffrax's bare max-steps error; any failed point raises `PushFailedError` (a NaN
+    in the pushed data would poison the next block)."""
+    x_next = model.block_map(params, x, mesh=mesh, on_failure="nan")
+    failed = int(lfm.failed_rows(x_next).sum())
+    if failed:
+        raise PushFailedError(
+            f"block {n}: the ODE solve failed for {failed} of {len(x_next)} training "
+            f"points pushed through the block (solver {model.solver}, rtol "
+            f"{model.rtol}, atol {model.atol}, max_steps {model.max_steps}); the "
+            f"pushed data would contain NaN and poison block {n + 1}. Raise "
+            f"eval.max_steps or loosen lfm.push_rtol / lfm.push_atol.")
+    return x_next
+
+
+def finite_nll(log_q) -> tuple:
+    """(NLL over the finite points, their stderr, number of failed points).
+
+    log_q (n,) from a solve with on_failure="nan"; NaN/Inf entries are failed solves.
+    With no finite point the NLL and stderr are NaN."""
+    log_q = np.asarray(log_q, np.float64)
+    ok = np.isfinite(log_q)
+    n_failed = int(len(log_q) - ok.sum())
+    good = log_q[ok]
+    nll = float(-np.mean(good)) if len(good) else float("nan")
+    se = float(np.std(good, ddof=1) / math.sqrt(len(good))) if len(good) > 1 else float("nan")
+    return nll, se, n_failed
+
+
+def warn_failed(n_failed: int, n_total: int, what: str) -> None:
+    """Print a warning naming how many of n_total points' ODE solves failed (loud
+    above FAILED_FRACTION_WARN of them); nothing when none failed."""
+    if not n_failed:
+        return
+    frac = n_failed / max(n_total, 1)
+    msg = (f"{n_failed} of {n_total} {what} ({100 * frac:.2f}%) failed the ODE solve "
+           f"(max_steps reached or non-finite velocity) and are left out")
+    if frac > FAILED_FRACTION_WARN:
+        bar = "!" * 78
+        print(f"{bar}\nWARNING: MORE THAN {100 * FAILED_FRACTION_WARN:g}% FAILED: {msg}; "
+              f"the reported numbers are over the remaining points only and may be "
+              f"biased.\n{bar}", flush=True)
+    else:
+        print(f"WARNING: {msg}.", flush=True)
 
 
 class _BlockFiles:
@@ -177,14 +242,17 @@ def train_blocks(config, dataset, workdir: str, *, mesh=None, callback=None,
         t0 = time.perf_counter()
         x_next = _load_npy(files.train)
         if x_next is None:
-            x_next = model.block_map(params, x_train, mesh=mesh)
+            x_next = push_training_data(model, params, x_train, n, mesh=mesh)
             _save_npy(files.train, x_next)
         push_time = time.perf_counter() - t0
         t0 = time.perf_counter()
         v_next, v_logdet = _load_npy(files.val), _load_npy(files.val_logdet)
         if v_next is None or v_logdet is None:
             bkey = jax.random.fold_in(div_key, n)
-            v_next, delta = model.block_log_det(params, x_val, key=bkey, mesh=mesh, **div_kw)
+            # on_failure="nan": a failed validation point is NaN (left out of the val
+            # NLL and counted as val_n_failed), not the end of the run.
+            v_next, delta = model.block_log_det(params, x_val, key=bkey, mesh=mesh,
+                                                on_failure="nan", **div_kw)
             v_logdet = val_logdet + delta
             _save_npy(files.val, v_next)
             _save_npy(files.val_logdet, v_logdet)
@@ -299,11 +367,10 @@ def _load_params(path, template):
 # ----------------------------------------------------------------------- reports
 
 def _nll_summary(log_q, dim) -> dict:
-    log_q = np.asarray(log_q, np.float64)
-    nll = float(-np.mean(log_q))
-    return {"val_nll": nll,
-            "val_nll_stderr": float(np.std(log_q, ddof=1) / math.sqrt(len(log_q))),
-            "val_bpd": float(metrics.bits_per_dim(nll, dim))}
+    """val NLL over the finite points, and how many failed (NaN: failed solves)."""
+    nll, se, n_failed = finite_nll(log_q)
+    return {"val_nll": nll, "val_nll_stderr": se,
+            "val_bpd": float(metrics.bits_per_dim(nll, dim)), "val_n_failed": n_failed}
 
 
 def _initial_report(model, x_val, log_p_val, mesh) -> dict:
@@ -331,12 +398,15 @@ def _block_report(model, n, h, cum_h, x_prev, x_next, v_next, v_logdet, log_p_va
     }
     if log_p_val is not None:
         report.update(lfm.chi_square_diagnostics(log_p_val, log_q))
+    warn_failed(report["val_n_failed"], len(log_q), f"validation points (block {n})")
     return report
 
 
 def _format_report(r) -> str:
     h = "free" if r.get("free") else f"h={r['h']:.4g}"
     parts = [f"block {r['block']} ({h})", f"val NLL {r['val_nll']:.4f}"]
+    if r.get("val_n_failed"):
+        parts.append(f"{r['val_n_failed']} val points failed")
     if r.get("final_loss") is not None:
         parts.append(f"loss {r['final_loss']:.4g}")
     if "chi2" in r:
@@ -377,19 +447,26 @@ def evaluate(config, model, params_list, dataset, key, workdir, *, mesh=None) ->
     e, c = config.eval, config.lfm
     emodel = eval_model(config, model)
     k_sample, k_metric, k_div = jax.random.split(key, 3)
+    # on_failure="nan": points / samples whose solve fails are NaN, counted and left
+    # out (n_failed, n_samples_failed), instead of one of them ending the run.
     t0 = time.perf_counter()
-    samples = emodel.generate(params_list, k_sample, e.n_samples, mesh=mesh)
+    samples = emodel.generate(params_list, k_sample, e.n_samples, mesh=mesh,
+                              on_failure="nan")
     sample_time = time.perf_counter() - t0
     test = np.asarray(dataset.test[: e.nll_examples])
     t0 = time.perf_counter()
     lp = emodel.log_prob(params_list, test, method=e.divergence, n_probes=c.n_probes,
-                         key=k_div if e.divergence != "exact" else None, mesh=mesh)
+                         key=k_div if e.divergence != "exact" else None, mesh=mesh,
+                         on_failure="nan")
     nll_time = time.perf_counter() - t0
-    nll = float(-lp.mean())
+    nll, nll_se, n_failed = finite_nll(lp)
+    warn_failed(n_failed, len(lp), "test points")
     results = {
         "test_nll": nll,
-        "test_nll_stderr": float(lp.std(ddof=1) / np.sqrt(len(lp))),
+        "test_nll_stderr": nll_se,
         "test_bpd": float(metrics.bits_per_dim(nll, dataset.dim)),
+        "n_failed": n_failed,
+        "nll_examples": int(len(lp)),
         "dim": int(dataset.dim),
         "sample_time_s": sample_time,
         "nll_time_s": nll_time,
@@ -397,8 +474,12 @@ def evaluate(config, model, params_list, dataset, key, workdir, *, mesh=None) ->
     floor = metrics.entropy_floor(dataset)
     if floor is not None:
         results["nll_floor"] = float(floor)
-    if not np.all(np.isfinite(samples)):
-        raise FloatingPointError("generated samples contain NaN or Inf")
+    bad = lfm.failed_rows(samples)
+    results["n_samples_failed"] = int(bad.sum())
+    warn_failed(int(bad.sum()), len(samples), "generated samples")
+    if bad.all():  # nothing to measure or plot; the NLL metrics are still written
+        return results
+    samples = samples[~bad]
     results.update(common.sample_metrics(k_metric, samples, np.asarray(dataset.test)))
     plots.plot_samples(os.path.join(workdir, "samples.png"), samples,
                        data=np.asarray(dataset.test),
@@ -470,9 +551,9 @@ def block_inputs(workdir: str, model, params_list, x_train, n: int, *, mesh=None
     path = _BlockFiles(workdir, n - 1).train
     x = _load_npy(path)
     if x is None:
-        x = model.block_map(params_list[n - 2],
-                            block_inputs(workdir, model, params_list, x_train, n - 1,
-                                         mesh=mesh), mesh=mesh)
+        x = push_training_data(model, params_list[n - 2],
+                               block_inputs(workdir, model, params_list, x_train, n - 1,
+                                            mesh=mesh), n - 1, mesh=mesh)
         _save_npy(path, x)
     return x
 
