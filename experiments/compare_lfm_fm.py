@@ -134,30 +134,25 @@ def run_lfm(config, dataset, workdir, budget_s):
                                                    block_train_budget_s=train_budget)
     emodel = lfm_run.eval_model(config, model)
     test = np.asarray(dataset.test[: config.eval.nll_examples])
-    try:
-        per_block_lp = emodel.log_prob(params_list, test, per_block=True, mesh=mesh)
-        eval_tol = config.eval.rtol
-    except Exception as err:  # noqa: BLE001 (diffrax raises through a callback)
-        # Seen on an H200 after long block training: the tight-tolerance solve reached
-        # max_steps. Fall back to the push tolerance (the one the val NLL used).
-        print(f"LFM test NLL at rtol={config.eval.rtol} failed ({type(err).__name__}); "
-              f"retrying at the push tolerance rtol={config.lfm.push_rtol}")
-        emodel = model
-        per_block_lp = emodel.log_prob(params_list, test, per_block=True, mesh=mesh)
-        eval_tol = config.lfm.push_rtol
+    # Failed solves (max_steps, non-finite velocity) come back NaN and are counted.
+    per_block_lp = emodel.log_prob(params_list, test, per_block=True, mesh=mesh,
+                                   on_failure="nan")
+    n_failed = [int(np.sum(~np.isfinite(row))) for row in per_block_lp]
+    lfm_run.warn_failed(n_failed[-1], len(test), "LFM test points")
     train_s = [r.get("train_time_s", 0.0) for r in reports[1:]]
     push = [r.get("push_time_s", 0.0) for r in reports[1:]]
     times = np.cumsum([0.0] + [t + p for t, p in zip(train_s, push)])
-    nll = [float(-np.mean(row)) for row in per_block_lp]
+    nll = [lfm_run.finite_nll(row)[0] for row in per_block_lp]
     samples = emodel.generate(params_list, jax.random.PRNGKey(1), config.eval.n_samples,
-                              mesh=mesh)
+                              mesh=mesh, on_failure="nan")
+    samples = samples[np.all(np.isfinite(samples.reshape(len(samples), -1)), axis=1)]
     n_params = sum(network.num_params(p) for p in params_list)
     return {"time_s": times.tolist(), "test_nll": nll, "num_params": int(n_params),
             "steps_per_block": [r.get("steps_trained") for r in reports[1:]],
             "block_train_budget_s": train_budget, "push_time_s": push,
             "train_time_s": train_s, "estimated_push_s": push_s,
             "blocks": model.num_blocks, "hidden": list(config.model.hidden),
-            "sec_per_step": tps, "nll_rtol": eval_tol}, samples
+            "sec_per_step": tps, "test_n_failed": n_failed}, samples
 
 
 def run_fm(config, dataset, workdir, budget_s, n_params_target):
@@ -169,6 +164,7 @@ def run_fm(config, dataset, workdir, budget_s, n_params_target):
 
     from lfm_jax import distributed, flow_matching, interpolants, networks, train
     from lfm_jax.runs import common
+    from lfm_jax.runs import lfm as lfm_run
 
     mesh = common.make_mesh(config)
     dim = dataset.dim
@@ -200,19 +196,19 @@ def run_fm(config, dataset, workdir, budget_s, n_params_target):
                                     steps_per_call=spc, ema_decay=t.ema_decay, mesh=mesh)
     e = config.eval
     test = np.asarray(dataset.test[: e.nll_examples])
-    # max_steps: a half-trained 43-D field can be stiff; a failed solve must not end
-    # the comparison (it is recorded as NaN instead).
+    # A failed solve (a half-trained 43-D field can be stiff) is NaN, counted, and left
+    # out, as for LFM; it does not end the comparison.
     logp = jax.jit(lambda p, x: flow_matching.log_prob(net.apply, p, x, solver=e.solver,
                                                         rtol=e.rtol, atol=e.atol,
-                                                        max_steps=e.max_steps))
+                                                        max_steps=e.max_steps,
+                                                        on_failure="nan"))
 
     def test_nll(params):
-        try:
-            return float(-np.mean(np.concatenate([np.asarray(logp(params, test[i:i + 500]))
-                                                  for i in range(0, len(test), 500)])))
-        except Exception as err:  # noqa: BLE001 (diffrax raises through a callback)
-            print(f"FM test NLL failed ({type(err).__name__}: max_steps reached?); NaN")
-            return float("nan")
+        lp = np.concatenate([np.asarray(logp(params, test[i:i + 500]))
+                             for i in range(0, len(test), 500)])
+        nll_, _, n_failed = lfm_run.finite_nll(lp)
+        lfm_run.warn_failed(n_failed, len(lp), "FM test points")
+        return nll_
 
     state = fresh(opt)
     times, nll, steps, elapsed = [0.0], [test_nll(state.ema_params)], [0], 0.0
