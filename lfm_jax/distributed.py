@@ -10,6 +10,9 @@ cross-device gradient reduction, no pmap and no replicate/unreplicate.
 
 from __future__ import annotations
 
+import functools
+from typing import Callable, Optional
+
 import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
@@ -87,39 +90,69 @@ def to_host(tree):
     return jax.tree_util.tree_map(get, tree)
 
 
-def map_batch_sharded(fn, x, mesh, chunk_size: int | None = None):
-    """Apply a batched `fn` ((n, ...) -> (n, ...) pytree) to `x` split over devices.
+@functools.lru_cache(maxsize=128)
+def _sharded_callable(fn: Callable, mesh):
+    """jit(shard_map): each device runs fn(params, key, x_rows, index_rows) on its own
+    rows. Cached on (fn, mesh), so jit compiles it once per chunk shape and every later
+    call (new params, new data, another data set of any size) reuses the executable."""
+    spec = P(DATA_AXIS)
+    # check_vma=False: diffrax while-loops carry values that do not track varying axes.
+    return jax.jit(jax.shard_map(fn, mesh=mesh, in_specs=(P(), P(), spec, spec),
+                                 out_specs=spec, check_vma=False))
 
-    Per-device work through `jax.shard_map`: each device runs `fn` on its own rows
-    (for an adaptive ODE solve, each device takes its own number of steps instead
-    of waiting on a global loop predicate). Rows are padded (by repeating the last
-    row) to a multiple of the device count times `chunk_size` and the padding is
-    dropped from the result. Within a device, rows go through `fn` in chunks of
-    `chunk_size` with `lax.map`, which bounds memory. Returns host-side numpy.
+
+def sharded_map(fn: Callable, params, x, *, mesh=None, chunk_size: Optional[int] = None,
+                key=None):
+    """fn(params, key, x_rows, global_index_rows) over the rows of x, split over devices.
+
+    Per-device work through `jax.shard_map`: each device runs its own adaptive ODE
+    loops instead of waiting on a global loop predicate. Rows are padded by repeating
+    the last one and the padding is dropped. The rows go through in calls of
+    (devices x chunk) rows (each device `chunk` rows), dispatched asynchronously from a
+    host loop, so memory is bounded by one call and the compiled function depends only
+    on the chunk shape, not on len(x). `params` and `key` are explicit replicated
+    arguments and the jitted function is cached on (fn, mesh), so a stable fn compiles
+    once. fn receives every row's GLOBAL index (int32), so per-example randomness
+    (Hutchinson probes) does not depend on the chunking or on the device count.
+
+    Args:
+      fn: batched function (params, key, x (c, ...), idx (c,)) -> pytree, leading axis c.
+        Must be a stable object (e.g. from an lru_cache) for the compilation cache.
+      params: pytree (replicated on every device).
+      x: (n, ...) host array (the same on every process).
+      chunk_size: rows per device per call (default: all rows in one call).
+      key: PRNG key passed to fn (default PRNGKey(0)).
+    Returns:
+      pytree of numpy arrays with leading axis n.
     """
+    mesh = make_mesh() if mesh is None else mesh
     n_dev = mesh.shape[DATA_AXIS]
     x = np.asarray(x)
     n = x.shape[0]
     per = -(-n // n_dev)
     chunk = per if chunk_size is None else max(1, min(int(chunk_size), per))
-    per = -(-per // chunk) * chunk
-    total = per * n_dev
+    rows = chunk * n_dev
+    total = -(-n // rows) * rows
+    idx = np.arange(total, dtype=np.int32)
     if total > n:
         x = np.concatenate([x, np.repeat(x[-1:], total - n, axis=0)])
-
-    def local(xl):
-        chunks = xl.reshape(per // chunk, chunk, *xl.shape[1:])
-        out = jax.lax.map(fn, chunks)
-        return jax.tree_util.tree_map(lambda o: o.reshape(per, *o.shape[2:]), out)
-
-    spec = P(DATA_AXIS)
-    # check_vma=False: diffrax while-loops carry values that do not track varying axes.
-    mapped = jax.jit(jax.shard_map(local, mesh=mesh, in_specs=spec, out_specs=spec,
-                                   check_vma=False))
-    sharding = NamedSharding(mesh, spec)
-    x_global = jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
-    out = mapped(x_global)
-    return jax.tree_util.tree_map(lambda o: _gather(o)[:n], out)
+        idx[n:] = n - 1
+    sharding = batch_sharded(mesh)
+    key = jax.random.PRNGKey(0) if key is None else key
+    rep = replicate({"params": params, "key": key}, mesh)
+    mapped = _sharded_callable(fn, mesh)
+    to_host = functools.partial(jax.tree_util.tree_map, _gather)
+    outs, pending = [], None
+    for start in range(0, total, rows):
+        xs, ids = x[start:start + rows], idx[start:start + rows]
+        xs = jax.make_array_from_callback(xs.shape, sharding, lambda i, a=xs: a[i])
+        ids = jax.make_array_from_callback(ids.shape, sharding, lambda i, a=ids: a[i])
+        out = mapped(rep["params"], rep["key"], xs, ids)
+        if pending is not None:  # copy the previous call's result while this one runs
+            outs.append(to_host(pending))
+        pending = out
+    outs.append(to_host(pending))
+    return jax.tree_util.tree_map(lambda *o: np.concatenate(o, axis=0)[:n], *outs)
 
 
 def _gather(x):

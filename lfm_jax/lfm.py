@@ -50,7 +50,6 @@ from typing import Callable, Optional, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import PartitionSpec as P
 
 from lfm_jax import distributed, losses, ode
 
@@ -204,104 +203,6 @@ def gaussian_block_velocity(interp) -> Velocity:
     return velocity
 
 
-# ------------------------------------------------------------------ chunked helpers
-
-def map_in_chunks(fn: Callable, arrays: Sequence, chunk_size: int, mesh=None):
-    """Apply a jitted batch function chunk by chunk, each chunk sharded on the mesh.
-
-    fn(chunk_index, *chunks) -> pytree of arrays with leading axis = chunk length.
-    Every chunk has the same length (the last one is padded by repeating its last row
-    and the padding cut off), a multiple of the mesh's data-axis size, and is placed
-    with the batch sharding. Returns the concatenated outputs as numpy arrays.
-    Single-process only. (`LocalFlow` uses `sharded_map` instead; this is kept for
-    callers that need a Python loop over chunks.)
-    """
-    mesh = distributed.make_mesh() if mesh is None else mesh
-    ndev = mesh.shape[distributed.DATA_AXIS]
-    arrays = [np.asarray(a) for a in arrays]
-    n = arrays[0].shape[0]
-    chunk = min(int(chunk_size), -(-n // ndev) * ndev)
-    chunk = max(ndev, -(-chunk // ndev) * ndev)
-    sharding = distributed.batch_sharded(mesh)
-    outs = []
-    for i, start in enumerate(range(0, n, chunk)):
-        parts = [a[start:start + chunk] for a in arrays]
-        m = parts[0].shape[0]
-        if m < chunk:
-            parts = [np.concatenate([p, np.repeat(p[-1:], chunk - m, axis=0)]) for p in parts]
-        parts = [jax.device_put(p, sharding) for p in parts]
-        out = fn(np.int32(i), *parts)
-        outs.append(jax.tree_util.tree_map(lambda o: np.asarray(o)[:m], out))
-    return jax.tree_util.tree_map(lambda *o: np.concatenate(o, axis=0), *outs)
-
-
-@functools.lru_cache(maxsize=128)
-def _sharded_callable(fn: Callable, mesh):
-    """jit(shard_map): each device runs fn(params, key, x_rows, index_rows) on its own
-    rows. Cached on (fn, mesh), so jit compiles it once per chunk shape and every later
-    call (new params, new data, another data set of any size) reuses the executable."""
-    spec = P(distributed.DATA_AXIS)
-    # check_vma=False: diffrax while-loops carry values that do not track varying axes.
-    return jax.jit(jax.shard_map(fn, mesh=mesh, in_specs=(P(), P(), spec, spec),
-                                 out_specs=spec, check_vma=False))
-
-
-def sharded_map(fn: Callable, params, x, *, mesh=None, chunk_size: Optional[int] = None,
-                key=None):
-    """fn(params, key, x_rows, global_index_rows) over the rows of x, split over devices.
-
-    The scheme of `distributed.map_batch_sharded`: per-device work through
-    `jax.shard_map`, so each device runs its own adaptive ODE loops instead of waiting
-    on a global loop predicate; rows are padded by repeating the last one and the padding
-    is dropped. Differences: the x rows go through in calls of (devices x chunk) rows
-    (each device `chunk` rows), dispatched asynchronously from a host loop, so memory is
-    bounded by one call and the compiled function depends only on the chunk shape, not
-    on len(x); `params` and `key` are explicit replicated arguments and the jitted
-    function is cached (map_batch_sharded builds a new closure, hence a new trace and
-    compilation, on every call); and fn receives every row's GLOBAL index (int32), so
-    per-example randomness (Hutchinson probes) does not depend on the chunking or on the
-    device count.
-
-    Args:
-      fn: batched function (params, key, x (c, ...), idx (c,)) -> pytree, leading axis c.
-        Must be a stable object (e.g. from an lru_cache) for the compilation cache.
-      params: pytree (replicated on every device).
-      x: (n, ...) host array (the same on every process).
-      chunk_size: rows per device per call (default: all rows in one call).
-      key: PRNG key passed to fn (default PRNGKey(0)).
-    Returns:
-      pytree of numpy arrays with leading axis n.
-    """
-    mesh = distributed.make_mesh() if mesh is None else mesh
-    n_dev = mesh.shape[distributed.DATA_AXIS]
-    x = np.asarray(x)
-    n = x.shape[0]
-    per = -(-n // n_dev)
-    chunk = per if chunk_size is None else max(1, min(int(chunk_size), per))
-    rows = chunk * n_dev
-    total = -(-n // rows) * rows
-    idx = np.arange(total, dtype=np.int32)
-    if total > n:
-        x = np.concatenate([x, np.repeat(x[-1:], total - n, axis=0)])
-        idx[n:] = n - 1
-    sharding = distributed.batch_sharded(mesh)
-    key = jax.random.PRNGKey(0) if key is None else key
-    rep = distributed.replicate({"params": params, "key": key}, mesh)
-    mapped = _sharded_callable(fn, mesh)
-    to_host = functools.partial(jax.tree_util.tree_map, distributed._gather)
-    outs, pending = [], None
-    for start in range(0, total, rows):
-        xs, ids = x[start:start + rows], idx[start:start + rows]
-        xs = jax.make_array_from_callback(xs.shape, sharding, lambda i, a=xs: a[i])
-        ids = jax.make_array_from_callback(ids.shape, sharding, lambda i, a=ids: a[i])
-        out = mapped(rep["params"], rep["key"], xs, ids)
-        if pending is not None:  # copy the previous call's result while this one runs
-            outs.append(to_host(pending))
-        pending = out
-    outs.append(to_host(pending))
-    return jax.tree_util.tree_map(lambda *o: np.concatenate(o, axis=0)[:n], *outs)
-
-
 # ----------------------------------------------------------------------- the model
 
 def _zero_log_prob(x):
@@ -366,12 +267,12 @@ class LocalFlow:
                   on_failure: Optional[str] = None) -> np.ndarray:
         """T_n(x) (t: 0 -> 1) or T_n^{-1}(x) (t: 1 -> 0) for a batch x (n, ...).
 
-        Rows are split over the mesh's devices (`sharded_map`), `chunk_size` per device
+        Rows are split over the mesh's devices (`distributed.sharded_map`), `chunk_size` per device
         call; compiled once per (model, direction, shape). With on_failure="nan"
         (default: the model's), rows whose solve failed are NaN."""
         model = self._with(on_failure)
-        return sharded_map(_block_map_fn(model, bool(inverse)), params, x, mesh=mesh,
-                           chunk_size=self.chunk_size)
+        return distributed.sharded_map(_block_map_fn(model, bool(inverse)), params, x,
+                                       mesh=mesh, chunk_size=self.chunk_size)
 
     def block_log_det(self, params, x, *, method: str = "exact", key=None,
                       n_probes: int = 1, mesh=None, on_failure: Optional[str] = None):
@@ -388,7 +289,8 @@ class LocalFlow:
         if method != "exact" and key is None:
             raise ValueError(f"divergence method {method!r} needs a key")
         fn = _block_log_det_fn(self._with(on_failure), method, int(n_probes))
-        return sharded_map(fn, params, x, mesh=mesh, chunk_size=self.chunk_size, key=key)
+        return distributed.sharded_map(fn, params, x, mesh=mesh, chunk_size=self.chunk_size,
+                                       key=key)
 
     # -- all blocks -----------------------------------------------------------------
     def push_forward(self, params_list, x, *, mesh=None,
@@ -443,8 +345,8 @@ class LocalFlow:
         return np.stack(rows) if per_block else rows[-1]
 
     def _base_log_prob(self, x, mesh):
-        return sharded_map(_base_log_prob_fn, None, x, mesh=mesh,
-                           chunk_size=self.chunk_size).astype(np.float64)
+        return distributed.sharded_map(_base_log_prob_fn, None, x, mesh=mesh,
+                                       chunk_size=self.chunk_size).astype(np.float64)
 
 
 @functools.lru_cache(maxsize=64)

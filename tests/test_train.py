@@ -157,10 +157,10 @@ def test_fit_rejects_misaligned_fused_steps():
         train.fit(state, step, data, 10, steps_per_call=4)
 
 
-def test_map_batch_sharded_matches_direct():
+def test_sharded_map_matches_direct():
     mesh = distributed.make_mesh(4)
     x = np.random.default_rng(0).normal(size=(37, 3)).astype(np.float32)
-    fn = lambda c: (jnp.tanh(c) * 2.0, jnp.sum(c**2, -1))
-    out = distributed.map_batch_sharded(fn, x, mesh, chunk_size=4)
+    fn = lambda p, key, c, idx: (jnp.tanh(c) * p, jnp.sum(c**2, -1))
+    out = distributed.sharded_map(fn, 2.0, x, mesh=mesh, chunk_size=4)
     np.testing.assert_allclose(out[0], np.tanh(x) * 2.0, rtol=1e-6)
     np.testing.assert_allclose(out[1], np.sum(x**2, -1), rtol=1e-5)

@@ -91,17 +91,24 @@ def evaluate(config, net, state, dataset, key, workdir) -> dict:
     ode_kw = dict(solver=e.solver, rtol=e.rtol, atol=e.atol, max_steps=e.max_steps,
                   on_failure="nan")
     mesh = common.make_mesh(config)
-    b = lambda t, x: net.apply(params, t, x)
     noise = jax.random.normal(k_sample, (e.n_samples, *dataset.train.shape[1:]))
-    samples = distributed.map_batch_sharded(
-        lambda z: ode.integrate(b, z, 0.0, 1.0, **ode_kw), noise, mesh, e.chunk_size)
+
+    def sample_rows(p, key, z, idx):
+        return ode.integrate(lambda t, x: net.apply(p, t, x), z, 0.0, 1.0, **ode_kw)
+
+    def log_prob_rows(p, key, x, idx):
+        # Hutchinson: fold in the chunk's first global index, so chunks draw new probes
+        div_kw = {"method": e.divergence}
+        if e.divergence == "hutchinson":
+            div_kw["key"] = jax.random.fold_in(key, idx[0])
+        return ode.log_prob(lambda t, y: net.apply(p, t, y), x, ode.standard_normal_log_prob,
+                            t_data=1.0, t_base=0.0, **ode_kw, **div_kw)
+
+    samples = distributed.sharded_map(sample_rows, params, noise, mesh=mesh,
+                                      chunk_size=e.chunk_size)
     test = np.asarray(dataset.test[: e.nll_examples])
-    div_kw = {"method": e.divergence}
-    if e.divergence == "hutchinson":
-        div_kw["key"] = k_div
-    lp = distributed.map_batch_sharded(
-        lambda x: ode.log_prob(b, x, ode.standard_normal_log_prob, t_data=1.0, t_base=0.0,
-                               **ode_kw, **div_kw), test, mesh, e.chunk_size)
+    lp = distributed.sharded_map(log_prob_rows, params, test, mesh=mesh,
+                                 chunk_size=e.chunk_size, key=k_div)
     nll, nll_se, n_failed = finite_nll(lp)
     warn_failed(n_failed, len(lp), "test points")
     samples = np.asarray(samples)
@@ -126,7 +133,7 @@ def evaluate(config, net, state, dataset, key, workdir) -> dict:
                        data=np.asarray(dataset.test), title=f"{config.method} samples")
     if dataset.dim == 2:
         times = np.linspace(0.0, 1.0, 33)
-        paths = jax.jit(lambda z: ode.integrate(b, z, 0.0, 1.0, save_times=times, **ode_kw))(
-            noise[:200])
+        paths = jax.jit(lambda p, z: ode.integrate(lambda t, x: net.apply(p, t, x), z, 0.0, 1.0,
+                                                   save_times=times, **ode_kw))(params, noise[:200])
         plots.plot_trajectories(os.path.join(workdir, "trajectories.png"), common.to_numpy(paths))
     return results
