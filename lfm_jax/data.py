@@ -449,12 +449,14 @@ def load_array(path, dim: Optional[int] = None, key: Optional[str] = None) -> np
     return validate(arr, dim, name=str(path))
 
 
-def sample_batch(key: jax.Array, data: jax.Array, batch_size: int) -> jax.Array:
+def sample_batch(key: jax.Array, data, batch_size: int):
     """Uniform minibatch with replacement: data[i_1..i_B], i_b ~ U{0..n-1}.
 
-    data (n, D) -> (batch_size, D). Jittable with `batch_size` static. Call with
-    key = jax.random.fold_in(base_key, step) so a resumed run draws the same batch at
-    the same step.
+    data (n, ...) -> (batch_size, ...); a pytree of arrays with a common leading axis
+    (e.g. pairs (x0, x1)) gets the same rows from every leaf. Jittable with
+    `batch_size` static. Call with key = jax.random.fold_in(base_key, step) so a resumed
+    run draws the same batch at the same step.
     """
-    idx = jax.random.randint(key, (batch_size,), 0, data.shape[0])
-    return jnp.asarray(data)[idx]
+    n = jax.tree_util.tree_leaves(data)[0].shape[0]
+    idx = jax.random.randint(key, (batch_size,), 0, n)
+    return jax.tree_util.tree_map(lambda a: jnp.asarray(a)[idx], data)

@@ -301,10 +301,10 @@ def make_loss(name: str, flow_map: flow_map_lib.FlowMap, teacher_b=None, **kwarg
 
 def sample_rows(key, data, batch_size: int):
     """The same batch_size random rows (with replacement) of every array in `data`
-    (an array or a tuple of arrays with a common leading axis)."""
-    n = jax.tree_util.tree_leaves(data)[0].shape[0]
-    idx = jax.random.randint(key, (batch_size,), 0, n)
-    return jax.tree_util.tree_map(lambda a: a[idx], data)
+    (an array or a tuple of arrays with a common leading axis); `data.sample_batch`."""
+    from lfm_jax import data as data_lib
+
+    return data_lib.sample_batch(key, data, batch_size)
 
 
 def train_flow_map(loss_fn: Callable, flow_map: flow_map_lib.FlowMap, data, *, key,

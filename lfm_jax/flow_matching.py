@@ -7,12 +7,15 @@ diffrax solvers of `lfm_jax.ode`.
 
 from __future__ import annotations
 
+import functools
+
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
 
 from lfm_jax import couplings as couplings_lib
+from lfm_jax import data as data_lib
 from lfm_jax import losses
 
 
@@ -36,13 +39,9 @@ def make_loss(velocity: Callable, interp, time_sampler: Callable,
 
 
 def make_sample_batch(batch_size: int) -> Callable:
-    """(key, data (n, ...)) -> batch (batch_size, ...), rows drawn with replacement."""
-
-    def sample_batch(key, data):
-        idx = jax.random.randint(key, (batch_size,), 0, data.shape[0])
-        return data[idx]
-
-    return sample_batch
+    """(key, data (n, ...)) -> batch (batch_size, ...), rows drawn with replacement
+    (`lfm_jax.data.sample_batch`)."""
+    return functools.partial(data_lib.sample_batch, batch_size=batch_size)
 
 
 def standard_normal_log_prob(x):

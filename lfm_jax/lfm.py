@@ -51,6 +51,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lfm_jax import data as data_lib
 from lfm_jax import distributed, losses, ode
 
 Velocity = Callable  # velocity(params, t, x) -> dx/dt for ONE example
@@ -144,9 +145,8 @@ def make_sample_batch(batch_size: int) -> Callable:
     """
 
     def sample_batch(key, data):
-        x = data["x"]
-        idx = jax.random.randint(key, (batch_size,), 0, x.shape[0])
-        return {"x": x[idx], "h": jnp.full((batch_size,), data["h"], x.dtype)}
+        x = data_lib.sample_batch(key, data["x"], batch_size)
+        return {"x": x, "h": jnp.full((batch_size,), data["h"], x.dtype)}
 
     return sample_batch
 

@@ -7,7 +7,7 @@ import os
 import jax.numpy as jnp
 
 from lfm_jax import data as data_lib
-from lfm_jax import distributed, metrics, networks, train
+from lfm_jax import distributed, metrics, networks, time_sampling, train
 
 
 def load_data(config):
@@ -19,6 +19,14 @@ def load_data(config):
     from lfm_jax import tabular
 
     return tabular.load(d.name, d.path, seed=config.seed)
+
+
+def make_time_sampler(section):
+    """Time sampler of a config section with fields time_sampler, beta_a, beta_b
+    (config.fm, config.lfm): uniform, or Beta(beta_a, beta_b)."""
+    if section.time_sampler == "beta":
+        return time_sampling.get("beta", a=section.beta_a, b=section.beta_b)
+    return time_sampling.get(section.time_sampler)
 
 
 def make_mesh(config):

@@ -18,15 +18,9 @@ import numpy as np
 
 from lfm_jax import checkpoint, couplings, distributed, flow_matching, interpolants
 from lfm_jax import logging as log_lib
-from lfm_jax import metrics, ode, plots, time_sampling, train
+from lfm_jax import metrics, ode, plots, train
 from lfm_jax.runs import common
 from lfm_jax.runs.lfm import finite_nll, warn_failed
-
-
-def make_time_sampler(fm_config):
-    if fm_config.time_sampler == "beta":
-        return time_sampling.get("beta", a=fm_config.beta_a, b=fm_config.beta_b)
-    return time_sampling.get(fm_config.time_sampler)
 
 
 def run(config, workdir: str) -> dict:
@@ -38,7 +32,8 @@ def run(config, workdir: str) -> dict:
     net = common.velocity_network(config, example_shape)
     opt = common.optimizer(config)
     loss_fn = flow_matching.make_loss(
-        net.apply, interpolants.get(config.fm.interpolant), make_time_sampler(config.fm),
+        net.apply, interpolants.get(config.fm.interpolant),
+        common.make_time_sampler(config.fm),
         couplings.get(config.fm.coupling))
     step_fn = train.make_train_step(
         loss_fn, opt, sample_batch=flow_matching.make_sample_batch(t_cfg.batch_size),

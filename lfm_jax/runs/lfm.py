@@ -43,7 +43,7 @@ import numpy as np
 
 from lfm_jax import checkpoint, distributed, interpolants, lfm, metrics, networks, plots
 from lfm_jax import logging as log_lib
-from lfm_jax import time_sampling, train
+from lfm_jax import train
 from lfm_jax.runs import common
 
 
@@ -79,12 +79,6 @@ def eval_model(config, model: lfm.LocalFlow) -> lfm.LocalFlow:
     return lfm.LocalFlow(model.velocity, model.step_sizes, model.example_shape,
                          solver=e.solver, rtol=e.rtol, atol=e.atol, num_steps=None,
                          chunk_size=e.chunk_size, max_steps=e.max_steps)
-
-
-def make_time_sampler(c):
-    if c.time_sampler == "beta":
-        return time_sampling.get("beta", a=c.beta_a, b=c.beta_b)
-    return time_sampling.get(c.time_sampler)
 
 
 # ------------------------------------------------------------------------- files
@@ -299,7 +293,7 @@ def _build_components(config, example_shape, mesh):
     model = make_model(config, network, example_shape)
     interp = interpolants.get(c.interpolant)
     opt = common.optimizer(config, total_steps=c.steps_per_block)
-    loss_fn = lfm.make_block_loss(network.apply, interp, make_time_sampler(c))
+    loss_fn = lfm.make_block_loss(network.apply, interp, common.make_time_sampler(c))
     step_fn = train.make_train_step(
         loss_fn, opt, sample_batch=lfm.make_sample_batch(t_cfg.batch_size),
         steps_per_call=t_cfg.steps_per_call, ema_decay=t_cfg.ema_decay, mesh=mesh)
