@@ -3,7 +3,6 @@ inverse distilled into a flow map, few-step generation compared with the LFM's O
 generation from the same noise; checkpoints of the distilled blocks; missing blocks."""
 
 import os
-import sys
 
 import jax
 import numpy as np
@@ -13,9 +12,6 @@ from lfm_jax import distill, metrics
 
 
 def _tiny_config():
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    if root not in sys.path:
-        sys.path.insert(0, root)
     from configs import default
 
     config = default.get_config()

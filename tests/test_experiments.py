@@ -53,7 +53,6 @@ def test_unknown_config_key_is_rejected(tmp_path):
 
 
 def test_unknown_key_in_config_file_is_rejected():
-    sys.path.insert(0, ROOT)
     from configs import fm_checkerboard
 
     config = fm_checkerboard.get_config()

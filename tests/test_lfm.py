@@ -2,8 +2,6 @@
 the block loss, and kill-and-resume of block-by-block training."""
 
 import math
-import os
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -152,9 +150,6 @@ class _Stop(Exception):
 
 
 def _tiny_config():
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    if root not in sys.path:
-        sys.path.insert(0, root)
     from configs import default
 
     config = default.get_config()
