@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import time
 
 import jax.numpy as jnp
+import numpy as np
 
 from lfm_jax import data as data_lib
-from lfm_jax import distributed, metrics, networks, time_sampling, train
+from lfm_jax import checkpoint, distributed, metrics, networks, time_sampling, train
+from lfm_jax import logging as log_lib
 
 
 def load_data(config):
@@ -48,6 +51,38 @@ def optimizer(config, total_steps=None):
     return train.make_optimizer(lr=t.lr, schedule=t.schedule, warmup_steps=t.warmup_steps,
                                 total_steps=total_steps or t.steps, grad_clip=t.grad_clip,
                                 weight_decay=t.weight_decay)
+
+
+def resumable_fit(config, state, step_fn, train_data, workdir: str, desc: str):
+    """Train to config.train.steps, resuming from `<workdir>/ckpt` if it holds a
+    checkpoint; log mean loss and grad norm per call to `<workdir>/metrics.jsonl`
+    (records past the restored step are dropped first, so each step is logged once).
+
+    Returns (state, training wall-clock seconds, metrics.jsonl path)."""
+    t_cfg = config.train
+    ckpt = checkpoint.Checkpointer(os.path.join(workdir, "ckpt"),
+                                   save_every=t_cfg.checkpoint_every,
+                                   keep=t_cfg.keep_checkpoints)
+    state = ckpt.restore(state)
+    start = int(state.step)
+    writer = log_lib.MetricsWriter(os.path.join(workdir, "metrics.jsonl"))
+    log_lib.truncate_jsonl(writer.path, start)
+    if start:
+        print(f"resuming from step {start} in {ckpt.directory}")
+
+    def callback(step, m):
+        writer.write(step, loss=float(np.mean(m["loss"])),
+                     grad_norm=float(np.mean(m["grad_norm"])))
+
+    progress = log_lib.Progress(t_cfg.steps, initial=start, desc=desc)
+    t0 = time.perf_counter()
+    state, _ = train.fit(state, step_fn, train_data, t_cfg.steps,
+                         steps_per_call=t_cfg.steps_per_call, callback=callback,
+                         checkpointer=ckpt, progress=progress)
+    progress.close()
+    train_time = time.perf_counter() - t0
+    ckpt.close()
+    return state, train_time, writer.path
 
 
 def sample_metrics(key, samples, reference, max_points: int = 2000) -> dict:

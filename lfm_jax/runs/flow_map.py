@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import copy
 import os
-import time
 
 import jax
 import numpy as np
 
-from lfm_jax import checkpoint, distill, distributed, flow_map, interpolants
+from lfm_jax import distill, distributed, flow_map, interpolants
 from lfm_jax import logging as log_lib
 from lfm_jax import networks, plots, train
 from lfm_jax.runs import common
@@ -96,23 +95,9 @@ def run(config, workdir: str) -> dict:
     key = jax.random.PRNGKey(config.seed)
     k_init, k_state, k_eval = jax.random.split(key, 3)
     state = train.create_train_state(k_state, fmap.init(k_init), opt, mesh=mesh)
-    ckpt = checkpoint.Checkpointer(os.path.join(workdir, "ckpt"),
-                                   save_every=tcfg.checkpoint_every, keep=tcfg.keep_checkpoints)
-    state = ckpt.restore(state)
-    start = int(state.step)
-    writer = log_lib.MetricsWriter(os.path.join(workdir, "metrics.jsonl"))
-    log_lib.truncate_jsonl(writer.path, start)
-    if start:
-        print(f"resuming from step {start} in {ckpt.directory}")
-    progress = log_lib.Progress(tcfg.steps, initial=start, desc=name)
-    t0 = time.perf_counter()
-    state, _ = train.fit(
-        state, step_fn, distributed.replicate(np.asarray(dataset.train), mesh), tcfg.steps,
-        steps_per_call=tcfg.steps_per_call, checkpointer=ckpt, progress=progress,
-        callback=lambda s, m: writer.write(s, loss=float(np.mean(m["loss"]))))
-    progress.close()
-    ckpt.close()
-    train_time = time.perf_counter() - t0
+    train_data = distributed.replicate(np.asarray(dataset.train), mesh)
+    state, train_time, _ = common.resumable_fit(config, state, step_fn, train_data, workdir,
+                                                name)
 
     params = state.ema_params if ecfg.use_ema else state.params
     X = fmap.bind(distributed.to_host(params))

@@ -11,12 +11,11 @@ are left out of the NLL (sample metrics) and counted as `n_failed`
 from __future__ import annotations
 
 import os
-import time
 
 import jax
 import numpy as np
 
-from lfm_jax import checkpoint, couplings, distributed, flow_matching, interpolants
+from lfm_jax import couplings, distributed, flow_matching, interpolants
 from lfm_jax import logging as log_lib
 from lfm_jax import metrics, ode, plots, train
 from lfm_jax.runs import common
@@ -43,34 +42,14 @@ def run(config, workdir: str) -> dict:
     init_key, state_key, eval_key = jax.random.split(key, 3)
     state = train.create_train_state(state_key, net.init(init_key), opt)
     state = distributed.replicate(state, mesh)
-    ckpt = checkpoint.Checkpointer(os.path.join(workdir, "ckpt"),
-                                   save_every=t_cfg.checkpoint_every,
-                                   keep=t_cfg.keep_checkpoints)
-    state = ckpt.restore(state)
-    start = int(state.step)
-    writer = log_lib.MetricsWriter(os.path.join(workdir, "metrics.jsonl"))
-    log_lib.truncate_jsonl(writer.path, start)
-    if start:
-        print(f"resuming from step {start} in {ckpt.directory}")
-
-    def callback(step, m):
-        writer.write(step, loss=float(np.mean(m["loss"])),
-                     grad_norm=float(np.mean(m["grad_norm"])))
-
     train_data = distributed.replicate(np.asarray(dataset.train), mesh)
-    progress = log_lib.Progress(t_cfg.steps, initial=start, desc="fm")
-    t0 = time.perf_counter()
-    state, history = train.fit(state, step_fn, train_data, t_cfg.steps,
-                               steps_per_call=t_cfg.steps_per_call, callback=callback,
-                               checkpointer=ckpt, progress=progress)
-    progress.close()
-    train_time = time.perf_counter() - t0
-    ckpt.close()
+    state, train_time, log_path = common.resumable_fit(config, state, step_fn, train_data,
+                                                       workdir, "fm")
 
     results = evaluate(config, net, state, dataset, eval_key, workdir)
     results.update(method="fm", steps=int(state.step), train_time_s=train_time,
                    num_params=net.num_params(state.params))
-    curve = log_lib.read_jsonl(writer.path)
+    curve = log_lib.read_jsonl(log_path)
     plots.plot_loss(os.path.join(workdir, "loss.png"), [r["step"] for r in curve],
                     [r["loss"] for r in curve])
     log_lib.write_json(os.path.join(workdir, "metrics.json"), results)
