@@ -31,10 +31,12 @@ def make_mesh(num_devices: int | None = None) -> jax.sharding.Mesh:
 
 
 def replicated(mesh) -> NamedSharding:
+    """Sharding that places a full copy on every device of the mesh: P()."""
     return NamedSharding(mesh, P())
 
 
 def batch_sharded(mesh) -> NamedSharding:
+    """Sharding that splits the leading (batch) axis over the "data" axis: P("data")."""
     return NamedSharding(mesh, P(DATA_AXIS))
 
 

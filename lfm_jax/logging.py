@@ -16,6 +16,8 @@ import numpy as np
 
 
 class Progress:
+    """tqdm bar over training steps (process 0 only): step, loss, steps/s and ETA."""
+
     def __init__(self, total: int, initial: int = 0, desc: str = "train",
                  disable: bool | None = None):
         from tqdm.auto import tqdm
@@ -76,11 +78,13 @@ class MetricsWriter:
 
 
 def read_jsonl(path: str) -> list[dict]:
+    """All records of a JSON-lines file, in order."""
     with open(path) as f:
         return [json.loads(line) for line in f if line.strip()]
 
 
 def write_json(path: str, obj) -> None:
+    """Write obj (arrays converted to lists) as indented JSON (process 0 only)."""
     if jax.process_index() != 0:
         return
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

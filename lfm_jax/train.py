@@ -17,7 +17,6 @@ Batches are sharded over the mesh's "data" axis; the state is replicated.
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Any, Callable
 
@@ -225,7 +224,3 @@ def fit(state: TrainState, step_fn, data, num_steps: int, *, steps_per_call: int
         checkpointer.save(num_steps, state, force=True)
         checkpointer.wait()
     return state, history
-
-
-def num_fused_calls(num_steps: int, steps_per_call: int) -> int:
-    return math.ceil(num_steps / steps_per_call)

@@ -33,6 +33,7 @@ def make_time_sampler(section):
 
 
 def make_mesh(config):
+    """Mesh over config.train.num_devices devices (0: all); checks the batch divides."""
     n = config.train.num_devices or None
     mesh = distributed.make_mesh(n)
     distributed.check_batch_size(config.train.batch_size, mesh)
@@ -40,6 +41,7 @@ def make_mesh(config):
 
 
 def velocity_network(config, example_shape):
+    """The config.model MLP as a velocity `Network` for examples of example_shape."""
     m = config.model
     return networks.velocity_mlp(example_shape, hidden=tuple(m.hidden), activation=m.activation,
                                  num_frequencies=m.num_frequencies,
@@ -47,6 +49,7 @@ def velocity_network(config, example_shape):
 
 
 def optimizer(config, total_steps=None):
+    """The config.train optimiser; its schedule spans total_steps (default train.steps)."""
     t = config.train
     return train.make_optimizer(lr=t.lr, schedule=t.schedule, warmup_steps=t.warmup_steps,
                                 total_steps=total_steps or t.steps, grad_clip=t.grad_clip,
@@ -98,10 +101,12 @@ def sample_metrics(key, samples, reference, max_points: int = 2000) -> dict:
 
 
 def check_workdir(workdir: str) -> str:
+    """Absolute workdir path, created if missing."""
     workdir = os.path.abspath(os.path.expanduser(workdir))
     os.makedirs(workdir, exist_ok=True)
     return workdir
 
 
 def to_numpy(x):
+    """Host numpy copy of replicated device arrays (`distributed.to_host`)."""
     return distributed.to_host(x)

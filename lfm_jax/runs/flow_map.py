@@ -77,6 +77,7 @@ def make_flow_map_and_loss(config, objective: str, example_shape, teacher_b=None
 
 
 def run(config, workdir: str) -> dict:
+    """Teacher (if needed), flow-map training (resumable) and few-step evaluation; returns the final metrics."""
     workdir = common.check_workdir(workdir)
     fcfg, tcfg, ecfg = config.flow_map, config.train, config.eval
     dataset = common.load_data(config)

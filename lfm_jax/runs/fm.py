@@ -23,6 +23,7 @@ from lfm_jax.runs.lfm import finite_nll, warn_failed
 
 
 def run(config, workdir: str) -> dict:
+    """Train (resumably), evaluate and write the artefacts of a plain FM run; returns the final metrics."""
     workdir = common.check_workdir(workdir)
     dataset = common.load_data(config)
     mesh = common.make_mesh(config)

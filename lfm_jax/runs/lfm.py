@@ -58,6 +58,7 @@ class PushFailedError(RuntimeError):
 # ------------------------------------------------------------------------ building
 
 def make_step_sizes(config) -> tuple:
+    """OU step sizes (h_1, ..., h_N) of config.lfm (inf marks a free block)."""
     c = config.lfm
     return lfm.step_sizes(c.num_blocks, c=c.step_c, rho=c.step_rho,
                           explicit=tuple(c.step_sizes) or None,
