@@ -70,6 +70,18 @@ TIME_EMBEDDINGS = {"fourier": fourier_features, "raw": raw_time}
 """Time input by name: `embed(t, num_frequencies, max_frequency) -> (F,)`."""
 
 
+WEIGHT_INITS = ("lecun", "torch")
+"""Initialisations: "lecun" (flax's Dense: lecun_normal kernels, zero biases) or
+"torch" (torch.nn.Linear's: kernels and biases U(-1/sqrt(fan_in), 1/sqrt(fan_in)),
+as in the official LFM code)."""
+
+
+def _symmetric_uniform(bound: float):
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+    return init
+
+
 class MLP(nn.Module):
     """MLP on [features(times...), x]: hidden widths, activation, linear output."""
 
@@ -81,6 +93,16 @@ class MLP(nn.Module):
     zero_init_output: bool = False
     time_embedding: str = "fourier"
     softplus_beta: float = 1.0
+    weight_init: str = "lecun"
+
+    def _dense(self, width, fan_in, zero=False):
+        if zero:
+            return nn.Dense(width, kernel_init=nn.initializers.zeros)
+        if self.weight_init == "torch":
+            bound = 1.0 / math.sqrt(fan_in)
+            return nn.Dense(width, kernel_init=nn.initializers.variance_scaling(
+                1.0 / 3.0, "fan_in", "uniform"), bias_init=_symmetric_uniform(bound))
+        return nn.Dense(width)
 
     @nn.compact
     def __call__(self, times, x):
@@ -91,9 +113,8 @@ class MLP(nn.Module):
         if self.activation == "softplus":
             act = functools.partial(softplus_beta, beta=self.softplus_beta)
         for width in self.hidden:
-            h = act(nn.Dense(width)(h))
-        init = nn.initializers.zeros if self.zero_init_output else nn.initializers.lecun_normal()
-        return nn.Dense(self.out_dim, kernel_init=init)(h)
+            h = act(self._dense(width, h.shape[-1])(h))
+        return self._dense(self.out_dim, h.shape[-1], zero=self.zero_init_output)(h)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,12 +136,14 @@ def _count(params) -> int:
 
 
 def _make(example_shape, num_times, hidden, activation, num_frequencies,
-          max_frequency, zero_init_output, time_embedding, softplus_beta):
+          max_frequency, zero_init_output, time_embedding, softplus_beta, weight_init):
     if activation not in ACTIVATIONS:
         raise ValueError(f"unknown activation {activation!r}; known: {sorted(ACTIVATIONS)}")
     if time_embedding not in TIME_EMBEDDINGS:
         raise ValueError(f"unknown time_embedding {time_embedding!r}; known: "
                          f"{sorted(TIME_EMBEDDINGS)}")
+    if weight_init not in WEIGHT_INITS:
+        raise ValueError(f"unknown weight_init {weight_init!r}; known: {list(WEIGHT_INITS)}")
     if not softplus_beta > 0:
         raise ValueError(f"softplus_beta must be > 0, got {softplus_beta}")
     example_shape = tuple(int(d) for d in example_shape)
@@ -128,7 +151,7 @@ def _make(example_shape, num_times, hidden, activation, num_frequencies,
     module = MLP(out_dim=dim, hidden=tuple(int(w) for w in hidden), activation=activation,
                  num_frequencies=num_frequencies, max_frequency=max_frequency,
                  zero_init_output=zero_init_output, time_embedding=time_embedding,
-                 softplus_beta=float(softplus_beta))
+                 softplus_beta=float(softplus_beta), weight_init=weight_init)
 
     def apply(params, *args):
         *times, x = args
@@ -150,29 +173,32 @@ def _make(example_shape, num_times, hidden, activation, num_frequencies,
 
 def velocity_mlp(example_shape, hidden=(256, 256, 256, 256), activation="silu",
                  num_frequencies=8, max_frequency=64.0, zero_init_output=False, *,
-                 time_embedding: str = "fourier", softplus_beta: float = 1.0) -> Network:
+                 time_embedding: str = "fourier", softplus_beta: float = 1.0,
+                 weight_init: str = "lecun") -> Network:
     """Time-conditioned MLP velocity field: apply(params, t, x) -> (same shape as x).
 
     Input [embed(t), x.ravel()] with embed = TIME_EMBEDDINGS[time_embedding]
     ("fourier": 2 num_frequencies + 1 features, "raw": 1); len(hidden) hidden layers
     with ACTIVATIONS[activation] (softplus: log(1 + exp(beta h)) / beta with
     beta = softplus_beta); linear output (zero-initialised if zero_init_output).
+    weight_init: a name in WEIGHT_INITS ("lecun" default, "torch" as torch.nn.Linear).
     The official LFM network for 2-D data is hidden=(256,) * 3, activation="softplus",
-    softplus_beta=20, time_embedding="raw".
+    softplus_beta=20, time_embedding="raw", weight_init="torch".
     """
     return _make(example_shape, 1, hidden, activation, num_frequencies, max_frequency,
-                 zero_init_output, time_embedding, softplus_beta)
+                 zero_init_output, time_embedding, softplus_beta, weight_init)
 
 
 def two_time_mlp(example_shape, hidden=(256, 256, 256, 256), activation="silu",
                  num_frequencies=8, max_frequency=64.0, zero_init_output=False, *,
-                 time_embedding: str = "fourier", softplus_beta: float = 1.0) -> Network:
+                 time_embedding: str = "fourier", softplus_beta: float = 1.0,
+                 weight_init: str = "lecun") -> Network:
     """Two-time MLP: apply(params, s, t, x) -> (same shape as x).
 
     Input [embed(s), embed(t), x.ravel()]; otherwise as `velocity_mlp`.
     """
     return _make(example_shape, 2, hidden, activation, num_frequencies, max_frequency,
-                 zero_init_output, time_embedding, softplus_beta)
+                 zero_init_output, time_embedding, softplus_beta, weight_init)
 
 
 def count_params(params) -> int:

@@ -89,3 +89,21 @@ def test_bad_options_are_named():
         networks.two_time_mlp((2,), activation="swish2")
     with pytest.raises(ValueError, match="softplus_beta"):
         networks.velocity_mlp((2,), activation="softplus", softplus_beta=0.0)
+
+
+def test_torch_weight_init_is_uniform_one_over_sqrt_fan_in():
+    """weight_init="torch": kernels and biases U(-1/sqrt(fan_in), 1/sqrt(fan_in)),
+    variance 1 / (3 fan_in), as torch.nn.Linear; the output layer too."""
+    net = networks.velocity_mlp((3,), hidden=(512, 512), time_embedding="raw",
+                                weight_init="torch")
+    layers = _layers(net.init(jax.random.PRNGKey(0)))
+    for layer, fan_in in zip(layers, (4, 512, 512)):
+        bound = 1.0 / np.sqrt(fan_in)
+        for name in ("kernel", "bias"):
+            a = np.asarray(layer[name], np.float64)
+            assert np.all(np.abs(a) <= bound)
+            assert a.size < 100 or np.abs(a).max() > 0.9 * bound
+        k = np.asarray(layer["kernel"], np.float64)
+        assert abs(k.var() / (bound ** 2 / 3.0) - 1.0) < 0.1
+    with pytest.raises(ValueError, match="weight_init"):
+        networks.velocity_mlp((2,), weight_init="xavier")
