@@ -5,7 +5,8 @@ Every array of examples is a 2-D array of shape (n, dim). Samplers take an expli
 memory), and the trainer draws batches by index with `sample_batch`, keyed by
 `jax.random.fold_in(base_key, step)` so that a resumed run sees the same batches.
 
-Densities that are known exactly (checkerboard, eight Gaussians, Gaussian mixtures)
+Densities that are known exactly (checkerboard, eight Gaussians, Gaussian mixtures,
+and the official LFM image densities "rose" and "tree")
 come with a per-example, jax-traceable `log_prob(x)`, x of shape (dim,), so that the
 entropy H(p) = -E_p log p(X) (the floor of the test NLL) can be computed.
 """
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import partial
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -31,6 +32,13 @@ __all__ = [
     "sample_moons",
     "sample_rings",
     "sample_spirals",
+    "IMAGE_EXTENT",
+    "PixelMixture",
+    "image_density",
+    "load_grayscale",
+    "official_image_density",
+    "sample_rose",
+    "sample_tree",
     "TOY_2D",
     "sample_toy",
     "GaussianMixture",
@@ -309,12 +317,110 @@ def sample_eight_gaussians(key: jax.Array, n: int) -> jax.Array:
     return eight_gaussians_mixture().sample(key, n).astype(jnp.float32)
 
 
+# ------------------------------------------------------------ image densities (2-D)
+
+IMAGE_EXTENT = 4.0
+"""Half-width of the square [-4, 4]^2 an image density is drawn on (FFJORD, official LFM)."""
+
+ASSETS = Path(__file__).resolve().parent / "assets"
+"""Folder of the images of the official 2-D data sets (`rose.png`, `tree.png`)."""
+
+
+@dataclass(frozen=True)
+class PixelMixture(GaussianMixture):
+    """A `GaussianMixture` with one component per pixel (thousands of components).
+
+    Same density and `log_prob` as `GaussianMixture`; `sample` draws the component by
+    inverse CDF (searchsorted on the cumulative weights, O(n log K) time and O(n + K)
+    memory) instead of `jax.random.categorical`'s (n, K) Gumbel array.
+    """
+
+    def sample(self, key: jax.Array, n: int) -> jax.Array:
+        """n samples, shape (n, 2): k ~ Cat(w) by inverse CDF, x = mu_k + sigma_k * z."""
+        return _sample_pixels(key, jnp.asarray(self.means), self._stds_kd(),
+                              jnp.cumsum(jnp.asarray(self.weights)), n)
+
+
+@partial(jax.jit, static_argnames=("n",))
+def _sample_pixels(key, means, stds, cdf, n):
+    ku, kz = jax.random.split(key)
+    u = jax.random.uniform(ku, (n,), dtype=cdf.dtype) * cdf[-1]
+    comp = jnp.minimum(jnp.searchsorted(cdf, u, side="right"), cdf.shape[0] - 1)
+    z = jax.random.normal(kz, (n, means.shape[1]), dtype=means.dtype)
+    return means[comp] + stds[comp] * z
+
+
+def image_density(gray, extent: float = IMAGE_EXTENT) -> PixelMixture:
+    """The density of a grayscale image (dark = mass), FFJORD's construction.
+
+    gray: (h, w) array in reading orientation (row 0 is the top of the picture).
+    Pixel (r, c) is a Gaussian component with centre
+    (x_c, y_r) = (-e + 2 e c / (w - 1), e - 2 e r / (h - 1)), e = extent, per-axis
+    standard deviations (e / w, e / h) (half of 2e / w and 2e / h), and weight
+    proportional to max(gray) - gray[r, c]; pixels of weight 0 are dropped. The
+    picture is stretched to the square [-e, e]^2 whatever its aspect ratio.
+
+    This is the official LFM generator (main_2d.py, `inf_train_gen`): it flips the image
+    upside down (PIL rotate(180) then FLIP_LEFT_RIGHT) and puts row i at
+    y = linspace(-4, 4, h)[i], which is the same as y_r above.
+    """
+    gray = np.asarray(gray, np.float64)
+    if gray.ndim != 2 or min(gray.shape) < 2:
+        raise ValueError(f"image_density: expected a 2-D grayscale image (h, w) with "
+                         f"h, w >= 2, got shape {gray.shape}")
+    weight = gray.max() - gray
+    if not np.all(np.isfinite(weight)) or weight.sum() <= 0:
+        raise ValueError("image_density: the image has no dark pixel (all pixels equal) "
+                         "or non-finite values")
+    h, w = gray.shape
+    ys = extent - 2.0 * extent * np.arange(h) / (h - 1)
+    xs = -extent + 2.0 * extent * np.arange(w) / (w - 1)
+    rows, cols = np.nonzero(weight > 0)
+    means = np.stack([xs[cols], ys[rows]], axis=1)
+    stds = np.broadcast_to(np.array([extent / w, extent / h]), means.shape)
+    weights = weight[rows, cols] / weight.sum()
+    return PixelMixture(means=jnp.asarray(means, jnp.float32),
+                        stds=jnp.asarray(stds, jnp.float32),
+                        weights=jnp.asarray(weights, jnp.float32))
+
+
+def load_grayscale(path) -> np.ndarray:
+    """An image file as an (h, w) uint8 array, PIL's "L" conversion (row 0 = top)."""
+    from PIL import Image  # pillow is a dependency of matplotlib
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image file not found: {path}")
+    with Image.open(path) as image:
+        return np.asarray(image.convert("L"))
+
+
+@lru_cache(maxsize=None)
+def official_image_density(name: str) -> PixelMixture:
+    """The density of the official 2-D data set `name` ("rose" or "tree")."""
+    if name not in ("rose", "tree"):
+        raise ValueError(f"no official image data set {name!r}; known: rose, tree")
+    return image_density(load_grayscale(ASSETS / f"{name}.png"))
+
+
+def sample_rose(key: jax.Array, n: int) -> jax.Array:
+    """Samples of the official "rose" density (`image_density` of assets/rose.png), (n, 2)."""
+    return official_image_density("rose").sample(key, n).astype(jnp.float32)
+
+
+def sample_tree(key: jax.Array, n: int) -> jax.Array:
+    """Samples of the official "tree" density (`image_density` of assets/tree.png), (n, 2)."""
+    return official_image_density("tree").sample(key, n).astype(jnp.float32)
+
+
 TOY_2D: dict[str, Callable] = {
     "checkerboard": sample_checkerboard,
     "eight_gaussians": sample_eight_gaussians,
     "moons": sample_moons,
     "rings": sample_rings,
     "spirals": sample_spirals,
+    "rose": sample_rose,
+    "tree": sample_tree,
 }
 """Registry of 2-D toy samplers, each `sampler(key, n, **kw) -> (n, 2) float32`."""
 
@@ -326,6 +432,8 @@ def _toy_log_density(name: str, **kw) -> Optional[Callable]:
         return lambda x: log_density_checkerboard(x, scale)
     if name == "eight_gaussians":
         return eight_gaussians_mixture().log_prob
+    if name in ("rose", "tree"):
+        return official_image_density(name).log_prob
     return None
 
 

@@ -6,15 +6,21 @@
 - `two_time_mlp(...)` -> `Network` with `apply(params, s, t, x)`, the raw two-time
   network used by `lfm_jax.flow_map` to build X_{s,t}(x) = x + (t - s) v_{s,t}(x).
 
-Time enters through fixed Fourier features [t, sin(w_k t), cos(w_k t)] with
-frequencies w_k geometrically spaced in [1, max_frequency] (radians per unit time),
-concatenated to the flattened example before an MLP (SiLU by default).
+Time enters by `time_embedding`, a key of `TIME_EMBEDDINGS`:
+- "fourier" (default): fixed features [t, sin(w_k t), cos(w_k t)] with frequencies w_k
+  geometrically spaced in [1, max_frequency] (radians per unit time);
+- "raw": t itself, one input, as the official Local Flow Matching code does
+  (`torch.cat([t, x], 1)` before the first layer; docs/official_lfm.md).
+The time features come first, then the flattened example, then an MLP of the
+`hidden` widths with one activation (a key of `ACTIVATIONS`; SiLU by default;
+"softplus" takes `softplus_beta`) and a linear output layer.
 The rest of the library never sees the Flax module, only `init` and `apply`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Callable, Sequence
 
@@ -22,8 +28,22 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+
+
+def softplus_beta(x, beta: float = 1.0):
+    """softplus_beta(x) = log(1 + exp(beta x)) / beta, as torch.nn.Softplus(beta).
+
+    Computed as jax.nn.softplus(beta x) / beta (logaddexp(beta x, 0), stable for
+    large |x|). torch switches to the identity where beta x > 20; the two differ there
+    by log(1 + exp(-beta x)) / beta < 1e-8 / beta. beta > 0; beta -> inf gives ReLU.
+    """
+    return jax.nn.softplus(beta * x) / beta
+
+
 ACTIVATIONS = {"silu": nn.silu, "gelu": nn.gelu, "relu": nn.relu, "tanh": jnp.tanh,
-               "softplus": nn.softplus}
+               "softplus": softplus_beta, "elu": nn.elu}
+"""Activation by name; "softplus" is `softplus_beta` (beta from the network's
+`softplus_beta`, 1 = jax.nn.softplus), "elu" is ELU with alpha = 1 (torch.nn.ELU())."""
 
 
 def fourier_features(t, num_frequencies: int = 8, max_frequency: float = 64.0):
@@ -37,6 +57,31 @@ def fourier_features(t, num_frequencies: int = 8, max_frequency: float = 64.0):
     return jnp.concatenate([t[None], jnp.sin(w * t), jnp.cos(w * t)])
 
 
+def raw_time(t, num_frequencies: int = 0, max_frequency: float = 0.0):
+    """[t], shape (1,): time as one raw input (the frequency arguments are ignored)."""
+    del num_frequencies, max_frequency
+    t = jnp.asarray(t)
+    if not jnp.issubdtype(t.dtype, jnp.floating):
+        t = t.astype(jnp.float32)
+    return t[None]
+
+
+TIME_EMBEDDINGS = {"fourier": fourier_features, "raw": raw_time}
+"""Time input by name: `embed(t, num_frequencies, max_frequency) -> (F,)`."""
+
+
+WEIGHT_INITS = ("lecun", "torch")
+"""Initialisations: "lecun" (flax's Dense: lecun_normal kernels, zero biases) or
+"torch" (torch.nn.Linear's: kernels and biases U(-1/sqrt(fan_in), 1/sqrt(fan_in)),
+as in the official LFM code)."""
+
+
+def _symmetric_uniform(bound: float):
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+    return init
+
+
 class MLP(nn.Module):
     """MLP on [features(times...), x]: hidden widths, activation, linear output."""
 
@@ -46,17 +91,30 @@ class MLP(nn.Module):
     num_frequencies: int = 8
     max_frequency: float = 64.0
     zero_init_output: bool = False
+    time_embedding: str = "fourier"
+    softplus_beta: float = 1.0
+    weight_init: str = "lecun"
+
+    def _dense(self, width, fan_in, zero=False):
+        if zero:
+            return nn.Dense(width, kernel_init=nn.initializers.zeros)
+        if self.weight_init == "torch":
+            bound = 1.0 / math.sqrt(fan_in)
+            return nn.Dense(width, kernel_init=nn.initializers.variance_scaling(
+                1.0 / 3.0, "fan_in", "uniform"), bias_init=_symmetric_uniform(bound))
+        return nn.Dense(width)
 
     @nn.compact
     def __call__(self, times, x):
-        feats = [fourier_features(t, self.num_frequencies, self.max_frequency)
-                 for t in times]
+        embed = TIME_EMBEDDINGS[self.time_embedding]
+        feats = [embed(t, self.num_frequencies, self.max_frequency) for t in times]
         h = jnp.concatenate(feats + [x.astype(feats[0].dtype)])
         act = ACTIVATIONS[self.activation]
+        if self.activation == "softplus":
+            act = functools.partial(softplus_beta, beta=self.softplus_beta)
         for width in self.hidden:
-            h = act(nn.Dense(width)(h))
-        init = nn.initializers.zeros if self.zero_init_output else nn.initializers.lecun_normal()
-        return nn.Dense(self.out_dim, kernel_init=init)(h)
+            h = act(self._dense(width, h.shape[-1])(h))
+        return self._dense(self.out_dim, h.shape[-1], zero=self.zero_init_output)(h)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,14 +136,22 @@ def _count(params) -> int:
 
 
 def _make(example_shape, num_times, hidden, activation, num_frequencies,
-          max_frequency, zero_init_output):
+          max_frequency, zero_init_output, time_embedding, softplus_beta, weight_init):
     if activation not in ACTIVATIONS:
         raise ValueError(f"unknown activation {activation!r}; known: {sorted(ACTIVATIONS)}")
+    if time_embedding not in TIME_EMBEDDINGS:
+        raise ValueError(f"unknown time_embedding {time_embedding!r}; known: "
+                         f"{sorted(TIME_EMBEDDINGS)}")
+    if weight_init not in WEIGHT_INITS:
+        raise ValueError(f"unknown weight_init {weight_init!r}; known: {list(WEIGHT_INITS)}")
+    if not softplus_beta > 0:
+        raise ValueError(f"softplus_beta must be > 0, got {softplus_beta}")
     example_shape = tuple(int(d) for d in example_shape)
     dim = math.prod(example_shape)
     module = MLP(out_dim=dim, hidden=tuple(int(w) for w in hidden), activation=activation,
                  num_frequencies=num_frequencies, max_frequency=max_frequency,
-                 zero_init_output=zero_init_output)
+                 zero_init_output=zero_init_output, time_embedding=time_embedding,
+                 softplus_beta=float(softplus_beta), weight_init=weight_init)
 
     def apply(params, *args):
         *times, x = args
@@ -106,17 +172,33 @@ def _make(example_shape, num_times, hidden, activation, num_frequencies,
 
 
 def velocity_mlp(example_shape, hidden=(256, 256, 256, 256), activation="silu",
-                 num_frequencies=8, max_frequency=64.0, zero_init_output=False) -> Network:
-    """Time-conditioned MLP velocity field: apply(params, t, x) -> (same shape as x)."""
+                 num_frequencies=8, max_frequency=64.0, zero_init_output=False, *,
+                 time_embedding: str = "fourier", softplus_beta: float = 1.0,
+                 weight_init: str = "lecun") -> Network:
+    """Time-conditioned MLP velocity field: apply(params, t, x) -> (same shape as x).
+
+    Input [embed(t), x.ravel()] with embed = TIME_EMBEDDINGS[time_embedding]
+    ("fourier": 2 num_frequencies + 1 features, "raw": 1); len(hidden) hidden layers
+    with ACTIVATIONS[activation] (softplus: log(1 + exp(beta h)) / beta with
+    beta = softplus_beta); linear output (zero-initialised if zero_init_output).
+    weight_init: a name in WEIGHT_INITS ("lecun" default, "torch" as torch.nn.Linear).
+    The official LFM network for 2-D data is hidden=(256,) * 3, activation="softplus",
+    softplus_beta=20, time_embedding="raw", weight_init="torch".
+    """
     return _make(example_shape, 1, hidden, activation, num_frequencies, max_frequency,
-                 zero_init_output)
+                 zero_init_output, time_embedding, softplus_beta, weight_init)
 
 
 def two_time_mlp(example_shape, hidden=(256, 256, 256, 256), activation="silu",
-                 num_frequencies=8, max_frequency=64.0, zero_init_output=False) -> Network:
-    """Two-time MLP: apply(params, s, t, x) -> (same shape as x)."""
+                 num_frequencies=8, max_frequency=64.0, zero_init_output=False, *,
+                 time_embedding: str = "fourier", softplus_beta: float = 1.0,
+                 weight_init: str = "lecun") -> Network:
+    """Two-time MLP: apply(params, s, t, x) -> (same shape as x).
+
+    Input [embed(s), embed(t), x.ravel()]; otherwise as `velocity_mlp`.
+    """
     return _make(example_shape, 2, hidden, activation, num_frequencies, max_frequency,
-                 zero_init_output)
+                 zero_init_output, time_embedding, softplus_beta, weight_init)
 
 
 def count_params(params) -> int:

@@ -54,19 +54,43 @@ def create_train_state(key, params, optimizer, mesh=None) -> TrainState:
     return state if mesh is None else distributed.replicate(state, mesh)
 
 
+SCHEDULES = ("constant", "cosine", "linear", "step")
+
+
 def make_schedule(lr: float = 1e-3, schedule: str = "constant", warmup_steps: int = 0,
-                  total_steps: int = 1, end_lr_factor: float = 0.0):
-    """optax learning-rate schedule: constant or cosine, with linear warmup."""
+                  total_steps: int = 1, end_lr_factor: float = 0.0, *,
+                  decay_rate: float = 1.0, decay_every: int = 0):
+    """optax learning-rate schedule eta(k) of the update count k = 0, 1, ...
+
+    After `warmup_steps` of linear warm-up from 0 to lr (none if 0), with
+    k' = k - warmup_steps and T = max(total_steps - warmup_steps, 1):
+      "constant": lr;
+      "cosine":   lr (f + (1 - f) (1 + cos(pi min(k', T) / T)) / 2), f = end_lr_factor
+                  (with warm-up: optax.warmup_cosine_decay_schedule);
+      "linear":   lr + (lr f - lr) min(k', T) / T;
+      "step":     lr * decay_rate ** floor(k' / decay_every) (optax.exponential_decay
+                  with staircase=True), the official LFM runs' torch StepLR stepped
+                  once per batch (e.g. decay_rate=0.99, decay_every=1000).
+    """
+    if schedule not in SCHEDULES:
+        raise ValueError(f"unknown schedule {schedule!r}; use one of {', '.join(SCHEDULES)}")
+    if schedule == "step" and (int(decay_every) < 1 or not decay_rate > 0):
+        raise ValueError(f"schedule 'step' needs decay_every >= 1 and decay_rate > 0, got "
+                         f"decay_every={decay_every}, decay_rate={decay_rate}")
+    decay_steps = max(total_steps - warmup_steps, 1)
+    if schedule == "cosine" and warmup_steps > 0:
+        return optax.warmup_cosine_decay_schedule(0.0, lr, warmup_steps,
+                                                  warmup_steps + decay_steps,
+                                                  end_value=lr * end_lr_factor)
     if schedule == "constant":
         main = optax.constant_schedule(lr)
     elif schedule == "cosine":
-        main = optax.cosine_decay_schedule(lr, max(total_steps - warmup_steps, 1),
-                                           alpha=end_lr_factor)
+        main = optax.cosine_decay_schedule(lr, decay_steps, alpha=end_lr_factor)
     elif schedule == "linear":
-        main = optax.linear_schedule(lr, lr * end_lr_factor,
-                                     max(total_steps - warmup_steps, 1))
+        main = optax.linear_schedule(lr, lr * end_lr_factor, decay_steps)
     else:
-        raise ValueError(f"unknown schedule {schedule!r}; use constant, cosine or linear")
+        main = optax.exponential_decay(lr, transition_steps=int(decay_every),
+                                       decay_rate=decay_rate, staircase=True)
     if warmup_steps > 0:
         warm = optax.linear_schedule(0.0, lr, warmup_steps)
         return optax.join_schedules([warm, main], [warmup_steps])
@@ -75,17 +99,25 @@ def make_schedule(lr: float = 1e-3, schedule: str = "constant", warmup_steps: in
 
 def make_optimizer(lr: float = 1e-3, schedule: str = "constant", warmup_steps: int = 0,
                    total_steps: int = 1, grad_clip: float = 0.0, weight_decay: float = 0.0,
-                   b1: float = 0.9, b2: float = 0.999, end_lr_factor: float = 0.0
+                   b1: float = 0.9, b2: float = 0.999, end_lr_factor: float = 0.0, *,
+                   decay_rate: float = 1.0, decay_every: int = 0, eps: float = 1e-8
                    ) -> optax.GradientTransformation:
-    """Adam(W) with optional global-norm clipping and an lr schedule."""
-    sched = make_schedule(lr, schedule, warmup_steps, total_steps, end_lr_factor)
+    """Adam (AdamW if weight_decay > 0) with the lr schedule of `make_schedule`.
+
+    grad_clip > 0 clips the global gradient norm first; grad_clip = 0 applies no
+    clipping. With the defaults (grad_clip=0, weight_decay=0, b1=0.9, b2=0.999,
+    eps=1e-8) this is plain Adam, the same update as torch.optim.Adam's defaults (the
+    official LFM optimiser, with schedule="step").
+    """
+    sched = make_schedule(lr, schedule, warmup_steps, total_steps, end_lr_factor,
+                          decay_rate=decay_rate, decay_every=decay_every)
     parts = []
     if grad_clip and grad_clip > 0:
         parts.append(optax.clip_by_global_norm(grad_clip))
     if weight_decay:
-        parts.append(optax.adamw(sched, b1=b1, b2=b2, weight_decay=weight_decay))
+        parts.append(optax.adamw(sched, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay))
     else:
-        parts.append(optax.adam(sched, b1=b1, b2=b2))
+        parts.append(optax.adam(sched, b1=b1, b2=b2, eps=eps))
     return optax.chain(*parts)
 
 

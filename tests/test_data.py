@@ -156,3 +156,62 @@ def test_sample_batch_deterministic_and_jittable():
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert not np.array_equal(np.asarray(a), np.asarray(c))
     assert np.all(np.asarray(a)[:, 1] == np.asarray(a)[:, 0] + 1)
+
+
+# ------------------------------------------------ official image densities (rose, tree)
+
+
+@pytest.mark.parametrize("name", ["rose", "tree"])
+def test_image_density_samples_match_the_mixture(name):
+    mix = data.official_image_density(name)
+    x = np.asarray(data.sample_toy(name, jax.random.PRNGKey(0), 40_000), np.float64)
+    assert x.shape == (40_000, 2) and np.all(np.isfinite(x))
+    # support: the square [-4, 4]^2 up to a few pixel-widths of Gaussian jitter
+    assert np.all(np.abs(x) < data.IMAGE_EXTENT + 0.2)
+    w = np.asarray(mix.weights, np.float64)
+    mu = np.asarray(mix.means, np.float64)
+    mean = w @ mu
+    sd = np.sqrt(w @ (mu - mean) ** 2 + np.mean(np.asarray(mix.stds, np.float64) ** 2, 0))
+    np.testing.assert_array_less(np.abs(x.mean(0) - mean), 5 * sd / np.sqrt(len(x)))
+    lp = np.asarray(jax.vmap(mix.log_prob)(jnp.asarray(x[:200], jnp.float32)))
+    assert np.all(np.isfinite(lp))
+
+
+def test_tree_is_upright_with_trunk_at_bottom_centre():
+    x = np.asarray(data.sample_toy("tree", jax.random.PRNGKey(1), 20_000))
+    low = x[x[:, 1] < -2.5]
+    assert len(low) > 200 and np.all(np.abs(low[:, 0]) < 0.5)   # the trunk
+    assert np.mean(x[:, 1] > 0) > 0.75                           # the crown is on top
+
+
+def test_rose_bloom_on_top_and_density_orientation():
+    mix = data.official_image_density("rose")
+    x = np.asarray(data.sample_toy("rose", jax.random.PRNGKey(2), 20_000))
+    assert np.mean(x[:, 1] > 0) > 0.5
+    # a pixel of the picture (row 0 = top) at weight 255 - 0 is a mode of the density
+    gray = data.load_grayscale(data.ASSETS / "rose.png")
+    r, c = np.argwhere(gray == gray.min())[0]
+    h, w = gray.shape
+    dark = jnp.array([-4.0 + 8.0 * c / (w - 1), 4.0 - 8.0 * r / (h - 1)], jnp.float32)
+    assert float(mix.log_prob(dark)) > float(mix.log_prob(jnp.array([3.9, -3.9]))) + 5.0
+
+
+def test_image_density_from_array_layout():
+    """A 3 x 2 image with one dark pixel at the top right: all mass near (4, 4)."""
+    gray = np.full((3, 2), 255.0)
+    gray[0, 1] = 0.0
+    mix = data.image_density(gray)
+    np.testing.assert_allclose(np.asarray(mix.means), [[4.0, 4.0]])
+    np.testing.assert_allclose(np.asarray(mix.stds), [[4.0 / 2, 4.0 / 3]])
+    with pytest.raises(ValueError, match="no dark pixel"):
+        data.image_density(np.ones((4, 4)))
+    with pytest.raises(ValueError, match="2-D grayscale"):
+        data.image_density(np.ones((4,)))
+    with pytest.raises(ValueError, match="rose, tree"):
+        data.official_image_density("tulip")
+
+
+def test_make_dataset_rose_has_log_prob():
+    ds = data.make_dataset("rose", n_train=1000, n_val=100, n_test=100)
+    assert ds.train.shape == (1000, 2) and ds.log_prob is not None
+    assert np.isfinite(float(ds.log_prob(jnp.asarray(ds.test[0]))))

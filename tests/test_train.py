@@ -164,3 +164,57 @@ def test_sharded_map_matches_direct():
     out = distributed.sharded_map(fn, 2.0, x, mesh=mesh, chunk_size=4)
     np.testing.assert_allclose(out[0], np.tanh(x) * 2.0, rtol=1e-6)
     np.testing.assert_allclose(out[1], np.sum(x**2, -1), rtol=1e-5)
+
+
+# ------------------------------------------------------------------ schedules
+
+
+@pytest.mark.parametrize("rate,every", [(0.99, 1000), (0.9, 4000), (0.8, 4000)])
+def test_step_schedule_is_lr_times_rate_to_floor(rate, every):
+    sched = train.make_schedule(2e-3, "step", decay_rate=rate, decay_every=every)
+    steps = np.array([0, 1, every - 1, every, every + 1, 3 * every + 7, 50 * every - 1])
+    got = np.array([float(sched(k)) for k in steps])
+    np.testing.assert_allclose(got, 2e-3 * rate ** np.floor(steps / every), rtol=1e-5)  # f32
+
+
+def test_step_schedule_after_warmup_counts_from_warmup_end():
+    sched = train.make_schedule(1.0, "step", warmup_steps=10, decay_rate=0.5, decay_every=5)
+    got = np.array([float(sched(k)) for k in (0, 5, 10, 14, 15, 26)])
+    np.testing.assert_allclose(got, [0.0, 0.5, 1.0, 1.0, 0.5, 0.125], rtol=1e-6)
+
+
+def test_warmup_cosine_schedule_matches_direct_formula():
+    lr, warm, total, f = 3e-4, 100, 1100, 0.1
+    sched = train.make_schedule(lr, "cosine", warmup_steps=warm, total_steps=total,
+                                end_lr_factor=f)
+    steps = np.array([0, 1, 50, 99, 100, 101, 600, 1099, 1100, 5000])
+    kp = np.clip(steps - warm, 0, total - warm) / (total - warm)
+    cos = lr * (f + (1 - f) * 0.5 * (1 + np.cos(np.pi * kp)))
+    direct = np.where(steps < warm, lr * steps / warm, cos)
+    got = np.array([float(sched(k)) for k in steps])
+    np.testing.assert_allclose(got, direct, rtol=1e-5, atol=1e-12)
+
+
+def test_bad_schedule_arguments_are_named():
+    with pytest.raises(ValueError, match="unknown schedule"):
+        train.make_schedule(1e-3, "exponential")
+    with pytest.raises(ValueError, match="decay_every"):
+        train.make_schedule(1e-3, "step", decay_rate=0.99)
+
+
+def test_adam_no_clip_matches_direct_adam(x64):
+    """grad_clip=0: the update is plain Adam with the step-decayed lr, computed by hand."""
+    lr, rate, every, b1, b2, eps = 0.1, 0.5, 2, 0.9, 0.999, 1e-8
+    opt = train.make_optimizer(lr=lr, schedule="step", decay_rate=rate, decay_every=every,
+                               grad_clip=0.0)
+    p = jnp.array([1.0, -2.0])
+    state = opt.init(p)
+    m, v, p_ref = np.zeros(2), np.zeros(2), np.array([1.0, -2.0])
+    for k in range(5):
+        g = 1e3 * np.array([np.sin(k + 1.0), np.cos(k + 1.0)])  # large: clipping would show
+        upd, state = opt.update(jnp.asarray(g), state, p)
+        p = p + upd
+        m, v = b1 * m + (1 - b1) * g, b2 * v + (1 - b2) * g * g
+        m_hat, v_hat = m / (1 - b1 ** (k + 1)), v / (1 - b2 ** (k + 1))
+        p_ref = p_ref - lr * rate ** (k // every) * m_hat / (np.sqrt(v_hat) + eps)
+        np.testing.assert_allclose(np.asarray(p), p_ref, rtol=1e-7)  # lr held in float32
