@@ -6,8 +6,20 @@ import platform
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from lfm_jax import data as data_lib
 from lfm_jax import distributed, flow_matching, interpolants, networks, time_sampling, train
+
+N_TRAIN = 50_000
+
+
+def make_data(dim: int, n: int = N_TRAIN) -> np.ndarray:
+    """The benchmark's training set: the 2-D checkerboard, else N(0, I) in `dim` dims."""
+    key = jax.random.PRNGKey(0)
+    if dim == 2:
+        return np.asarray(data_lib.sample_checkerboard(key, n))
+    return np.asarray(jax.random.normal(key, (n, dim)), np.float32)
 
 
 class JaxTrainer:
@@ -17,14 +29,17 @@ class JaxTrainer:
     Batches are drawn on device from the dataset replicated on the mesh. `step(n)`
     runs n steps (n a multiple of K), asynchronously; `sync()` blocks.
     `loss`, `init`: a batch loss (params, key, x1) -> (loss, aux) and key -> params.
+    `compute_dtype`: the default network's `networks.COMPUTE_DTYPES` key ("bfloat16":
+    bf16 matmuls and activations, float32 params).
     """
 
     def __init__(self, dim, hidden, data, batch_size: int, *, steps_per_call: int = 1,
                  lr: float = 1e-3, seed: int = 0, ema_decay: float = 0.999, mesh=None,
-                 loss=None, init=None):
+                 loss=None, init=None, compute_dtype: str = "float32"):
         self.mesh = distributed.make_mesh() if mesh is None else mesh
         if loss is None:
-            self.net = networks.velocity_mlp((dim,), hidden=tuple(hidden))
+            self.net = networks.velocity_mlp((dim,), hidden=tuple(hidden),
+                                             compute_dtype=compute_dtype)
             loss = flow_matching.make_loss(self.net.apply, interpolants.linear(),
                                            time_sampling.get("uniform"))
             init = self.net.init
@@ -54,6 +69,14 @@ class JaxTrainer:
 
     def params(self, ema: bool = False):
         return jax.device_get(self.state.ema_params if ema else self.state.params)
+
+
+def peak_memory_bytes() -> int | None:
+    """Peak bytes in use on the first device since the process started (None: the
+    backend keeps no statistics, e.g. the CPU). JAX cannot reset this counter, so one
+    measurement needs one process: see `experiments.benchmarks.jax_memory`."""
+    stats = jax.devices()[0].memory_stats()
+    return None if not stats else int(stats.get("peak_bytes_in_use", 0)) or None
 
 
 def device_info() -> dict:

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The GPU throughput tables of BENCHMARKS.md (G1): the four standard sizes, then the
+# large-batch rows, each with the CUDA-graph and torch.compile rows, bf16 rows, FLOP
+# utilisation and peak memory. Needs a CUDA torch, jax[cuda] and the peers installed.
+#
+#   bash experiments/benchmarks/run_gpu_throughput.sh [standard|large|all] [OUT]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+PART=${1:-all}
+OUT=${2:-experiments/benchmarks/results_gpu}
+PY=${PYTHON:-python3}
+mkdir -p "$OUT"
+if [ "$PART" = standard ] || [ "$PART" = all ]; then
+  # Small and medium batches: launch-bound, so torch.compile is timed in the mode
+  # that removes launches (CUDA graphs).
+  "$PY" -m experiments.benchmarks.throughput --sizes=2:256,43:512 --batches=256,4096 \
+    --seconds=0.7 --repeats=3 --bf16 --compile_modes=reduce-overhead --out="$OUT"
+fi
+if [ "$PART" = large ] || [ "$PART" = all ]; then
+  # Batch 65,536: compute-bound; both compile modes (autotuned matmuls may win here).
+  "$PY" -m experiments.benchmarks.throughput --sizes=2:256,43:512 --batches=65536 \
+    --seconds=1 --repeats=3 --bf16 \
+    --compile_modes=reduce-overhead,max-autotune-no-cudagraphs --out="$OUT/large_batch"
+fi
