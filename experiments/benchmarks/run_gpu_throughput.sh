@@ -18,7 +18,7 @@ if [ "$PART" = standard ] || [ "$PART" = all ]; then
 fi
 if [ "$PART" = large ] || [ "$PART" = all ]; then
   # Batch 65,536: compute-bound; both compile modes (autotuned matmuls may win here).
-  "$PY" -m experiments.benchmarks.throughput --sizes=2:256,43:512 --batches=65536 \
+  "$PY" -m experiments.benchmarks.throughput --sizes=43:512,2:256 --batches=65536 \
     --seconds=1 --repeats=3 --bf16 \
     --compile_modes=reduce-overhead,max-autotune-no-cudagraphs --out="$OUT/large_batch"
 fi
