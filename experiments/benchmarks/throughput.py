@@ -72,6 +72,8 @@ flags.DEFINE_enum("torch_precision", "tf32", list(torch_fast.PRECISIONS),
 flags.DEFINE_bool("bf16", False, "Add ours_fused_bf16 and torch_graph_bf16 rows.")
 flags.DEFINE_bool("memory", True, "Measure peak device memory per row (GPU).")
 flags.DEFINE_bool("cpu_compile", False, "Time torch.compile on the CPU too.")
+flags.DEFINE_bool("append", False, "Keep the rows of an existing throughput.json in --out "
+                  "(same device) and add these after them.")
 flags.DEFINE_string("out", "benchmark_results", "Output directory.")
 FLAGS = flags.FLAGS
 
@@ -363,6 +365,17 @@ def main(argv):
               "loadavg_start": load_start, "peers": list(factories),
               "peers_missing": missing, "notes": notes, "rows": []}
     os.makedirs(FLAGS.out, exist_ok=True)
+    previous = os.path.join(FLAGS.out, "throughput.json")
+    if FLAGS.append and os.path.exists(previous):
+        with open(previous) as f:
+            old = json.load(f)
+        if old.get("torch_device_name") != device_name:
+            raise ValueError(f"--append: {previous} was measured on "
+                             f"{old.get('torch_device_name')!r}, this is {device_name!r}")
+        result["rows"] = old["rows"]
+        result["peers"] = old["peers"] + [p for p in result["peers"] if p not in old["peers"]]
+        result["compile_modes_by_run"] = old.get("compile_modes_by_run",
+                                                 [old["compile_modes"]]) + [modes]
 
     def write():
         with open(os.path.join(FLAGS.out, "throughput.json"), "w") as f:
