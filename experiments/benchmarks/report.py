@@ -64,6 +64,27 @@ def throughput_section(r, md):
            f"Load average at start: {', '.join(f'{x:.1f}' for x in r.get('loadavg_start', []))} "
            "(other jobs shared the machine; every implementation was measured in turn, "
            "so they saw the same load).", "", md.strip(), ""]
+    if any("torch_graph" in row["steps_per_s"] or "torch_compile" in row["steps_per_s"]
+           for row in r["rows"]):
+        out += ["The fastest torch step (`experiments/benchmarks/torch_fast.py`, same network, "
+                "data, loss and Adam): `torch_graph` = the whole step (batch, noise and time "
+                "sampling on the GPU, forward, backward, fused capturable Adam) captured in "
+                "one CUDA graph and replayed; `torch_compile` = `torch.compile` of loss and "
+                "optimiser step, the fastest of the modes "
+                f"{', '.join(r.get('compile_modes', []))} (the second table names it); both "
+                f"with {r.get('torch_fast_precision', 'tf32').upper()} matmuls, as JAX uses "
+                "on a GPU by default (the peers' loops run torch's default full float32). "
+                "`*_bf16`: bf16 matmuls (ours: `networks.velocity_mlp(..., "
+                "compute_dtype=\"bfloat16\")`; torch: autocast). FLOP/s = 6 x matmul "
+                "weights x batch / step time; peaks: dense "
+                + (f"TF32 {r['peak_flops']['tf32'] / 1e12:.1f} and bf16 "
+                   f"{r['peak_flops']['bf16'] / 1e12:.1f} TFLOP/s for "
+                   f"{r.get('torch_device_name')}" if r.get("peak_flops") else "(unknown device)")
+                + ". Peak memory: torch's max_memory_allocated over the trainer's "
+                "construction and warm-up minus what was allocated before; ours "
+                "peak_bytes_in_use of the same trainer in a fresh process.", ""]
+    for note in r.get("notes", []):
+        out += [f"Note: {note}", ""]
     wins, losses = [], []
     for row in r["rows"]:
         if "fastest_peer" not in row:
@@ -92,6 +113,16 @@ def throughput_section(r, md):
                    + "; ".join(slow) + "); that gap comes from OpenMP threads competing "
                    "with the machine's other jobs, not from the libraries, so the table "
                    "credits the peers with 1 thread.")
+    graph = [row for row in r["rows"] if "fused_vs_torch_graph" in row]
+    if graph:
+        short = [g for g in graph if g["fused_vs_torch_graph"] < 3.0]
+        out.append("Goal (ours >= 3x the CUDA-graph torch step): "
+                   + ("met in every configuration." if not short else
+                      "NOT met for " + ", ".join(
+                          f"d={g['dim']} batch={g['batch']} ({g['fused_vs_torch_graph']:.2f}x"
+                          + (f"; bf16 vs bf16 {g['steps_per_s']['ours_fused_bf16'] / g['steps_per_s']['torch_graph_bf16']:.2f}x"
+                             if "torch_graph_bf16" in g["steps_per_s"] else "") + ")"
+                          for g in short) + "."))
     goal = [row for row in r["rows"] if row.get("fused_vs_fastest_peer", 0) < 2.0]
     out.append("Goal (>= 2x the fastest peer on CPU): "
                + ("met in every configuration." if not goal else
