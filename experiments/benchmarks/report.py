@@ -25,6 +25,8 @@ COMMANDS = """\
 bash experiments/benchmarks/run_all.sh            # QUICK=1 for a few-minute smoke run
 # or one at a time, in an environment with the peers installed:
 python -m experiments.benchmarks.throughput --seconds=1.5 --repeats=3 --out=experiments/benchmarks/results
+# GPU throughput: CUDA-graph / torch.compile / bf16 rows, batch 65,536, utilisation, memory:
+bash experiments/benchmarks/run_gpu_throughput.sh all experiments/benchmarks/results_gpu
 python -m experiments.benchmarks.time_to_quality --budgets=15,30,60,120 --seeds=0,1,2 --n_eval=1000 --out=experiments/benchmarks/results
 python -m experiments.benchmarks.few_step --seconds=30 --seeds=0 --out=experiments/benchmarks/results
 python -m experiments.compare_lfm_fm --workdir experiments/benchmarks/results/lfm_vs_fm --budget_s 30 --datasets checkerboard

@@ -3,8 +3,8 @@ and the fastest torch step (CUDA graph, torch.compile), with FLOP utilisation an
 
     python -m experiments.benchmarks.throughput [--seconds=2] [--repeats=3] \
         [--sizes=2:256,43:512] [--batches=256,4096] [--fused=50] [--out=DIR] \
-        [--fast=graph,compile] [--compile_modes=reduce-overhead,max-autotune-no-cudagraphs] \
-        [--bf16] [--memory]
+        [--fast=graph,compile] [--compile_modes=reduce-overhead] [--bf16] [--memory] \
+        [--append]
 
 Same model (4 hidden SiLU layers of `width`, 17 Fourier time features, see peers.py),
 same data (2-D checkerboard; 43-D standard Gaussian), same optimiser (Adam 1e-3), same
@@ -65,8 +65,9 @@ flags.DEFINE_string("torch_threads", "default,1",
                     "peer's table entry is its best over these.")
 flags.DEFINE_string("fast", "graph,compile",
                     "Fastest-torch rows: 'graph' (CUDA graph), 'compile' (torch.compile).")
-flags.DEFINE_string("compile_modes", "reduce-overhead,max-autotune-no-cudagraphs",
-                    "torch.compile modes timed for the torch_compile row (best reported).")
+flags.DEFINE_string("compile_modes", "reduce-overhead",
+                    "torch.compile modes timed for the torch_compile row (best reported); "
+                    "also e.g. max-autotune-no-cudagraphs (minutes of autotuning per size).")
 flags.DEFINE_enum("torch_precision", "tf32", list(torch_fast.PRECISIONS),
                   "Matmul precision of the fastest-torch rows.")
 flags.DEFINE_bool("bf16", False, "Add ours_fused_bf16 and torch_graph_bf16 rows.")
