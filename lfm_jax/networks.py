@@ -79,13 +79,16 @@ as in the official LFM code)."""
 
 
 COMPUTE_DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}
-"""Dtype of the MLP's matrix products and activations, by name. "float32" (default):
-no cast, the products run in the promoted dtype of the input and the float32 params
-(float32; float64 for float64 inputs under jax_enable_x64; on a GPU, XLA's default
-precision lets float32 products use TF32 tensor cores). "bfloat16": each layer casts its input, kernel and bias to bfloat16, multiplies
-with float32 accumulation on the tensor cores and returns bfloat16; the activations
-are bfloat16, the params and their gradients float32, the output is cast back to the
-input's dtype. About 3 significant digits per layer: for throughput at large batches."""
+"""Dtype of the MLP's matrix products and activations, by name.
+
+"float32" (default): no cast; the products run in the promoted dtype of the input and
+the float32 params (float32; float64 for float64 inputs under jax_enable_x64; on a GPU,
+XLA's default precision lets float32 products use TF32 tensor cores).
+"bfloat16": each layer casts its input, kernel and bias to bfloat16 and multiplies in
+bfloat16 (on a GPU the tensor cores accumulate in float32), returning bfloat16; the
+activations are bfloat16, the params and their gradients float32, and the output is
+cast back to the input's dtype.
+About 3 significant digits per layer: meant for throughput at large batches."""
 
 
 def _symmetric_uniform(bound: float):
