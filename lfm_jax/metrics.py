@@ -114,20 +114,31 @@ def mmd(x: jax.Array, y: jax.Array, bandwidths: tuple = DEFAULT_BANDWIDTHS,
 @partial(jax.jit, static_argnames=("n_projections", "p"))
 def sliced_wasserstein(key: jax.Array, x: jax.Array, y: jax.Array,
                        n_projections: int = 128, p: int = 2) -> jax.Array:
-    """Sliced p-Wasserstein distance between two equal-size samples.
+    """Sliced p-Wasserstein distance between two samples (ott-jax's 1-D solvers).
 
     SW_p = ( E_theta W_p^p(theta # X, theta # Y) )^(1/p), theta uniform on the unit
-    sphere (n_projections Monte-Carlo directions). In 1-D, W_p^p between equal-size
-    empirical measures is mean_i |x_(i) - y_(i)|^p over sorted projections.
-    x, y (n, d) -> scalar. For X ~ N(0, I), Y ~ N(mu, I): SW_2 = |mu| / sqrt(d).
+    sphere, estimated with n_projections Monte-Carlo directions drawn from `key`.
+    `ott.tools.sliced.sliced_wasserstein` returns the mean over directions of the 1-D
+    costs W_p^p with ground cost |a - b|^p (`ott.geometry.costs.EuclideanP(p)`); this
+    function takes its 1/p-th power. Equal sizes use ott's sorted-pairs solver
+    (W_p^p = mean_i |x_(i) - y_(i)|^p); unequal sizes its quantile solver.
+    Projections use HIGHEST matmul precision and the dtype of x.
+    x (n, d), y (m, d) -> scalar. For X ~ N(0, I), Y ~ N(mu, I): SW_2 = |mu| / sqrt(d).
     """
-    if x.shape != y.shape or x.ndim != 2:
-        raise ValueError(f"need equal-shape (n, d) samples, got {x.shape} and {y.shape}")
+    if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1]:
+        raise ValueError(f"need (n, d) and (m, d) samples, got {x.shape} and {y.shape}")
+    from ott.geometry import costs  # imported here: ott takes seconds to import
+
+    from ott.tools import sliced
+
     theta = jax.random.normal(key, (n_projections, x.shape[1]), dtype=x.dtype)
     theta = theta / jnp.linalg.norm(theta, axis=-1, keepdims=True)
-    px = jnp.sort(jnp.matmul(x, theta.T, precision=jax.lax.Precision.HIGHEST), axis=0)
-    py = jnp.sort(jnp.matmul(y, theta.T, precision=jax.lax.Precision.HIGHEST), axis=0)
-    return jnp.mean(jnp.abs(px - py) ** p) ** (1.0 / p)
+
+    def project(z):
+        return jnp.matmul(z, theta.T, precision=jax.lax.Precision.HIGHEST)
+
+    sw_pp, _ = sliced.sliced_wasserstein(x, y, cost_fn=costs.EuclideanP(p), proj_fn=project)
+    return sw_pp ** (1.0 / p)
 
 
 def nll(log_prob_fn: Callable, x: jax.Array, batch_size: int = 1024):
