@@ -1,0 +1,102 @@
+"""Run-level trust: config validation, provenance, kill -9 during a checkpoint save."""
+
+import glob
+import importlib
+import os
+
+import ml_collections
+import pytest
+
+from lfm_jax.runs import validation
+
+CONFIG_FILES = sorted(glob.glob("configs/*.py"))
+
+
+def _config(path="configs/default.py", method=None):
+    module = importlib.import_module("configs." + os.path.basename(path)[:-3])
+    if not hasattr(module, "get_config"):
+        return None
+    config = module.get_config()
+    if method is not None:
+        config.method = method
+    return config
+
+
+@pytest.mark.parametrize("path", [p for p in CONFIG_FILES
+                                  if not p.endswith(("__init__.py", "_defaults.py"))])
+def test_every_shipped_config_is_valid(path):
+    validation.validate_config(_config(path))
+
+
+@pytest.mark.parametrize("method, key, value, requirement", [
+    ("fm", "train.steps", 0, "an integer >= 1"),
+    ("lfm", "lfm.steps_per_block", 0, "an integer >= 1"),
+    ("flow_map", "train.steps", 0, "an integer >= 1"),
+    ("fm", "train.batch_size", 0, "an integer >= 1"),
+    ("fm", "train.steps_per_call", 0, "an integer >= 1"),
+    ("fm", "train.checkpoint_every", 0, "an integer >= 1"),
+    ("fm", "train.keep_checkpoints", 0, "an integer >= 1"),
+    ("fm", "train.lr", 0.0, "a finite number > 0"),
+    ("fm", "train.lr", float("nan"), "a finite number > 0"),
+    ("fm", "train.warmup_steps", -1, "an integer >= 0"),
+    ("fm", "train.ema_decay", 1.0, "in [0.0, 1.0)"),
+    ("lfm", "lfm.num_blocks", -1, "an integer >= 0"),
+    ("lfm", "lfm.step_c", 0.0, "a finite number > 0"),
+    ("lfm", "lfm.step_sizes", (0.1, -0.2), "a sequence of entries a finite number > 0"),
+    ("lfm", "lfm.chunk_size", 0, "an integer >= 1"),
+    ("lfm", "lfm.n_probes", 0, "an integer >= 1"),
+    ("fm", "eval.n_samples", 0, "an integer >= 1"),
+    ("fm", "eval.nll_examples", 0, "an integer >= 1"),
+    ("fm", "eval.chunk_size", 0, "an integer >= 1"),
+    ("fm", "eval.divergence", "hutch", "one of ['exact', 'hutchinson']"),
+    ("flow_map", "flow_map.diagonal_fraction", 1.5, "in [0.0, 1.0]"),
+    ("flow_map", "flow_map.sample_steps", (), "a non-empty sequence"),
+    ("flow_map", "flow_map.sample_steps", (1, 0), "a non-empty sequence"),
+    ("flow_map", "flow_map.teacher_steps", 0, "an integer >= 1"),
+    ("fm", "model.hidden", (64, 0), "a sequence of entries an integer >= 1"),
+    ("fm", "data.n_train", 0, "an integer >= 1"),
+])
+def test_bad_value_is_refused_naming_the_key(method, key, value, requirement):
+    config = _config(method=method)
+    section, name = key.rsplit(".", 1)
+    validation.get_path(config, section)[name] = value
+    with pytest.raises(ValueError) as err:
+        validation.validate_config(config)
+    msg = str(err.value)
+    assert msg.startswith(f"config.{key} must be {requirement}"), msg
+    assert f"got {value!r}" in msg
+
+
+@pytest.mark.parametrize("method, key", [("fm", "train.steps"), ("lfm", "lfm.steps_per_block"),
+                                         ("flow_map", "flow_map.teacher_steps")])
+def test_step_counts_must_be_multiples_of_fused_steps(method, key):
+    config = _config(method=method)
+    config.train.steps_per_call = 7
+    config.train.steps, config.lfm.steps_per_block = 70, 70
+    config.flow_map.teacher_steps = 70
+    validation.validate_config(config)
+    section, name = key.rsplit(".", 1)
+    validation.get_path(config, section)[name] = 75
+    with pytest.raises(ValueError, match=rf"config\.{key} must be a multiple of config\.train"
+                                         r"\.steps_per_call, got 75 \(config\.train\.steps_per_call=7\)"):
+        validation.validate_config(config)
+
+
+def test_ode_sections_are_checked_when_present_and_skipped_when_absent():
+    config = _config()
+    ode = ml_collections.ConfigDict({"solver": "tsit5", "rtol": 1e-5, "atol": 1e-5,
+                                     "num_steps": 0, "max_steps": 4096})
+    config.eval.ode = ode
+    config.lfm.push_ode = ml_collections.ConfigDict(ode.to_dict())
+    validation.validate_config(config)
+    config.lfm.push_ode.rtol = 0.0
+    with pytest.raises(ValueError, match=r"config\.lfm\.push_ode\.rtol must be a finite number > 0"):
+        validation.validate_config(config)
+    config.lfm.push_ode.rtol = 1e-5
+    config.eval.ode.max_steps = 0
+    with pytest.raises(ValueError, match=r"config\.eval\.ode\.max_steps must be an integer >= 1"):
+        validation.validate_config(config)
+    # plain nested dicts work too, and a missing key is skipped
+    validation.validate_config({"method": "fm", "train": {"steps": 10}})
+    with pytest.raises(ValueError, match=r"config\.train\.steps must be"):
+        validation.validate_config({"method": "fm", "train": {"steps": 0}})
