@@ -1,6 +1,8 @@
 """Run-level trust: config validation, provenance, kill -9 during a checkpoint save."""
 
 import glob
+import json
+import time
 import importlib
 import os
 
@@ -100,3 +102,77 @@ def test_ode_sections_are_checked_when_present_and_skipped_when_absent():
     validation.validate_config({"method": "fm", "train": {"steps": 10}})
     with pytest.raises(ValueError, match=r"config\.train\.steps must be"):
         validation.validate_config({"method": "fm", "train": {"steps": 0}})
+
+
+def test_record_run_writes_config_and_refuses_training_changes(tmp_path):
+    from lfm_jax.runs import provenance
+
+    workdir = str(tmp_path)
+    config = _config("configs/lfm_checkerboard.py")
+    argv = ["experiments/train.py", "--config=configs/lfm_checkerboard.py"]
+    assert provenance.record_run(config, workdir, argv) == {}
+    saved = json.load(open(tmp_path / "config.json"))
+    assert saved["lfm"]["steps_per_block"] == config.lfm.steps_per_block
+    assert saved["model"]["hidden"] == list(config.model.hidden)
+    # evaluation-only changes are accepted and recorded
+    config.eval.n_samples = 17
+    config.train.steps = config.train.steps * 2
+    config.train.checkpoint_every = 5
+    changes = provenance.record_run(config, workdir, argv + ["--config.eval.n_samples=17"])
+    assert set(changes) == {"eval.n_samples", "train.steps", "train.checkpoint_every"}
+    runs = [json.loads(line) for line in open(tmp_path / "runs.jsonl")]
+    assert [r["resumed"] for r in runs] == [False, True]
+    assert runs[1]["argv"][-1] == "--config.eval.n_samples=17"
+    assert runs[1]["changed"]["eval.n_samples"][1] == 17
+    # training changes are refused, listing every changed key
+    for key, value in [("lfm.steps_per_block", 3), ("train.lr", 0.5), ("seed", 3),
+                       ("data.name", "moons"), ("model.hidden", (8,)), ("method", "fm"),
+                       ("fm.interpolant", "trig"), ("flow_map.objective", "x")]:
+        changed = _config("configs/lfm_checkerboard.py")
+        changed.eval.n_samples, changed.train.steps = 17, config.train.steps
+        changed.train.checkpoint_every = 5
+        section, _, name = key.rpartition(".")
+        (validation.get_path(changed, section) if section else changed)[name] = value
+        changed.train.batch_size = 64
+        with pytest.raises(provenance.ConfigChangedError) as err:
+            provenance.record_run(changed, workdir, argv)
+        msg = str(err.value)
+        assert f"  {key}: " in msg and "  train.batch_size: " in msg and workdir in msg
+    assert json.load(open(tmp_path / "config.json"))["eval"]["n_samples"] == 17
+
+
+def test_after_divergence_the_lr_may_change_once(tmp_path):
+    from lfm_jax.runs import provenance
+
+    workdir = str(tmp_path)
+    config = _config()
+    provenance.record_run(config, workdir, [])
+    config.train.lr = 1e-4
+    with pytest.raises(provenance.ConfigChangedError, match="train.lr"):
+        provenance.record_run(config, workdir, [])
+    provenance.mark_diverged(workdir, "loss became inf at step 3")
+    assert provenance.record_run(config, workdir, []) == {"train.lr": (1e-3, 1e-4)}
+    config.train.lr = 1e-5  # the marker is consumed by the start that used it
+    with pytest.raises(provenance.ConfigChangedError, match="train.lr"):
+        provenance.record_run(config, workdir, [])
+
+
+def test_train_clock_adds_up_across_restarts(tmp_path):
+    from lfm_jax.runs import provenance
+
+    path = str(tmp_path / "block" / "train_clock.json")
+    first = provenance.TrainClock(path)
+    time.sleep(0.05)
+    t1 = first.save(10, steps_trained=10)
+    assert t1 >= 0.05
+    second = provenance.TrainClock(path)  # a restart
+    assert second.base == pytest.approx(t1)
+    time.sleep(0.05)
+    t2 = second.save(20, steps_trained=20)
+    assert t2 >= t1 + 0.05
+    stored = json.load(open(path))
+    assert stored == {"train_time_s": t2, "step": 20, "steps_trained": 20}
+    with open(path, "w") as f:
+        f.write('{"train_time_s": 1')
+    with pytest.warns(RuntimeWarning, match="train_clock.json"):
+        assert provenance.TrainClock(path).base == 0.0
