@@ -176,3 +176,65 @@ def test_train_clock_adds_up_across_restarts(tmp_path):
         f.write('{"train_time_s": 1')
     with pytest.warns(RuntimeWarning, match="train_clock.json"):
         assert provenance.TrainClock(path).base == 0.0
+
+
+_KILL_SCRIPT = '''
+import os, signal, sys
+import jax, jax.numpy as jnp, numpy as np
+from lfm_jax import checkpoint, flow_matching, interpolants, networks, time_sampling, train
+
+kill_at, runs = int(sys.argv[1]), sys.argv[2:]  # runs: workdir, out, workdir, out ...
+net = networks.velocity_mlp((2,), hidden=(16, 16))
+loss = flow_matching.make_loss(net.apply, interpolants.linear(), time_sampling.get("uniform"))
+opt = train.make_optimizer(lr=1e-2)
+step = train.make_train_step(loss, opt, sample_batch=flow_matching.make_sample_batch(32),
+                             steps_per_call=2)
+state = train.create_train_state(jax.random.PRNGKey(0), net.init(jax.random.PRNGKey(1)), opt)
+data = jax.random.normal(jax.random.PRNGKey(2), (256, 2))
+
+
+class KillDuringSave(checkpoint.Checkpointer):
+    def save(self, s, st, force=False):
+        saved = super().save(s, st, force)  # async: the write is in flight
+        if s == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return saved
+
+
+init = state
+for workdir, out in zip(runs[::2], runs[1::2]):
+    with KillDuringSave(workdir, save_every=4, keep=2) as ckpt:
+        state = ckpt.restore(jax.tree_util.tree_map(jnp.copy, init))
+        print(workdir, "start", int(state.step), flush=True)
+        state, _ = train.fit(state, step, data, 24, steps_per_call=2, checkpointer=ckpt)
+    leaves = jax.tree_util.tree_leaves(jax.device_get((state.params, state.ema_params)))
+    np.save(out, np.concatenate([np.ravel(x) for x in leaves]))
+'''
+
+
+def test_kill9_during_checkpoint_save_then_restart_matches_uninterrupted(tmp_path):
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    script = tmp_path / "train_script.py"
+    script.write_text(_KILL_SCRIPT)
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "", "PYTHONPATH": os.getcwd()}
+
+    def run(kill_at, *runs):
+        return subprocess.run([sys.executable, str(script), str(kill_at), *map(str, runs)],
+                              cwd=os.getcwd(), env=env, capture_output=True, text=True,
+                              timeout=120)
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    killed = run(12, b, tmp_path / "b.npy")
+    assert killed.returncode == -9, killed.stderr
+    assert not (tmp_path / "b.npy").exists()
+    # one process: the uninterrupted run in a/, then the restart in b/
+    both = run(-1, a, tmp_path / "a.npy", b, tmp_path / "b.npy")
+    assert both.returncode == 0, both.stderr
+    start = int(both.stdout.split(f"{b} start")[1].split()[0])
+    assert start in (8, 12)  # 12 if the killed write had been committed, else 8
+    np.testing.assert_array_equal(np.load(tmp_path / "a.npy"), np.load(tmp_path / "b.npy"))
+    assert not [p for p in os.listdir(tmp_path / "b") if "tmp" in p]
