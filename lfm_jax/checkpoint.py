@@ -155,3 +155,9 @@ class Checkpointer:
             self.manager.wait_until_finished()
         finally:
             self.manager.close()
+
+
+def latest_step(directory: str) -> int | None:
+    """Newest step saved in `directory` (None if none), without keeping a manager."""
+    with Checkpointer(directory) as ckpt:
+        return ckpt.latest_step()

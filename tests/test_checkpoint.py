@@ -41,17 +41,16 @@ def test_restore_falls_back_to_newest_intact_checkpoint(tmp_path, damage):
         os.remove(_data_file(latest))
     else:
         os.remove(os.path.join(latest, "default", "manifest.ocdbt"))
-    ckpt = checkpoint.Checkpointer(directory, keep=5)
-    with pytest.warns(RuntimeWarning, match=f"checkpoint {latest} is damaged"):
-        restored = ckpt.restore(_state(0))
-    np.testing.assert_array_equal(restored["b"], np.arange(8.0) + 2)
-    assert ckpt.latest_step() == 2
-    assert os.path.isdir(latest + checkpoint.DAMAGED_SUFFIX)
-    # the run continues: step 3 can be saved again
-    ckpt.save(3, _state(3))
-    ckpt.close()
-    np.testing.assert_array_equal(checkpoint.Checkpointer(directory).restore(_state(0))["b"],
-                                  np.arange(8.0) + 3)
+    with checkpoint.Checkpointer(directory, keep=5) as ckpt:
+        with pytest.warns(RuntimeWarning, match=f"checkpoint {latest} is damaged"):
+            restored = ckpt.restore(_state(0))
+        np.testing.assert_array_equal(restored["b"], np.arange(8.0) + 2)
+        assert ckpt.latest_step() == 2
+        assert os.path.isdir(latest + checkpoint.DAMAGED_SUFFIX)
+        # the run continues: step 3 can be saved again
+        ckpt.save(3, _state(3))
+    with checkpoint.Checkpointer(directory) as ckpt:
+        np.testing.assert_array_equal(ckpt.restore(_state(0))["b"], np.arange(8.0) + 3)
 
 
 def test_restore_with_every_checkpoint_damaged_names_them(tmp_path):
@@ -59,8 +58,9 @@ def test_restore_with_every_checkpoint_damaged_names_them(tmp_path):
     os.remove(_data_file(os.path.join(directory, "1")))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        with pytest.raises(checkpoint.CheckpointError, match=os.path.join(directory, "1")):
-            checkpoint.Checkpointer(directory).restore(_state(0))
+        with checkpoint.Checkpointer(directory) as ckpt:
+            with pytest.raises(checkpoint.CheckpointError, match=os.path.join(directory, "1")):
+                ckpt.restore(_state(0))
 
 
 def test_empty_directory_returns_target(tmp_path):

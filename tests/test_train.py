@@ -106,13 +106,12 @@ def _run(workdir, total, kill_at=None, save_every=8):
         if kill_at is not None and s >= kill_at:
             raise _Killed
 
-    try:
-        state, _ = train.fit(state, step, data, total, steps_per_call=4, callback=callback,
-                             checkpointer=ckpt)
-    except _Killed:
-        ckpt.wait()
-        return None, losses
-    ckpt.close()
+    with ckpt:
+        try:
+            state, _ = train.fit(state, step, data, total, steps_per_call=4,
+                                 callback=callback, checkpointer=ckpt)
+        except _Killed:
+            return None, losses
     return state, losses
 
 
@@ -120,7 +119,7 @@ def test_kill_and_resume_is_exact(tmp_path):
     straight, straight_losses = _run(str(tmp_path / "a"), 40)
     # killed at step 20: checkpoints exist at 8 and 16; steps 17..20 are lost
     assert _run(str(tmp_path / "b"), 40, kill_at=20)[0] is None
-    assert checkpoint.Checkpointer(str(tmp_path / "b")).latest_step() == 16
+    assert checkpoint.latest_step(str(tmp_path / "b")) == 16
     resumed, resumed_losses = _run(str(tmp_path / "b"), 40)
     assert int(resumed.step) == 40
     for a, b in zip(jax.tree_util.tree_leaves(_host(straight)),
@@ -141,12 +140,12 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     step = train.make_train_step(loss, opt, sample_batch=lambda k, d: d, steps_per_call=1,
                                  ema_decay=0.0)
     state = train.create_train_state(jax.random.PRNGKey(0), {"w": jnp.zeros(())}, opt)
-    ckpt = checkpoint.Checkpointer(str(tmp_path), save_every=3, keep=5, async_save=False)
-    with pytest.raises(train.NonFiniteLossError, match="loss became nan at step"):
-        train.fit(state, step, jnp.ones((BATCH,)), 100, checkpointer=ckpt)
-    last = ckpt.latest_step()
-    assert last is not None and 3 <= last < 20
-    restored = ckpt.restore(state)
+    with checkpoint.Checkpointer(str(tmp_path), save_every=3, keep=5, async_save=False) as ckpt:
+        with pytest.raises(train.NonFiniteLossError, match="loss became nan at step"):
+            train.fit(state, step, jnp.ones((BATCH,)), 100, checkpointer=ckpt)
+        last = ckpt.latest_step()
+        assert last is not None and 3 <= last < 20
+        restored = ckpt.restore(state)
     assert np.isfinite(float(restored.params["w"])) and float(restored.params["w"]) < 0.5
 
 
@@ -182,7 +181,7 @@ def test_diverged_run_keeps_finite_checkpoint_and_resumes_with_lower_lr(tmp_path
     with checkpoint.Checkpointer(directory, save_every=1, keep=2) as ckpt:
         with pytest.raises(train.NonFiniteLossError) as err:
             train.fit(state, step, data, 50, checkpointer=ckpt)
-    kept = checkpoint.Checkpointer(directory).latest_step()
+    kept = checkpoint.latest_step(directory)
     assert kept is not None
     msg = str(err.value)
     assert f"Kept checkpoint: step {kept} in {os.path.join(directory, str(kept))}" in msg
@@ -196,7 +195,7 @@ def test_diverged_run_keeps_finite_checkpoint_and_resumes_with_lower_lr(tmp_path
         resumed, hist = train.fit(resumed, sane_step, data, kept + 10, checkpointer=ckpt)
     assert int(resumed.step) == kept + 10
     assert np.all(np.isfinite(hist["loss"])) and len(hist["loss"]) == 10
-    assert checkpoint.Checkpointer(directory).latest_step() == kept + 10
+    assert checkpoint.latest_step(directory) == kept + 10
 
 
 def test_kept_checkpoint_params_gave_finite_loss(tmp_path):
