@@ -15,8 +15,8 @@ def get_config():
     config.lfm.step_c = 0.025
     config.lfm.step_rho = 1.25
     config.lfm.steps_per_block = 2_000
-    config.lfm.push_rtol = 1e-4
-    config.lfm.push_atol = 1e-4
+    config.lfm.push_ode.rtol = 1e-4
+    config.lfm.push_ode.atol = 1e-4
     config.lfm.n_val = 1_000
     config.train.batch_size = 512
     config.train.steps_per_call = 100

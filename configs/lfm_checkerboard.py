@@ -23,8 +23,8 @@ def get_config():
     config.lfm.step_rho = 2.0
     config.lfm.free_last_block = True
     config.lfm.steps_per_block = 3_000
-    config.lfm.push_rtol = 1e-4
-    config.lfm.push_atol = 1e-4
+    config.lfm.push_ode.rtol = 1e-4
+    config.lfm.push_ode.atol = 1e-4
     config.lfm.n_val = 1_000
     config.train.batch_size = 512
     config.train.steps_per_call = 100
@@ -33,6 +33,6 @@ def get_config():
     config.train.checkpoint_every = 500
     config.eval.n_samples = 5_000
     config.eval.nll_examples = 1_000
-    config.eval.rtol = 1e-4
-    config.eval.atol = 1e-4
+    config.eval.ode.rtol = 1e-4
+    config.eval.ode.atol = 1e-4
     return default.locked(config)
