@@ -176,11 +176,11 @@ def _tiny_config():
 
 def test_resume_inside_block_2_matches_uninterrupted(tmp_path):
     from lfm_jax.runs import common
-    from lfm_jax.runs import lfm as lfm_run
+    from lfm_jax.runs import lfm_blocks
 
     config = _tiny_config()
     dataset = common.load_data(config)
-    _, straight, reports = lfm_run.train_blocks(config, dataset, str(tmp_path / "a"),
+    _, straight, reports = lfm_blocks.train_blocks(config, dataset, str(tmp_path / "a"),
                                                 verbose=False)
     assert [r["block"] for r in reports] == [0, 1, 2]
 
@@ -190,14 +190,14 @@ def test_resume_inside_block_2_matches_uninterrupted(tmp_path):
 
     workdir = str(tmp_path / "b")
     with pytest.raises(_Stop):
-        lfm_run.train_blocks(config, dataset, workdir, callback=kill, verbose=False)
+        lfm_blocks.train_blocks(config, dataset, workdir, callback=kill, verbose=False)
     block1 = tmp_path / "b" / "blocks" / "1"
     pushed = np.load(block1 / "train_pushed.npy")
     params_mtime = (block1 / "params.msgpack").stat().st_mtime_ns
     (block1 / "train_pushed.npy").unlink()  # a missing file is recomputed
 
     seen = []
-    _, resumed, _ = lfm_run.train_blocks(
+    _, resumed, _ = lfm_blocks.train_blocks(
         config, dataset, workdir, verbose=False,
         callback=lambda block, step, m: seen.append((block, step)))
     assert seen and all(block == 2 for block, _ in seen)  # block 1 not retrained
@@ -246,7 +246,7 @@ def test_failed_solves_nan_in_evaluation_and_raise_in_training_push():
     """on_failure="nan": exactly the stiff rows are NaN through log_prob (every
     truncation after their failing block), block_log_det and generation-style pushes;
     "raise" (the default) and the training-data push still refuse them."""
-    from lfm_jax.runs import lfm as lfm_run
+    from lfm_jax.runs import common, lfm_blocks
 
     hs = lfm.step_sizes(2, c=0.2, rho=1.0)
     options = ode.Options(rtol=1e-4, atol=1e-4, max_steps=16)
@@ -276,11 +276,11 @@ def test_failed_solves_nan_in_evaluation_and_raise_in_training_push():
 
     with pytest.raises(Exception, match="(?i)max"):
         model.log_prob(params, x)
-    with pytest.raises(lfm_run.PushFailedError, match="block 3: .* 2 of 5 training"):
-        lfm_run.push_training_data(model, params[0], x, 3)
-    np.testing.assert_allclose(lfm_run.push_training_data(model, params[0], x[ok], 1),
+    with pytest.raises(lfm_blocks.PushFailedError, match="block 3: .* 2 of 5 training"):
+        lfm_blocks.push_training_data(model, params[0], x, 3)
+    np.testing.assert_allclose(lfm_blocks.push_training_data(model, params[0], x[ok], 1),
                                y[ok], atol=1e-3)  # y: from the augmented solve
     with pytest.raises(TypeError, match="ode.Options"):
         lfm.LocalFlow(_rate_velocity, hs, (3,), ode={"on_failure": "skip"})
-    nll, se, n_failed = lfm_run.finite_nll(lp[-1])
+    nll, se, n_failed = common.finite_nll(lp[-1])
     assert n_failed == 2 and np.isclose(nll, -np.mean(lp[-1][ok]))

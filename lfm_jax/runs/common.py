@@ -1,7 +1,11 @@
-"""Pieces shared by the jobs in `lfm_jax.runs`: data, model, optimiser, evaluation."""
+"""Pieces shared by the jobs in `lfm_jax.runs`: data, model, optimiser, evaluation,
+failed-solve accounting and atomic file writes."""
 
 from __future__ import annotations
 
+import contextlib
+import json
+import math
 import os
 import time
 
@@ -9,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lfm_jax import data as data_lib
-from lfm_jax import checkpoint, distributed, metrics, networks, time_sampling, train
+from lfm_jax import checkpoint, distributed, metrics, networks, ode, time_sampling, train
 from lfm_jax import logging as log_lib
 
 
@@ -110,3 +114,80 @@ def check_workdir(workdir: str) -> str:
 def to_numpy(x):
     """Host numpy copy of replicated device arrays (`distributed.to_host`)."""
     return distributed.to_host(x)
+
+
+# ------------------------------------------------------------------ failed solves
+
+# Above this fraction of failed evaluation points the warning is printed loudly.
+FAILED_FRACTION_WARN = 0.01
+
+
+def finite_nll(log_q) -> tuple:
+    """(NLL over the finite points, their stderr, number of failed points).
+
+    log_q (n,) from a solve with on_failure="nan"; NaN/Inf entries are failed solves.
+    With no finite point the NLL and stderr are NaN."""
+    log_q = np.asarray(log_q, np.float64)
+    ok = np.isfinite(log_q)
+    n_failed = int(len(log_q) - ok.sum())
+    good = log_q[ok]
+    nll = float(-np.mean(good)) if len(good) else float("nan")
+    se = float(np.std(good, ddof=1) / math.sqrt(len(good))) if len(good) > 1 else float("nan")
+    return nll, se, n_failed
+
+
+def warn_failed(n_failed: int, n_total: int, what: str) -> None:
+    """Print a warning naming how many of n_total points' ODE solves failed (loud
+    above FAILED_FRACTION_WARN of them); nothing when none failed."""
+    if not n_failed:
+        return
+    frac = n_failed / max(n_total, 1)
+    msg = (f"{n_failed} of {n_total} {what} ({100 * frac:.2f}%) failed the ODE solve "
+           f"(max_steps reached or non-finite velocity) and are left out")
+    if frac > FAILED_FRACTION_WARN:
+        bar = "!" * 78
+        print(f"{bar}\nWARNING: MORE THAN {100 * FAILED_FRACTION_WARN:g}% FAILED: {msg}; "
+              f"the reported numbers are over the remaining points only and may be "
+              f"biased.\n{bar}", flush=True)
+    else:
+        print(f"WARNING: {msg}.", flush=True)
+
+
+# --------------------------------------------------------------------------- files
+
+@contextlib.contextmanager
+def atomic_open(path: str):
+    """Open path for binary writing under a temporary name, renamed to path when the
+    block ends without error: a run killed mid-write never leaves a truncated file."""
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        yield f
+    os.replace(tmp, path)
+
+
+def save_bytes(path: str, data: bytes) -> None:
+    """Write data to path atomically (`atomic_open`)."""
+    with atomic_open(path) as f:
+        f.write(data)
+
+
+def save_npy(path: str, arr) -> None:
+    """Write an array to path atomically in .npy format."""
+    with atomic_open(path) as f:
+        np.save(f, np.asarray(arr))
+
+
+def save_json(path: str, obj) -> None:
+    """Write obj (arrays converted to lists) as indented JSON, atomically."""
+    save_bytes(path, json.dumps(log_lib.to_python(obj), indent=2).encode())
+
+
+def load_npy(path: str):
+    """The array saved at path, or None if there is no such file."""
+    return np.load(path) if os.path.exists(path) else None
+
+
+def eval_ode_options(config) -> ode.Options:
+    """The config.eval.ode options with on_failure="nan": evaluation counts and drops
+    the points whose solve fails (`finite_nll`, `warn_failed`) instead of ending."""
+    return ode.options_from_config(config.eval.ode, on_failure="nan")
