@@ -13,7 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from lfm_jax import data as data_lib
-from lfm_jax import checkpoint, distributed, metrics, networks, ode, time_sampling, train
+from lfm_jax import checkpoint, distributed, lfm, metrics, networks, ode, plots, time_sampling
+from lfm_jax import train
 from lfm_jax import logging as log_lib
 
 
@@ -102,6 +103,43 @@ def sample_metrics(key, samples, reference, max_points: int = 2000) -> dict:
         "mmd": float(metrics.mmd(x, y)),
         "sliced_w2": float(metrics.sliced_wasserstein(key, x, y)),
     }
+
+
+def evaluation_summary(key, log_q, samples, dataset, workdir: str, title: str):
+    """The evaluation results shared by the jobs, and samples.png.
+
+    log_q (n,): test log-likelihoods (nats) from solves with on_failure="nan";
+    samples (m, ...): generated samples, failed rows NaN. Failed points and samples are
+    left out and counted, with a warning (`warn_failed`). Returns (results, the
+    finite samples): results hold test_nll, test_nll_stderr, test_bpd, n_failed,
+    nll_examples, n_samples_failed, dim, nll_floor (where known) and, when any sample
+    succeeded, the `sample_metrics` against dataset.test (then samples.png is drawn,
+    titled title.format(**results)).
+    """
+    nll, nll_se, n_failed = finite_nll(log_q)
+    warn_failed(n_failed, len(log_q), "test points")
+    samples = np.asarray(samples)
+    bad = lfm.failed_rows(samples)
+    warn_failed(int(bad.sum()), len(samples), "generated samples")
+    results = {
+        "test_nll": nll,
+        "test_nll_stderr": nll_se,
+        "test_bpd": float(metrics.bits_per_dim(nll, dataset.dim)),
+        "n_failed": n_failed,
+        "nll_examples": int(len(log_q)),
+        "n_samples_failed": int(bad.sum()),
+        "dim": int(dataset.dim),
+    }
+    floor = metrics.entropy_floor(dataset)
+    if floor is not None:
+        results["nll_floor"] = float(floor)
+    samples = samples[~bad]
+    if len(samples):  # else nothing to measure or plot; the NLL metrics still count
+        test = np.asarray(dataset.test)
+        results.update(sample_metrics(key, samples, test))
+        plots.plot_samples(os.path.join(workdir, "samples.png"), samples, data=test,
+                           title=title.format(**results))
+    return results, samples
 
 
 def check_workdir(workdir: str) -> str:

@@ -15,9 +15,9 @@ import os
 import jax
 import numpy as np
 
-from lfm_jax import couplings, distributed, flow_matching, interpolants, lfm
+from lfm_jax import couplings, distributed, flow_matching, interpolants
 from lfm_jax import logging as log_lib
-from lfm_jax import metrics, ode, plots, train
+from lfm_jax import ode, plots, train
 from lfm_jax.runs import common
 
 
@@ -90,29 +90,9 @@ def evaluate(config, net, state, dataset, key, workdir) -> dict:
     test = np.asarray(dataset.test[: e.nll_examples])
     lp = log_prob_rows(net, params, test, k_div, options=options, divergence=e.divergence,
                        chunk_size=e.chunk_size, mesh=mesh)
-    nll, nll_se, n_failed = common.finite_nll(lp)
-    common.warn_failed(n_failed, len(lp), "test points")
-    samples = np.asarray(samples)
-    bad = lfm.failed_rows(samples)
-    common.warn_failed(int(bad.sum()), len(samples), "generated samples")
-    results = {
-        "test_nll": nll,
-        "test_nll_stderr": nll_se,
-        "n_failed": n_failed,
-        "nll_examples": int(len(lp)),
-        "n_samples_failed": int(bad.sum()),
-        "dim": int(dataset.dim),
-    }
-    floor = metrics.entropy_floor(dataset)
-    if floor is not None:
-        results["nll_floor"] = float(floor)
-    if bad.all():  # nothing to measure or plot; the NLL metrics are still written
-        return results
-    samples = samples[~bad]
-    results.update(common.sample_metrics(k_metric, samples, np.asarray(dataset.test)))
-    plots.plot_samples(os.path.join(workdir, "samples.png"), samples,
-                       data=np.asarray(dataset.test), title=f"{config.method} samples")
-    if dataset.dim == 2:
+    results, good = common.evaluation_summary(k_metric, lp, samples, dataset, workdir,
+                                              f"{config.method} samples")
+    if dataset.dim == 2 and len(good):
         times = np.linspace(0.0, 1.0, 33)
         paths = jax.jit(lambda p, z: ode.integrate(
             jax.tree_util.Partial(net.apply, p), z, 0.0, 1.0, save_times=times,

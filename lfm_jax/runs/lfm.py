@@ -23,7 +23,7 @@ import time
 import jax
 import numpy as np
 
-from lfm_jax import lfm, metrics, networks, plots
+from lfm_jax import lfm, networks, plots
 from lfm_jax import logging as log_lib
 from lfm_jax.runs import common, lfm_blocks
 
@@ -73,31 +73,10 @@ def evaluate(config, model, params_list, dataset, key, workdir, *, mesh=None) ->
     lp = emodel.log_prob(params_list, test, method=e.divergence, n_probes=c.n_probes,
                          key=k_div if e.divergence != "exact" else None, mesh=mesh)
     nll_time = time.perf_counter() - t0
-    nll, nll_se, n_failed = common.finite_nll(lp)
-    common.warn_failed(n_failed, len(lp), "test points")
-    results = {
-        "test_nll": nll,
-        "test_nll_stderr": nll_se,
-        "test_bpd": float(metrics.bits_per_dim(nll, dataset.dim)),
-        "n_failed": n_failed,
-        "nll_examples": int(len(lp)),
-        "dim": int(dataset.dim),
-        "sample_time_s": sample_time,
-        "nll_time_s": nll_time,
-    }
-    floor = metrics.entropy_floor(dataset)
-    if floor is not None:
-        results["nll_floor"] = float(floor)
-    bad = lfm.failed_rows(samples)
-    results["n_samples_failed"] = int(bad.sum())
-    common.warn_failed(int(bad.sum()), len(samples), "generated samples")
-    if bad.all():  # nothing to measure or plot; the NLL metrics are still written
-        return results
-    samples = samples[~bad]
-    results.update(common.sample_metrics(k_metric, samples, np.asarray(dataset.test)))
-    plots.plot_samples(os.path.join(workdir, "samples.png"), samples,
-                       data=np.asarray(dataset.test),
-                       title=f"LFM, {model.num_blocks} blocks, test NLL {nll:.3f}")
+    results, _ = common.evaluation_summary(
+        k_metric, lp, samples, dataset, workdir,
+        f"LFM, {model.num_blocks} blocks, test NLL {{test_nll:.3f}}")
+    results.update(sample_time_s=sample_time, nll_time_s=nll_time)
     return results
 
 
