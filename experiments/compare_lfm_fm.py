@@ -23,6 +23,8 @@ import time
 
 from absl import app, flags
 
+from experiments import timing
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Output directory.")
 flags.DEFINE_string("datasets", "checkerboard,gmm43", "Comma-separated: checkerboard, gmm43.")
@@ -61,19 +63,6 @@ def _median_and_runaways(log_q, margin: float = 1e3):
         return float("nan"), 0
     med = float(np.median(nll))
     return med, int(np.sum(nll > med + margin))
-
-
-def _time_per_step(step_fn, state, data, steps_per_call):
-    import jax
-
-    for _ in range(2):  # compile (and recompile, should the input placement change)
-        state, m = step_fn(state, data)
-        jax.block_until_ready(m)
-    t0 = time.perf_counter()
-    for _ in range(3):
-        state, m = step_fn(state, data)
-    jax.block_until_ready(m)
-    return (time.perf_counter() - t0) / (3 * steps_per_call)
 
 
 def _fm_width(config, n_params_target, dim):
@@ -117,7 +106,7 @@ def run_lfm(config, dataset, workdir, budget_s):
     state = train.create_train_state(jax.random.PRNGKey(0), network.init(jax.random.PRNGKey(0)),
                                      opt, mesh=mesh)
     data = distributed.replicate({"x": np.asarray(dataset.train), "h": np.float32(0.1)}, mesh)
-    tps = _time_per_step(step_fn, state, data, config.train.steps_per_call)
+    tps = timing.seconds_per_step(step_fn, state, data, config.train.steps_per_call)
     # Push time of a block, estimated from one call of the (compiled) sharded push; the
     # push is compiled per chunk shape, so this also compiles it outside the budget.
     chunk = np.asarray(dataset.train[: config.lfm.chunk_size * len(jax.devices())])
@@ -202,7 +191,7 @@ def run_fm(config, dataset, workdir, budget_s, n_params_target):
     probe_opt = common.optimizer(config, total_steps=10**6)
     probe = train.make_train_step(loss_fn, probe_opt, sample_batch=sample_batch,
                                   steps_per_call=spc, ema_decay=t.ema_decay, mesh=mesh)
-    tps = _time_per_step(probe, fresh(probe_opt), data, spc)
+    tps = timing.seconds_per_step(probe, fresh(probe_opt), data, spc)
     total = max(spc, -(-int(budget_s / tps) // spc) * spc)
     opt = common.optimizer(config, total_steps=total)
     step_fn = train.make_train_step(loss_fn, opt, sample_batch=sample_batch,

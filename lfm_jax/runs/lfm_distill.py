@@ -116,8 +116,8 @@ def distill_blocks(config, workdir: str, network, model, params_list, x_train, *
     maps, infos = [], []
     for n in range(1, model.num_blocks + 1):
         path = os.path.join(out_dir, f"block_{n}.msgpack")
-        fm = make_flow_map()
-        template = fm.init(jax.random.PRNGKey(0))
+        fmap = make_flow_map()
+        template = fmap.init(jax.random.PRNGKey(0))
         info = {"block": n}
         if os.path.exists(path):
             with open(path, "rb") as f:
@@ -133,7 +133,7 @@ def distill_blocks(config, workdir: str, network, model, params_list, x_train, *
             b = distill.velocity_teacher(network, params_list[n - 1])
             t0 = time.perf_counter()
             ((_, params),) = distill.distill_lfm_blocks(
-                [b], [(x_l, x_r)], lambda: fm, objective=short, key=k_n, interp=interp,
+                [b], [(x_l, x_r)], lambda: fmap, objective=short, key=k_n, interp=interp,
                 train_kwargs=train_kwargs, self_distill=(kind == "self"))
             params = jax.device_get(params)
             info["train_time_s"] = time.perf_counter() - t0
@@ -141,7 +141,7 @@ def distill_blocks(config, workdir: str, network, model, params_list, x_train, *
             if verbose:
                 print(f"distilled block {n}/{model.num_blocks} ({objective}) in "
                       f"{info['train_time_s']:.1f}s -> {path}", flush=True)
-        maps.append((fm, params))
+        maps.append((fmap, params))
         infos.append(info)
     return maps, infos
 
