@@ -1,6 +1,6 @@
 """Local Flow Matching on the 2-D checkerboard: the README's main job.
 
-Quick CPU setting (about 3 minutes on 2 cores): 3 OU blocks with
+Quick CPU setting: 3 OU blocks with
 h = 0.15, 0.3, 0.6 (cumulative OU time 1.05) and a free last block, 3x256 MLPs.
 The official 2-D configuration (up to 9 blocks 3x256, h_n = 0.025 * 1.25^(n-1)) is
 `--config.lfm.num_blocks=9 --config.lfm.step_c=0.025 --config.lfm.step_rho=1.25

@@ -38,7 +38,7 @@ or "nan" (that example's outputs are NaN, the others are unaffected, and a NaN r
 stays NaN through later blocks without being solved). Use "nan" for
 evaluation (count the failures with `failed_rows`), never silently for data that
 trains the next block.
-Block-by-block training with checkpoints and resume is `lfm_jax.runs.lfm`.
+Block-by-block training with checkpoints and resume is `lfm_jax.runs.lfm_blocks`.
 """
 
 from __future__ import annotations
@@ -136,7 +136,7 @@ def cumulative_ou_time(hs: Sequence[float]) -> np.ndarray:
     return np.concatenate([[0.0], np.cumsum(np.asarray(hs, np.float64))])
 
 
-# ------------------------------------------------------------------------- losses
+# ------------------------------------------------------------------ pairs and batches
 
 def make_sample_batch(batch_size: int) -> Callable:
     """Device-side batch sampler for `train.make_train_step`.

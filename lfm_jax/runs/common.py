@@ -93,6 +93,12 @@ def resumable_fit(config, state, step_fn, train_data, workdir: str, desc: str):
     return state, train_time, writer.path
 
 
+def eval_ode_options(config) -> ode.Options:
+    """The config.eval.ode options with on_failure="nan": evaluation counts and drops
+    the points whose solve fails (`finite_nll`, `warn_failed`) instead of ending."""
+    return ode.options_from_config(config.eval.ode, on_failure="nan")
+
+
 def sample_metrics(key, samples, reference, max_points: int = 2000) -> dict:
     """Energy distance, MMD and sliced W2 between samples and held-out data."""
     n = min(len(samples), len(reference), max_points)
@@ -224,8 +230,3 @@ def load_npy(path: str):
     """The array saved at path, or None if there is no such file."""
     return np.load(path) if os.path.exists(path) else None
 
-
-def eval_ode_options(config) -> ode.Options:
-    """The config.eval.ode options with on_failure="nan": evaluation counts and drops
-    the points whose solve fails (`finite_nll`, `warn_failed`) instead of ending."""
-    return ode.options_from_config(config.eval.ode, on_failure="nan")
