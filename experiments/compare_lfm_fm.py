@@ -12,8 +12,9 @@ gives each of its N blocks budget/N seconds, its training stopping by time so th
 training plus the (estimated) push fit in it. The lr schedules span the steps expected
 from the measured speed of one fused call. Test NLL (nats, exact divergence) is
 measured over training time: for LFM after every block (the truncated model q_n is a
-normalised density), for FM at `--fm_evals` evenly spaced times. Writes compare.json, compare.md (table), nll_<data>.png (NLL against
-training time with the entropy floor) and samples_<data>_<method>.png.
+normalised density), for FM at `--fm_evals` evenly spaced times. Writes compare.json,
+compare.md (table), nll_<data>.png (NLL against training time with the entropy floor)
+and samples_<data>_<method>.png.
 """
 
 from __future__ import annotations

@@ -3,9 +3,10 @@
 Writes to the workdir: ckpt/ (orbax), metrics.jsonl (training curve),
 metrics.json (final metrics), samples.png, loss.png.
 
-Evaluation solves with config.eval.ode and `on_failure="nan"`: test points (samples) whose ODE solve fails
-are left out of the NLL (sample metrics) and counted as `n_failed`
-(`n_samples_failed`) in metrics.json, with a printed warning, instead of ending the run.
+Evaluation solves with config.eval.ode and `on_failure="nan"`: test points (samples)
+whose ODE solve fails are left out of the NLL (sample metrics) and counted as
+`n_failed` (`n_samples_failed`) in metrics.json, with a printed warning
+(`common.evaluation_summary`), instead of ending the run.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from lfm_jax.runs import common
 
 
 def run(config, workdir: str) -> dict:
-    """Train (resumably), evaluate and write the artefacts of a plain FM run; returns the final metrics."""
+    """Train (resumably), evaluate and write the artefacts of a plain FM run; returns
+    the final metrics."""
     workdir = common.check_workdir(workdir)
     dataset = common.load_data(config)
     mesh = common.make_mesh(config)
