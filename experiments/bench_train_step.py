@@ -11,11 +11,11 @@ and writes JSON with the device, JAX version and microseconds per step.
 
 import json
 import platform
-import time
 
 import jax
 from absl import app, flags
 
+from experiments import timing
 from lfm_jax import distributed, flow_matching, interpolants, networks, time_sampling, train
 
 flags.DEFINE_integer("fused", 50, "Steps fused per call (lax.scan).")
@@ -24,24 +24,6 @@ flags.DEFINE_string("out", "bench_train_step.json", "JSON output path.")
 flags.DEFINE_string("sizes", "2:256,43:512", "dim:width list (depth 4).")
 flags.DEFINE_string("batches", "256,4096", "Batch sizes.")
 FLAGS = flags.FLAGS
-
-
-def _time_calls(step, state, data, steps_per_call, seconds):
-    state, m = step(state, data)  # compile + warm up
-    jax.block_until_ready(m)
-    state, m = step(state, data)
-    jax.block_until_ready(m)
-    t0 = time.perf_counter()
-    state, m = step(state, data)
-    jax.block_until_ready(m)
-    one = max(time.perf_counter() - t0, 1e-6)
-    calls = max(3, int(seconds / one))
-    t0 = time.perf_counter()
-    for _ in range(calls):
-        state, m = step(state, data)
-    jax.block_until_ready((state, m))
-    elapsed = time.perf_counter() - t0
-    return calls * steps_per_call / elapsed
 
 
 def bench(dim, width, batch, fused, seconds, mesh):
@@ -55,7 +37,7 @@ def bench(dim, width, batch, fused, seconds, mesh):
                                      sample_batch=flow_matching.make_sample_batch(batch))
         state = train.create_train_state(jax.random.PRNGKey(1), net.init(jax.random.PRNGKey(2)),
                                          opt, mesh=mesh)
-        out[name] = _time_calls(step, state, data, k, seconds)
+        out[name] = 1.0 / timing.seconds_per_step(step, state, data, k, seconds=seconds)
     return out, net.num_params(net.init(jax.random.PRNGKey(2)))
 
 

@@ -23,6 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lfm_jax import distributed
+
 __all__ = [
     "validate",
     "CHECKERBOARD_SCALE",
@@ -269,7 +271,7 @@ class GaussianMixture:
         stderr = std(log p(x_i)) / sqrt(n). This is the floor of any model's NLL.
         """
         x = self.sample(key, n)
-        log_p = _map_in_chunks(self.log_prob, x, batch_size)
+        log_p = distributed.map_in_chunks(jax.vmap(self.log_prob), x, batch_size)
         return -jnp.mean(log_p), jnp.std(log_p, ddof=1) / math.sqrt(n)
 
 
@@ -280,17 +282,6 @@ def _sample_mixture(key, means, stds, log_weights, n):
     comp = jax.random.categorical(kc, log_weights, shape=(n,))
     z = jax.random.normal(kz, (n, means.shape[1]), dtype=means.dtype)
     return means[comp] + stds[comp] * z
-
-
-def _map_in_chunks(fn: Callable, x: jax.Array, batch_size: int) -> jax.Array:
-    """vmap(fn) over the rows of x (n, ...) in chunks of batch_size; returns (n,)."""
-    n = x.shape[0]
-    batch_size = max(1, min(batch_size, n))
-    n_chunks = -(-n // batch_size)
-    pad = n_chunks * batch_size - n
-    xp = jnp.concatenate([x, jnp.broadcast_to(x[:1], (pad,) + x.shape[1:])], axis=0)
-    out = jax.lax.map(jax.vmap(fn), xp.reshape((n_chunks, batch_size) + x.shape[1:]))
-    return out.reshape(-1)[:n]
 
 
 def _as_key(key_or_seed) -> jax.Array:

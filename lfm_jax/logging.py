@@ -39,14 +39,14 @@ class Progress:
         self.bar.close()
 
 
-def _to_python(v):
+def to_python(v):
     if isinstance(v, (np.ndarray, jax.Array)):
         v = np.asarray(v)
         return v.item() if v.ndim == 0 else v.tolist()
     if isinstance(v, (np.floating, np.integer)):
         return v.item()
     if isinstance(v, dict):
-        return {k: _to_python(x) for k, x in v.items()}
+        return {k: to_python(x) for k, x in v.items()}
     return v
 
 
@@ -69,7 +69,7 @@ class MetricsWriter:
     def write(self, step: int, **scalars) -> None:
         if not self.enabled:
             return
-        record = {"step": int(step), "time": time.time(), **_to_python(scalars)}
+        record = {"step": int(step), "time": time.time(), **to_python(scalars)}
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
         if self._tb is not None:
@@ -107,7 +107,7 @@ def write_json(path: str, obj) -> None:
         return
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as f:
-        json.dump(_to_python(obj), f, indent=2)
+        json.dump(to_python(obj), f, indent=2)
 
 
 def truncate_jsonl(path: str, last_step: int) -> None:

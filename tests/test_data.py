@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from lfm_jax import data
+from lfm_jax import data, distributed
 
 
 @pytest.mark.parametrize("name", sorted(data.TOY_2D))
@@ -227,3 +227,16 @@ def test_make_dataset_rose_has_log_prob():
     ds = data.make_dataset("rose", n_train=1000, n_val=100, n_test=100)
     assert ds.train.shape == (1000, 2) and ds.log_prob is not None
     assert np.isfinite(float(ds.log_prob(jnp.asarray(ds.test[0]))))
+@pytest.mark.parametrize("chunk", [None, 1, 3, 7, 50])
+def test_map_in_chunks_equals_one_call(chunk):
+    """The one pad-and-chunk mapper: any chunk size (padded last chunk included) gives
+    the unchunked result on a pytree, and the padding repeats the last row."""
+    x = jnp.arange(14.0).reshape(7, 2)
+    idx = jnp.arange(7)
+    fn = lambda t: {"s": jnp.sum(t[0] ** 2, axis=1), "i": t[1] * 2}  # noqa: E731
+    out = jax.jit(lambda a, b: distributed.map_in_chunks(fn, (a, b), chunk))(x, idx)
+    np.testing.assert_array_equal(out["s"], np.sum(np.asarray(x) ** 2, axis=1))
+    np.testing.assert_array_equal(out["i"], 2 * np.arange(7))
+    padded, n = distributed.pad_rows(np.asarray(x), 4)
+    assert n == 7 and isinstance(padded, np.ndarray) and padded.shape == (8, 2)
+    np.testing.assert_array_equal(padded[-1], padded[-2])

@@ -12,8 +12,8 @@ TINY = ["--config.train.steps=40", "--config.train.steps_per_call=10",
         "--config.train.checkpoint_every=20", "--config.train.batch_size=64",
         "--config.model.hidden=(32,32)", "--config.data.n_train=2000",
         "--config.data.n_test=400", "--config.eval.n_samples=400",
-        "--config.eval.nll_examples=100", "--config.eval.rtol=1e-3",
-        "--config.eval.atol=1e-3"]
+        "--config.eval.nll_examples=100", "--config.eval.ode.rtol=1e-3",
+        "--config.eval.ode.atol=1e-3"]
 
 
 def _train(workdir, *extra, config="configs/fm_checkerboard.py"):
