@@ -188,7 +188,7 @@ def make_flow_map(example_shape, hidden=(256, 256, 256, 256), activation="silu",
     return FlowMap(network=net, weighting=weighting)
 
 
-def sample(X: Callable, z, times, *, batched: bool = True, return_path: bool = False):
+def sample(X: Callable, z, times, *, batched: bool = True):
     """Few-step flow-map sampling: x_0 = z, x_{k+1} = X_{t_k, t_{k+1}}(x_k), k < K.
 
     Args:
@@ -199,10 +199,8 @@ def sample(X: Callable, z, times, *, batched: bool = True, return_path: bool = F
         distilled inverse (`distill.distill_lfm_blocks`) also has its noise side at 0.
       times: 1-D array of K + 1 times (e.g. `uniform_grid(K)`); K = 1 is one-step
         generation. Decreasing times run the map backward.
-      return_path: also return all K + 1 states.
     Returns:
-      x_K at times[-1], same shape as z; with `return_path`, (x_K, path) where path has
-      shape (K + 1, *z.shape).
+      x_K at times[-1], same shape as z.
     Cost: K network calls per example (lax.scan over the K steps).
     """
     times = jnp.asarray(times)
@@ -211,14 +209,10 @@ def sample(X: Callable, z, times, *, batched: bool = True, return_path: bool = F
     step = jax.vmap(X, in_axes=(None, None, 0)) if batched else X
 
     def body(xk, st):
-        x_next = step(st[0], st[1], xk)
-        return x_next, x_next
+        return step(st[0], st[1], xk), None
 
     pairs = jnp.stack([times[:-1], times[1:]], axis=1).astype(jnp.result_type(z.dtype, float))
-    x_final, path = jax.lax.scan(body, z, pairs)
-    if return_path:
-        return x_final, jnp.concatenate([z[None], path], axis=0)
-    return x_final
+    return jax.lax.scan(body, z, pairs)[0]
 
 
 def uniform_grid(num_steps: int, t0: float = 0.0, t1: float = 1.0):
