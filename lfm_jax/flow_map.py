@@ -174,7 +174,8 @@ class FlowMap:
         """The student's X, v_{t,t} and lv with `params` bound, plus the teacher."""
         return Closures(X=self.bind(params),
                         velocity=functools.partial(self.diagonal_velocity, params),
-                        log_variance=functools.partial(self.log_variance, params),
+                        log_variance=(None if self.weighting is None else
+                                      functools.partial(self.weighting.apply, params["weight"])),
                         teacher=teacher, teacher_map=teacher_map)
 
 

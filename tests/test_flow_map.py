@@ -233,7 +233,7 @@ def test_config_diagonal_fraction_applies_to_the_default_sampler():
     config.flow_map.diagonal_fraction = 0.2
     fmap, loss_fn = flow_map_run.make_flow_map_and_loss(config, "lsd", (DIM,))
     batch = jax.random.normal(jax.random.PRNGKey(1), (100, DIM))
-    _, aux = loss_fn(fmap.init(jax.random.PRNGKey(0)), jax.random.PRNGKey(2), batch)
+    _, aux = jax.jit(loss_fn)(fmap.init(jax.random.PRNGKey(0)), jax.random.PRNGKey(2), batch)
     np.testing.assert_allclose(aux["off_diagonal"], 0.8)
 
 
