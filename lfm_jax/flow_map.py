@@ -133,9 +133,9 @@ class FlowMap:
       init(key) -> params
       apply(params, s, t, x) -> X_{s,t}(x), same shape as x
       diagonal_velocity(params, t, x) -> v_{t,t}(x) = b_t(x), one network call
-      log_variance(params, s, t) -> lv(s, t) (0 when no weighting is attached)
       bind(params) -> closure X(s, t, x)
       closures(params, teacher=None, teacher_map=None) -> `Closures` for the losses
+        (X, v_{t,t}, and lv(s, t) when a weighting is attached, else 0)
     """
 
     network: networks.Network
@@ -160,12 +160,6 @@ class FlowMap:
     def diagonal_velocity(self, params, t, x):
         """v_{t,t}(x), the velocity b_t(x) of the flow the map represents."""
         return self.network.apply(params["net"], t, t, x)
-
-    def log_variance(self, params, s, t):
-        """Learned lv(s, t), or 0.0 (exp(-0) L + 0 = L) without a weighting."""
-        if self.weighting is None:
-            return jnp.zeros((), jnp.result_type(float))
-        return self.weighting.apply(params["weight"], s, t)
 
     def bind(self, params) -> Callable:
         return functools.partial(self.apply, params)

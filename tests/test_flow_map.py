@@ -388,13 +388,13 @@ def test_distillation_gradients_flow_through_student_only():
 def test_learned_weighting_trains_and_masks_diagonal():
     fmap = tiny_flow_map(learned_weighting=True)
     params = fmap.init(jax.random.PRNGKey(0))
-    assert float(fmap.log_variance(params, 0.2, 0.7)) == 0.0  # zero-initialised
+    c = fmap.closures(params)
+    assert float(c.log_variance(0.2, 0.7)) == 0.0  # zero-initialised
     x0 = jnp.ones((DIM,))
     x1 = jnp.zeros((DIM,))
     interp = interpolants.linear()
     t = jnp.asarray(0.5)
     # On the diagonal the off-diagonal lv(s, t) term is masked: loss = exp(-lv) L_b + lv.
-    c = fmap.closures(params)
     val = losses.lagrangian_self_distillation(c, interp, t, t, t, x0, x1)
     x_t, dx_t = interpolants.interpolate(interp, t, x0, x1)
     l_b = jnp.sum((fmap.diagonal_velocity(params, t, x_t) - dx_t) ** 2)
