@@ -49,7 +49,7 @@ def test_distilled_lfm_generates_close_to_ode(tmp_path):
     assert len(params_list) == 2
 
     out = str(tmp_path / "distill")
-    kw = dict(out_dir=out, objective="lagrangian_distillation", hidden=(64, 64),
+    kw = dict(out_dir=out, objective="lmd", hidden=(64, 64),
               steps=300, batch_size=256, lr=3e-3, ema_decay=0.9, verbose=False)
     maps, infos = lfm_run.distill_blocks(config, workdir, network, model, params_list,
                                          dataset.train, **kw)

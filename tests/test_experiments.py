@@ -69,10 +69,10 @@ def test_missing_config_file(tmp_path):
 def test_flow_map_job_smoke(tmp_path):
     wd = tmp_path / "fmap"
     proc = _train(wd, "--config.train.steps=20", "--config.flow_map.sample_steps=(1,2)",
-                  config="configs/flow_map_lsd.py")
+                  config="configs/flow_map.py:lsd")
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((wd / "metrics.json").read_text())
-    assert results["objective"] == "lagrangian_self_distillation"
+    assert results["objective"] == "lsd"
     assert [r["steps"] for r in results["sampling"]] == [1, 2]
     assert all(r["energy_distance"] == r["energy_distance"] for r in results["sampling"])
     assert (wd / "samples.png").exists()
