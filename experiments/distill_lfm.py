@@ -60,7 +60,7 @@ def main(argv):
     from lfm_jax import distill, lfm, plots, timing
     from lfm_jax import logging as log_lib
     from lfm_jax.runs import common
-    from lfm_jax.runs import lfm as lfm_run
+    from lfm_jax.runs import lfm as lfm_run, lfm_distill
 
     config = FLAGS.config
     workdir = os.path.abspath(os.path.expanduser(FLAGS.workdir))
@@ -69,13 +69,13 @@ def main(argv):
     dataset = common.load_data(config)
     mesh = common.make_mesh(config)
     example_shape = tuple(dataset.train.shape[1:])
-    network, model, params_list = lfm_run.load_trained_blocks(config, workdir, example_shape)
+    network, model, params_list = lfm_distill.load_trained_blocks(config, workdir, example_shape)
     N = model.num_blocks
     print(f"devices: {jax.devices()}  data: {config.data.name}  LFM blocks: {N}  "
           f"objective: {FLAGS.objective}")
 
     t0 = time.perf_counter()
-    maps, infos = lfm_run.distill_blocks(
+    maps, infos = lfm_distill.distill_blocks(
         config, workdir, network, model, params_list, dataset.train, out_dir=out,
         objective=FLAGS.objective, hidden=(FLAGS.width,) * FLAGS.depth, steps=FLAGS.steps,
         batch_size=FLAGS.batch_size, lr=FLAGS.lr, ema_decay=FLAGS.ema_decay, mesh=mesh)

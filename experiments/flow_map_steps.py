@@ -116,19 +116,19 @@ def main(argv):
         return row
 
     # 2. Teacher baselines: adaptive solve, and Euler with the same network calls.
-    ode_kw = dict(solver=ecfg.solver, rtol=ecfg.rtol, atol=ecfg.atol, max_steps=ecfg.max_steps)
-    adaptive = jax.jit(lambda zz: ode.integrate(teacher_b, zz, 0.0, 1.0, **ode_kw))
+    options = ode.options_from_config(ecfg.ode)
+    adaptive = jax.jit(lambda zz: ode.integrate(teacher_b, zz, 0.0, 1.0, options=options))
     samples, seconds = timing.timed(adaptive, z)
     record("teacher_adaptive", "adaptive", samples, seconds)
     plots.plot_samples(os.path.join(workdir, "samples_teacher.png"), common.to_numpy(samples),
                        data=test, title="teacher (adaptive)")
-    logp = jax.jit(lambda x: flow_matching.log_prob(net.apply, teacher_params, x, **ode_kw))
+    logp = jax.jit(lambda x: flow_matching.log_prob(net.apply, teacher_params, x, options=options))
     lp = common.to_numpy(logp(test[: ecfg.nll_examples]))
     results["teacher_test_nll"] = float(-lp.mean())
     print(f"teacher test NLL: {results['teacher_test_nll']:.4f} nats")
     for k in fcfg.sample_steps:
         euler = jax.jit(lambda zz, k=k: ode.integrate(teacher_b, zz, 0.0, 1.0,
-                                                      solver="euler", num_steps=k))
+                                                      options=ode.Options(solver="euler", num_steps=k)))
         samples, seconds = timing.timed(euler, z)
         record("teacher_euler", k, samples, seconds)
 

@@ -2,7 +2,7 @@
 flow map training with checkpoints, few-step evaluation.
 
 1. Teacher objectives (lmd, emd, pfmm: `losses.Objective.needs_teacher`): a flow-matching
-   velocity is trained by `lfm_jax.runs.fm` in `<workdir>/teacher` (itself resumable),
+   velocity is trained by `lfm_jax.runs.flow_matching` in `<workdir>/teacher` (itself resumable),
    or restored from `config.flow_map.teacher_workdir`.
 2. The flow map is trained with `lfm_jax.train` and checkpointed in `<workdir>/ckpt`;
    re-running the same command resumes it.
@@ -28,7 +28,7 @@ from lfm_jax.runs import common
 
 def _teacher(config, workdir, example_shape):
     """Teacher velocity b(t, x): restored from teacher_workdir or trained here."""
-    from lfm_jax.runs import fm as fm_run
+    from lfm_jax.runs import flow_matching as fm_run
 
     fcfg = config.flow_map
     tdir = fcfg.teacher_workdir or os.path.join(workdir, "teacher")

@@ -61,7 +61,7 @@ def block_inputs(workdir: str, model, params_list, x_train, n: int, *, mesh=None
 
 
 def distill_blocks(config, workdir: str, network, model, params_list, x_train, *,
-                   out_dir: str, objective: str = "lagrangian_distillation",
+                   out_dir: str, objective: str = "lmd",
                    hidden=(256, 256, 256), steps: int = 2000, batch_size: int = 256,
                    lr: float = 1e-3, ema_decay: float = 0.995, steps_per_call: int = 100,
                    max_pairs: int = 0, key=None, mesh=None, verbose: bool = True):
@@ -69,7 +69,7 @@ def distill_blocks(config, workdir: str, network, model, params_list, x_train, *
 
     Block n's pairs are its pushed data x_l (`block_inputs`) and the OU partner
     x_r = ou_step(x_l, h_n) (x_r ~ N(0, I) for a free block); the teacher is the block
-    velocity v_n (objective a key of `distill.OBJECTIVES`; self-distillation objectives
+    velocity v_n (objective a key of `losses.OBJECTIVES`; objectives without a teacher
     learn from the pairs alone). Each distilled block is saved to
     out_dir/block_<n>.msgpack with its settings in out_dir/settings.json; a rerun loads
     finished blocks instead of retraining them (a rerun with other settings in the same
@@ -78,12 +78,9 @@ def distill_blocks(config, workdir: str, network, model, params_list, x_train, *
     Returns:
       ([(flow_map, params)] in block order, [per-block info dicts]).
     """
-    from lfm_jax import distill, flow_map as flow_map_lib
+    from lfm_jax import distill, flow_map as flow_map_lib, losses
 
-    if objective not in distill.OBJECTIVES:
-        raise ValueError(f"unknown objective {objective!r}; known: "
-                         f"{sorted(distill.OBJECTIVES)}")
-    kind, short, _ = distill.OBJECTIVES[objective]
+    losses.get_objective(objective)  # an unknown name fails before any work
     mesh = common.make_mesh(config) if mesh is None else mesh
     os.makedirs(out_dir, exist_ok=True)
     settings = {"objective": objective, "hidden": list(hidden), "steps": int(steps),
@@ -133,8 +130,8 @@ def distill_blocks(config, workdir: str, network, model, params_list, x_train, *
             b = distill.velocity_teacher(network, params_list[n - 1])
             t0 = time.perf_counter()
             ((_, params),) = distill.distill_lfm_blocks(
-                [b], [(x_l, x_r)], lambda: fmap, objective=short, key=k_n, interp=interp,
-                train_kwargs=train_kwargs, self_distill=(kind == "self"))
+                [b], [(x_l, x_r)], lambda: fmap, objective=objective, key=k_n, interp=interp,
+                train_kwargs=train_kwargs)
             params = jax.device_get(params)
             info["train_time_s"] = time.perf_counter() - t0
             common.save_bytes(path, flax.serialization.to_bytes(params))
