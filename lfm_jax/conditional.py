@@ -225,6 +225,11 @@ class ContextGaussianMixture:
     def context_dim(self) -> int:
         return int(self.slopes.shape[2])
 
+    def astype(self, dtype) -> "ContextGaussianMixture":
+        """The same mixture with every array cast to `dtype` (e.g. float64 for checks)."""
+        return dataclasses.replace(self, **{f.name: jnp.asarray(getattr(self, f.name), dtype)
+                                            for f in dataclasses.fields(self)})
+
     def means(self, c) -> jax.Array:
         """Component means b_k + A_k c for ONE context c (D_c,), shape (K, D)."""
         return self.offsets + jnp.einsum("kdc,c->kd", self.slopes, c)

@@ -197,3 +197,13 @@ def test_bad_arguments_raise_clear_errors():
         unet.preset("imagenet")
     with pytest.raises(ValueError, match="unknown dtype"):
         unet.velocity_unet(**TINY, dtype="float16")
+
+
+def test_guidance_on_the_unet_w0_unconditional_w1_conditional():
+    from lfm_jax import guidance
+    net, params = _tiny()
+    x = _image()
+    cond, uncond = net.apply(params, 0.3, x, 7), net.apply(params, 0.3, x)
+    for w, ref in ((0.0, uncond), (1.0, cond)):
+        out = guidance.guided_velocity(net, params, 7, w)(0.3, x)
+        np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-5)
