@@ -27,7 +27,6 @@ with a general matrix square root of C_1 C_2).
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Callable, Sequence
 
 import flax.linen as nn
@@ -138,7 +137,8 @@ def train_classifier(classifier: Classifier, images, labels, *, key, steps: int,
     if images.dtype != np.uint8 or images.shape[1:] != classifier.example_shape:
         raise ValueError(f"images must be uint8 (n, {classifier.example_shape}), got "
                          f"{images.dtype} {images.shape}")
-    if labels.shape != images.shape[:1] or labels.min() < 0 or labels.max() >= classifier.num_classes:
+    if (labels.shape != images.shape[:1] or labels.min() < 0
+            or labels.max() >= classifier.num_classes):
         raise ValueError(f"labels must be {images.shape[0]} ints in [0, "
                          f"{classifier.num_classes}), got shape {labels.shape}")
     optimizer = optax.adam(learning_rate)

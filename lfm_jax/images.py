@@ -181,8 +181,9 @@ def load_cifar10(directory, split: str = "train"):
     if split not in names:
         raise ValueError(f"CIFAR-10 split must be 'train' or 'test', got {split!r}")
     directory = Path(directory)
-    if not (directory / names[split][0]).is_file() and (directory / "cifar-10-batches-py").is_dir():
-        directory = directory / "cifar-10-batches-py"
+    nested = directory / "cifar-10-batches-py"
+    if not (directory / names[split][0]).is_file() and nested.is_dir():
+        directory = nested
     missing = [n for n in names[split] if not (directory / n).is_file()]
     if missing:
         raise FileNotFoundError(f"CIFAR-10 batch file(s) {missing} not found in {directory}")

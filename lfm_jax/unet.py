@@ -47,7 +47,6 @@ bfloat16 or float32 input, float64 for a float64 input.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Any, Optional, Sequence
 
@@ -328,7 +327,8 @@ def velocity_unet(example_shape, *, channels: int, channel_mult: Sequence[int],
       num_groups: GroupNorm groups (must divide every level's channels).
       num_classes / context_dim: class labels (null label = num_classes) or a context.
       time_scale: the sinusoidal embedding sees time_scale * t (1000 maps t in [0, 1]
-        to DDPM's step range; torchcfm uses 1).
+        to DDPM's step range; torchcfm uses 1). Time derivatives (jax.jvp in t, as in
+        flow-map losses) grow with it: a smaller scale keeps them moderate.
       zero_init: zero-initialise the last layer of each residual branch and the output.
       dtype: compute dtype name, "float32" or "bfloat16" (parameters stay float32).
     """
