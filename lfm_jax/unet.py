@@ -39,6 +39,10 @@ Batching: the module internally works on a batch of ONE image (1, H, W, C); unde
 axis, so a vmapped call compiles to the same batched convolutions, group norms and
 attention as a batched module (no per-example loop).
 
+`init(key)` is jitted: one compiled program instead of a few hundred eagerly
+dispatched initialiser ops (on a CPU its compilation, mostly the threefry bits of
+every initialiser, still takes seconds).
+
 Mixed precision: `dtype` is the compute dtype (float32 or bfloat16); parameters are
 float32 (`param_dtype`). GroupNorm statistics and the attention softmax are computed
 in float32. The output is cast to promote_types(x.dtype, float32): float32 for a
@@ -294,6 +298,7 @@ def _make(num_times, example_shape, *, channels, channel_mult, num_res_blocks,
                            rngs=rngs)
         return out[0].astype(jnp.promote_types(x.dtype, jnp.float32))
 
+    @jax.jit
     def init(key):
         times = [jnp.zeros((1,))] * num_times
         if num_classes is not None:

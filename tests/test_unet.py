@@ -77,15 +77,16 @@ def test_small_presets_run_with_output_shape_and_dtype(name, overrides):
 
 def test_init_is_float32_and_zero_init_gives_zero_output():
     """The real initialiser on the smallest U-Net (one level): float32 parameters, and
-    zero_init makes every residual branch and the output layer start at exactly 0."""
+    zero_init makes every residual branch and the output layer start at exactly 0 while
+    the other layers are random."""
     small = dict(example_shape=(4, 4, 1), channels=4, channel_mult=(1,), num_res_blocks=1,
                  attention_resolutions=(4,), num_groups=2, num_head_channels=4)
-    for zero_init in (True, False):
-        net = unet.velocity_unet(**small, num_classes=3, zero_init=zero_init)
-        params = net.init(KEY)
-        assert all(p.dtype == jnp.float32 for p in jax.tree_util.tree_leaves(params))
-        out = net.apply(params, 0.5, _image(shape=(4, 4, 1)), 1)
-        assert (np.max(np.abs(out)) == 0.0) == zero_init
+    net = unet.velocity_unet(**small, num_classes=3)
+    params = net.init(KEY)
+    leaves = jax.tree_util.tree_leaves(params)
+    assert all(p.dtype == jnp.float32 for p in leaves)
+    assert sum(float(jnp.std(p)) > 0 for p in leaves if p.ndim >= 2) >= 5
+    np.testing.assert_array_equal(net.apply(params, 0.5, _image(shape=(4, 4, 1)), 1), 0.0)
 
 
 def test_time_and_label_change_the_output_and_none_is_the_null_label():
