@@ -303,7 +303,11 @@ def batch_indices(key, n: int, batch_size: int) -> np.ndarray:
     """Global row indices of one batch, uniform with replacement (as
     `data.sample_batch`); identical on every process for the same key. Computed on the
     host CPU backend so it never waits on an accelerator. int (batch_size,) numpy."""
-    with jax.default_device(jax.devices("cpu")[0]):
+    try:
+        device = jax.devices("cpu")[0]
+    except RuntimeError:  # no CPU backend (e.g. JAX_PLATFORMS=cuda): default device
+        device = None
+    with jax.default_device(device):
         return np.asarray(jax.random.randint(key, (int(batch_size),), 0, int(n)))
 
 
