@@ -3,11 +3,12 @@ return it locked, so an unknown key (in a file or on the command line) is an err
 
 Sections: data, model, fm (plain flow matching), train, eval, lfm (Local Flow
 Matching, see configs/lfm_defaults.py), flow_map (see configs/flow_map_defaults.py).
+ODE options sections (eval.ode, lfm.push_ode) are configs/ode_defaults.py.
 """
 
 import ml_collections
 
-from configs import flow_map_defaults, lfm_defaults
+from configs import flow_map_defaults, lfm_defaults, ode_defaults
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -55,12 +56,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval.use_ema = True
     config.eval.n_samples = 5_000
     config.eval.nll_examples = 2_000
-    config.eval.solver = "tsit5"
-    config.eval.rtol = 1e-5
-    config.eval.atol = 1e-5
-    # Step limit of every adaptive solve (push, NLL, sampling): a well-trained field with
-    # sharp features can need thousands of steps; reaching the limit raises.
-    config.eval.max_steps = 65_536
+    # ODE of the test NLL and sampling (lfm_jax.ode.options_from_config).
+    config.eval.ode = ode_defaults.get_config()
     config.eval.divergence = "exact"  # exact | hutchinson
     config.eval.chunk_size = 1_000
 

@@ -1,6 +1,6 @@
 """Local Flow Matching on the 2-D checkerboard: the README's main job.
 
-Quick CPU setting (about 3 minutes on 2 cores): 3 OU blocks with
+Quick CPU setting: 3 OU blocks with
 h = 0.15, 0.3, 0.6 (cumulative OU time 1.05) and a free last block, 3x256 MLPs.
 The official 2-D configuration (up to 9 blocks 3x256, h_n = 0.025 * 1.25^(n-1)) is
 `--config.lfm.num_blocks=9 --config.lfm.step_c=0.025 --config.lfm.step_rho=1.25
@@ -23,8 +23,8 @@ def get_config():
     config.lfm.step_rho = 2.0
     config.lfm.free_last_block = True
     config.lfm.steps_per_block = 3_000
-    config.lfm.push_rtol = 1e-4
-    config.lfm.push_atol = 1e-4
+    config.lfm.push_ode.rtol = 1e-4
+    config.lfm.push_ode.atol = 1e-4
     config.lfm.n_val = 1_000
     config.train.batch_size = 512
     config.train.steps_per_call = 100
@@ -33,6 +33,6 @@ def get_config():
     config.train.checkpoint_every = 500
     config.eval.n_samples = 5_000
     config.eval.nll_examples = 1_000
-    config.eval.rtol = 1e-4
-    config.eval.atol = 1e-4
+    config.eval.ode.rtol = 1e-4
+    config.eval.ode.atol = 1e-4
     return default.locked(config)

@@ -7,7 +7,7 @@ from configs import default
 
 def get_tabular_config(name: str, *, hidden, num_blocks: int, step_c: float,
                        step_rho: float = 1.0, steps_per_block: int = 20_000,
-                       lr: float = 1e-3):
+                       lr: float = 1e-3, times_per_pair: int = 1):
     """The default config with the tabular training/evaluation settings, locked."""
     config = default.get_config()
     config.method = "lfm"
@@ -17,8 +17,9 @@ def get_tabular_config(name: str, *, hidden, num_blocks: int, step_c: float,
     config.lfm.step_c = step_c
     config.lfm.step_rho = step_rho
     config.lfm.steps_per_block = steps_per_block
-    config.lfm.push_rtol = 1e-5
-    config.lfm.push_atol = 1e-5
+    config.lfm.times_per_pair = times_per_pair
+    config.lfm.push_ode.rtol = 1e-5
+    config.lfm.push_ode.atol = 1e-5
     config.lfm.chunk_size = 10_000
     config.lfm.n_val = 5_000
     config.train.lr = lr

@@ -14,11 +14,11 @@ with the device, JAX version and microseconds per step. The throughput benchmark
 
 import json
 import platform
-import time
 
 import jax
 from absl import app, flags
 
+from experiments import timing
 from lfm_jax import distributed, flow_matching, interpolants, networks, time_sampling, train
 
 flags.DEFINE_integer("fused", 50, "Steps fused per call (lax.scan).")
@@ -29,24 +29,6 @@ flags.DEFINE_string("batches", "256,4096", "Batch sizes.")
 flags.DEFINE_enum("compute_dtype", "float32", list(networks.COMPUTE_DTYPES),
                   "MLP matmul / activation dtype (params stay float32).")
 FLAGS = flags.FLAGS
-
-
-def _time_calls(step, state, data, steps_per_call, seconds):
-    state, m = step(state, data)  # compile + warm up
-    jax.block_until_ready(m)
-    state, m = step(state, data)
-    jax.block_until_ready(m)
-    t0 = time.perf_counter()
-    state, m = step(state, data)
-    jax.block_until_ready(m)
-    one = max(time.perf_counter() - t0, 1e-6)
-    calls = max(3, int(seconds / one))
-    t0 = time.perf_counter()
-    for _ in range(calls):
-        state, m = step(state, data)
-    jax.block_until_ready((state, m))
-    elapsed = time.perf_counter() - t0
-    return calls * steps_per_call / elapsed
 
 
 def bench(dim, width, batch, fused, seconds, mesh, compute_dtype="float32"):
@@ -60,7 +42,7 @@ def bench(dim, width, batch, fused, seconds, mesh, compute_dtype="float32"):
                                      sample_batch=flow_matching.make_sample_batch(batch))
         state = train.create_train_state(jax.random.PRNGKey(1), net.init(jax.random.PRNGKey(2)),
                                          opt, mesh=mesh)
-        out[name] = _time_calls(step, state, data, k, seconds)
+        out[name] = 1.0 / timing.seconds_per_step(step, state, data, k, seconds=seconds)
     return out, net.num_params(net.init(jax.random.PRNGKey(2)))
 
 

@@ -12,17 +12,19 @@ gives each of its N blocks budget/N seconds, its training stopping by time so th
 training plus the (estimated) push fit in it. The lr schedules span the steps expected
 from the measured speed of one fused call. Test NLL (nats, exact divergence) is
 measured over training time: for LFM after every block (the truncated model q_n is a
-normalised density), for FM at `--fm_evals` evenly spaced times. Writes compare.json, compare.md (table), nll_<data>.png (NLL against
-training time with the entropy floor) and samples_<data>_<method>.png.
+normalised density), for FM at `--fm_evals` evenly spaced times. Writes compare.json,
+compare.md (table), nll_<data>.png (NLL against training time with the entropy floor)
+and samples_<data>_<method>.png.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 import time
 
 from absl import app, flags
+
+from experiments import timing
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Output directory.")
@@ -33,12 +35,8 @@ flags.DEFINE_integer("nll_examples", 1000, "Test points for every NLL evaluation
 flags.DEFINE_bool("quick", False, "Smaller models and data (a few CPU minutes in all).")
 flags.mark_flags_as_required(["workdir"])
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 
 def _config(name):
-    if ROOT not in sys.path:
-        sys.path.insert(0, ROOT)
     from configs import lfm_checkerboard, lfm_gmm43
 
     config = {"checkerboard": lfm_checkerboard, "gmm43": lfm_gmm43}[name].get_config()
@@ -55,10 +53,9 @@ def _config(name):
 def _median_and_runaways(log_q, margin: float = 1e3):
     """Median NLL over the finite points, and how many points exceed it by `margin`.
 
-    An over-trained model (FM on a 43-D mixture after ~1,700 epochs, on an H200) can
-    send the backward flows of a few low-density test points off to |x| ~ 1e10, where
-    the Gaussian base term dominates the MEAN NLL (1e9 - 1e26) while the median barely
-    moves; both are reported so that such runaways are visible."""
+    A long-trained model can send the backward flows of a few low-density test points
+    off to huge |x|, where the Gaussian base term dominates the MEAN NLL while the
+    median barely moves; both are reported so that such runaways are visible."""
     import numpy as np
 
     nll = -np.asarray(log_q, np.float64)
@@ -67,19 +64,6 @@ def _median_and_runaways(log_q, margin: float = 1e3):
         return float("nan"), 0
     med = float(np.median(nll))
     return med, int(np.sum(nll > med + margin))
-
-
-def _time_per_step(step_fn, state, data, steps_per_call):
-    import jax
-
-    for _ in range(2):  # compile (and recompile, should the input placement change)
-        state, m = step_fn(state, data)
-        jax.block_until_ready(m)
-    t0 = time.perf_counter()
-    for _ in range(3):
-        state, m = step_fn(state, data)
-    jax.block_until_ready(m)
-    return (time.perf_counter() - t0) / (3 * steps_per_call)
 
 
 def _fm_width(config, n_params_target, dim):
@@ -114,16 +98,16 @@ def run_lfm(config, dataset, workdir, budget_s):
     import numpy as np
 
     from lfm_jax import distributed, train
-    from lfm_jax.runs import common
+    from lfm_jax.runs import common, lfm_blocks
     from lfm_jax.runs import lfm as lfm_run
 
     mesh = common.make_mesh(config)
     example_shape = tuple(dataset.train.shape[1:])
-    network, model, opt, step_fn = lfm_run._components(config, example_shape, mesh)
+    network, model, opt, step_fn = lfm_blocks.make_trainer(config, example_shape, mesh)
     state = train.create_train_state(jax.random.PRNGKey(0), network.init(jax.random.PRNGKey(0)),
                                      opt, mesh=mesh)
     data = distributed.replicate({"x": np.asarray(dataset.train), "h": np.float32(0.1)}, mesh)
-    tps = _time_per_step(step_fn, state, data, config.train.steps_per_call)
+    tps = timing.seconds_per_step(step_fn, state, data, config.train.steps_per_call)
     # Push time of a block, estimated from one call of the (compiled) sharded push; the
     # push is compiled per chunk shape, so this also compiles it outside the budget.
     chunk = np.asarray(dataset.train[: config.lfm.chunk_size * len(jax.devices())])
@@ -139,29 +123,29 @@ def run_lfm(config, dataset, workdir, budget_s):
     config.lfm.steps_per_block = max(spc, -(-int(train_budget / tps) // spc) * spc)
     config.train.checkpoint_every = 10**9
     # Compile the step and the validation log-det outside the timed region (as for FM).
-    network, model, opt, step_fn = lfm_run._components(config, example_shape, mesh)
+    trainer = lfm_blocks.make_trainer(config, example_shape, mesh)
+    network, model, opt, step_fn = trainer
     state = train.create_train_state(jax.random.PRNGKey(0), network.init(jax.random.PRNGKey(0)),
                                      opt, mesh=mesh)
     jax.block_until_ready(step_fn(state, data)[1])
     x_val = np.asarray(dataset.val[: config.lfm.n_val])
     model.block_log_det(p0, x_val, method=config.lfm.divergence,
                         key=jax.random.PRNGKey(0), n_probes=config.lfm.n_probes, mesh=mesh)
-    _, params_list, reports = lfm_run.train_blocks(config, dataset, workdir, mesh=mesh,
-                                                   verbose=True,
-                                                   block_train_budget_s=train_budget)
+    _, params_list, reports = lfm_blocks.train_blocks(config, dataset, workdir, mesh=mesh,
+                                                      trainer=trainer, verbose=True,
+                                                      block_train_budget_s=train_budget)
     emodel = lfm_run.eval_model(config, model)
     test = np.asarray(dataset.test[: config.eval.nll_examples])
     # Failed solves (max_steps, non-finite velocity) come back NaN and are counted.
-    per_block_lp = emodel.log_prob(params_list, test, per_block=True, mesh=mesh,
-                                   on_failure="nan")
+    per_block_lp = emodel.log_prob(params_list, test, per_block=True, mesh=mesh)
     n_failed = [int(np.sum(~np.isfinite(row))) for row in per_block_lp]
-    lfm_run.warn_failed(n_failed[-1], len(test), "LFM test points")
+    common.warn_failed(n_failed[-1], len(test), "LFM test points")
     train_s = [r.get("train_time_s", 0.0) for r in reports[1:]]
     push = [r.get("push_time_s", 0.0) for r in reports[1:]]
     times = np.cumsum([0.0] + [t + p for t, p in zip(train_s, push)])
-    nll = [lfm_run.finite_nll(row)[0] for row in per_block_lp]
-    samples = emodel.generate(params_list, jax.random.PRNGKey(1), config.eval.n_samples,
-                              mesh=mesh, on_failure="nan")
+    nll = [common.finite_nll(row)[0] for row in per_block_lp]
+    z = jax.random.normal(jax.random.PRNGKey(1), (config.eval.n_samples,) + example_shape)
+    samples = emodel.generate(params_list, z, mesh=mesh)
     samples = samples[np.all(np.isfinite(samples.reshape(len(samples), -1)), axis=1)]
     n_params = sum(network.num_params(p) for p in params_list)
     med_run = [_median_and_runaways(row) for row in per_block_lp]
@@ -182,9 +166,8 @@ def run_fm(config, dataset, workdir, budget_s, n_params_target):
     import jax
     import numpy as np
 
-    from lfm_jax import distributed, flow_matching, interpolants, networks, train
+    from lfm_jax import distributed, flow_matching, interpolants, networks, ode, train
     from lfm_jax.runs import common
-    from lfm_jax.runs import lfm as lfm_run
 
     mesh = common.make_mesh(config)
     dim = dataset.dim
@@ -209,7 +192,7 @@ def run_fm(config, dataset, workdir, budget_s, n_params_target):
     probe_opt = common.optimizer(config, total_steps=10**6)
     probe = train.make_train_step(loss_fn, probe_opt, sample_batch=sample_batch,
                                   steps_per_call=spc, ema_decay=t.ema_decay, mesh=mesh)
-    tps = _time_per_step(probe, fresh(probe_opt), data, spc)
+    tps = timing.seconds_per_step(probe, fresh(probe_opt), data, spc)
     total = max(spc, -(-int(budget_s / tps) // spc) * spc)
     opt = common.optimizer(config, total_steps=total)
     step_fn = train.make_train_step(loss_fn, opt, sample_batch=sample_batch,
@@ -218,18 +201,16 @@ def run_fm(config, dataset, workdir, budget_s, n_params_target):
     test = np.asarray(dataset.test[: e.nll_examples])
     # A failed solve (a half-trained 43-D field can be stiff) is NaN, counted, and left
     # out, as for LFM; it does not end the comparison.
-    logp = jax.jit(lambda p, x: flow_matching.log_prob(net.apply, p, x, solver=e.solver,
-                                                        rtol=e.rtol, atol=e.atol,
-                                                        max_steps=e.max_steps,
-                                                        on_failure="nan"))
+    options = common.eval_ode_options(config)
+    logp = jax.jit(lambda p, x: flow_matching.log_prob(net.apply, p, x, options=options,
+                                                        chunk_size=500))
 
     medians, runaways = [], []
 
     def test_nll(params):
-        lp = np.concatenate([np.asarray(logp(params, test[i:i + 500]))
-                             for i in range(0, len(test), 500)])
-        nll_, _, n_failed = lfm_run.finite_nll(lp)
-        lfm_run.warn_failed(n_failed, len(lp), "FM test points")
+        lp = np.asarray(logp(params, test))
+        nll_, _, n_failed = common.finite_nll(lp)
+        common.warn_failed(n_failed, len(lp), "FM test points")
         med, n_runaway = _median_and_runaways(lp)
         if n_runaway:
             print(f"warning: {n_runaway} FM test points with NLL > median + 1e3 (mean "
@@ -257,9 +238,9 @@ def run_fm(config, dataset, workdir, budget_s, n_params_target):
             steps.append(step)
             nll.append(test_nll(state.ema_params))
             print(f"fm step {step}: {elapsed:.1f}s test NLL {nll[-1]:.4f}", flush=True)
-    samples = flow_matching.sample(net.apply, state.ema_params, jax.random.PRNGKey(1),
-                                   e.n_samples, (dim,), solver=e.solver, rtol=e.rtol,
-                                   atol=e.atol)
+    z = jax.random.normal(jax.random.PRNGKey(1), (e.n_samples, dim))
+    samples = flow_matching.sample(net.apply, state.ema_params, z,
+                                   options=ode.options_from_config(e.ode))
     return {"time_s": times, "test_nll": nll, "test_nll_median": medians,
             "test_n_runaway": runaways, "steps_at_eval": steps,
             "num_params": int(n_params), "steps": step, "scheduled_steps": total,

@@ -1,8 +1,8 @@
-"""Distil a trained Local Flow Matching model into few-step flow maps (SPEC 3-4).
+"""Distil a trained Local Flow Matching model into few-step flow maps (docs/maths.md sections 3-4).
 
     python -m experiments.train --config configs/lfm_checkerboard.py --workdir W
     python -m experiments.distill_lfm --config configs/lfm_checkerboard.py --workdir W \
-        [--objective lagrangian_distillation] [--steps 1500] [--width 128] [--depth 3]
+        [--objective lmd] [--steps 1500] [--width 128] [--depth 3]
 
 (pass the same --config and --config.* overrides as for training: the block networks
 are rebuilt from them.)
@@ -19,7 +19,7 @@ are rebuilt from them.)
    Euler steps of every block's ODE (the same N x K velocity calls). Energy distance,
    MMD and sliced W2 against held-out test data (`runs.common.sample_metrics`), energy
    distance and mean squared distance to the ODE samples from the same noise, and
-   sampling wall time (`distill.timed`: best of 3 after a warm-up).
+   sampling wall time (`timing.timed`: best of 3 after a warm-up).
 Writes results.json, table.md and samples_*.png to W/distill/<objective>/.
 """
 
@@ -33,8 +33,7 @@ config_flags.DEFINE_config_file("config", "configs/lfm_checkerboard.py",
                                 "The LFM config the workdir was trained with.",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "LFM workdir (blocks/<n>/ from experiments.train).")
-flags.DEFINE_string("objective", "lagrangian_distillation",
-                    "A key of lfm_jax.distill.OBJECTIVES.")
+flags.DEFINE_string("objective", "lmd", "A key of lfm_jax.losses.OBJECTIVES.")
 flags.DEFINE_integer("steps", 1500, "Distillation steps per block.")
 flags.DEFINE_integer("width", 128, "Flow-map MLP width.")
 flags.DEFINE_integer("depth", 3, "Flow-map MLP hidden layers.")
@@ -58,10 +57,10 @@ def main(argv):
     import jax
     import numpy as np
 
-    from lfm_jax import distill, lfm, plots
+    from lfm_jax import distill, lfm, plots, timing
     from lfm_jax import logging as log_lib
     from lfm_jax.runs import common
-    from lfm_jax.runs import lfm as lfm_run
+    from lfm_jax.runs import lfm as lfm_run, lfm_distill
 
     config = FLAGS.config
     workdir = os.path.abspath(os.path.expanduser(FLAGS.workdir))
@@ -70,13 +69,13 @@ def main(argv):
     dataset = common.load_data(config)
     mesh = common.make_mesh(config)
     example_shape = tuple(dataset.train.shape[1:])
-    network, model, params_list = lfm_run.load_trained_blocks(config, workdir, example_shape)
+    network, model, params_list = lfm_distill.load_trained_blocks(config, workdir, example_shape)
     N = model.num_blocks
     print(f"devices: {jax.devices()}  data: {config.data.name}  LFM blocks: {N}  "
           f"objective: {FLAGS.objective}")
 
     t0 = time.perf_counter()
-    maps, infos = lfm_run.distill_blocks(
+    maps, infos = lfm_distill.distill_blocks(
         config, workdir, network, model, params_list, dataset.train, out_dir=out,
         objective=FLAGS.objective, hidden=(FLAGS.width,) * FLAGS.depth, steps=FLAGS.steps,
         batch_size=FLAGS.batch_size, lr=FLAGS.lr, ema_decay=FLAGS.ema_decay, mesh=mesh)
@@ -106,7 +105,7 @@ def main(argv):
 
     # Reference: the LFM's adaptive ODE generation (config.eval tolerances).
     emodel = lfm_run.eval_model(config, model)
-    samples, seconds = distill.timed(lambda zz: emodel.push_backward(params_list, zz,
+    samples, seconds = timing.timed(lambda zz: emodel.push_backward(params_list, zz,
                                                                      mesh=mesh), z)
     record("lfm_ode", "adaptive", None, samples, seconds)
     plots.plot_samples(os.path.join(out, "samples_lfm_ode.png"), samples, data=test,
@@ -114,17 +113,17 @@ def main(argv):
     record("noise", 0, 0, z, 0.0)
 
     ks = [int(k) for k in FLAGS.sample_steps.split(",") if k.strip()]
-    fms = [fm for fm, _ in maps]
+    fmaps = [fmap for fmap, _ in maps]
     params = [p for _, p in maps]
     for k in ks:
-        gen = jax.jit(lambda ps, zz, k=k: distill.generate_lfm(list(zip(fms, ps)), zz, k))
-        samples, seconds = distill.timed(gen, params, z)
+        gen = jax.jit(lambda ps, zz, k=k: distill.generate_lfm(list(zip(fmaps, ps)), zz, k))
+        samples, seconds = timing.timed(gen, params, z)
         samples = record("distilled", k, N * k, samples, seconds)
         plots.plot_samples(os.path.join(out, f"samples_distilled_K{k}.png"), samples,
                            data=test, title=f"distilled LFM, {N} blocks x K={k}")
         euler = lfm.LocalFlow(model.velocity, model.step_sizes, model.example_shape,
                               solver="euler", num_steps=k, chunk_size=model.chunk_size)
-        samples, seconds = distill.timed(
+        samples, seconds = timing.timed(
             lambda zz: euler.push_backward(params_list, zz, mesh=mesh), z)
         record("lfm_euler", k, N * k, samples, seconds)
 

@@ -1,10 +1,10 @@
 """Few-step flow maps vs the teacher ODE: quality and wall time at K = 1, 2, 4, 8.
 
-    python -m experiments.flow_map_steps --config configs/flow_map_lsd.py:quick \
+    python -m experiments.flow_map_steps --config configs/flow_map.py:lsd,quick \
         --workdir runs/fmap_steps [--objectives all] [--config.train.steps=...]
 
-(`:quick` selects small CPU settings, a few minutes for all objectives; `:gmm43` the
-43-D mixture; both combine, `:gmm43,quick`.)
+(`,quick` selects small CPU settings, a few minutes for all objectives; `,gmm43` the
+43-D mixture; both combine, `:lsd,gmm43,quick`.)
 
 1. Train (or load from the workdir) a flow-matching teacher velocity b.
 2. For each objective, train a flow map (teacher objectives distil b; direct matching
@@ -25,11 +25,11 @@ from absl import app, flags
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", "configs/flow_map_lsd.py", "Base config file.",
+config_flags.DEFINE_config_file("config", "configs/flow_map.py:lsd", "Base config file.",
                                 lock_config=True)
 flags.DEFINE_string("workdir", "runs/flow_map_steps", "Output directory.")
 flags.DEFINE_string("objectives", "all",
-                    "Comma-separated keys of lfm_jax.distill.OBJECTIVES, or 'all', or "
+                    "Comma-separated keys of lfm_jax.losses.OBJECTIVES, or 'all', or "
                     "'config' (only config.flow_map.objective).")
 flags.DEFINE_integer("n_samples", 0, "Samples per method (0: config.eval.n_samples).")
 
@@ -41,9 +41,9 @@ def main(argv):
     import jax
     import numpy as np
 
-    from lfm_jax import distill, distributed, flow_map, flow_matching, interpolants
+    from lfm_jax import distill, distributed, flow_map, flow_matching, interpolants, losses
     from lfm_jax import logging as log_lib
-    from lfm_jax import ode, plots, time_sampling, train
+    from lfm_jax import ode, plots, time_sampling, timing, train
     from lfm_jax.runs import common
     from lfm_jax.runs import flow_map as flow_map_run
 
@@ -51,11 +51,11 @@ def main(argv):
     fcfg, tcfg, ecfg = config.flow_map, config.train, config.eval
     n_samples = FLAGS.n_samples or ecfg.n_samples
     workdir = common.check_workdir(FLAGS.workdir)
-    names = (sorted(distill.OBJECTIVES) if FLAGS.objectives == "all" else
+    names = (sorted(losses.OBJECTIVES) if FLAGS.objectives == "all" else
              [fcfg.objective] if FLAGS.objectives == "config" else
              [s.strip() for s in FLAGS.objectives.split(",") if s.strip()])
     for name in names:
-        distill.needs_teacher(name)  # unknown names fail here, before any training
+        losses.get_objective(name)  # unknown names fail here, before any training
 
     dataset = common.load_data(config)
     example_shape = dataset.train.shape[1:]
@@ -116,30 +116,30 @@ def main(argv):
         return row
 
     # 2. Teacher baselines: adaptive solve, and Euler with the same network calls.
-    ode_kw = dict(solver=ecfg.solver, rtol=ecfg.rtol, atol=ecfg.atol, max_steps=ecfg.max_steps)
-    adaptive = jax.jit(lambda zz: ode.integrate(teacher_b, zz, 0.0, 1.0, **ode_kw))
-    samples, seconds = distill.timed(adaptive, z)
+    options = ode.options_from_config(ecfg.ode)
+    adaptive = jax.jit(lambda zz: ode.integrate(teacher_b, zz, 0.0, 1.0, options=options))
+    samples, seconds = timing.timed(adaptive, z)
     record("teacher_adaptive", "adaptive", samples, seconds)
     plots.plot_samples(os.path.join(workdir, "samples_teacher.png"), common.to_numpy(samples),
                        data=test, title="teacher (adaptive)")
-    logp = jax.jit(lambda x: flow_matching.log_prob(net.apply, teacher_params, x, **ode_kw))
+    logp = jax.jit(lambda x: flow_matching.log_prob(net.apply, teacher_params, x, options=options))
     lp = common.to_numpy(logp(test[: ecfg.nll_examples]))
     results["teacher_test_nll"] = float(-lp.mean())
     print(f"teacher test NLL: {results['teacher_test_nll']:.4f} nats")
     for k in fcfg.sample_steps:
         euler = jax.jit(lambda zz, k=k: ode.integrate(teacher_b, zz, 0.0, 1.0,
-                                                      solver="euler", num_steps=k))
-        samples, seconds = distill.timed(euler, z)
+                                                      options=ode.Options(solver="euler", num_steps=k)))
+        samples, seconds = timing.timed(euler, z)
         record("teacher_euler", k, samples, seconds)
 
     # 3. Flow maps.
     for i, name in enumerate(names):
-        fm, loss_fn = flow_map_run.make_flow_map_and_loss(config, name, example_shape,
-                                                          teacher_b)
+        fmap, loss_fn = flow_map_run.make_flow_map_and_loss(config, name, example_shape,
+                                                            teacher_b)
         t0 = time.perf_counter()
         try:
             state, history = distill.train_flow_map(
-                loss_fn, fm, dataset.train, key=jax.random.fold_in(k_maps, i),
+                loss_fn, fmap, dataset.train, key=jax.random.fold_in(k_maps, i),
                 num_steps=tcfg.steps, batch_size=tcfg.batch_size, lr=tcfg.lr,
                 schedule=tcfg.schedule, warmup_steps=tcfg.warmup_steps,
                 grad_clip=tcfg.grad_clip, ema_decay=tcfg.ema_decay,
@@ -153,10 +153,10 @@ def main(argv):
         tail = losses_[-max(len(losses_) // 10, 1):]
         extra = {"train_time_s": train_time, "final_loss": float(tail.mean()),
                  "loss_tail_std": float(tail.std())}
-        X = fm.bind(jax.device_get(state.ema_params))
+        X = fmap.bind(jax.device_get(state.ema_params))
         for k in fcfg.sample_steps:
             sampler = jax.jit(lambda zz, k=k: flow_map.sample(X, zz, flow_map.uniform_grid(k)))
-            samples, seconds = distill.timed(sampler, z)
+            samples, seconds = timing.timed(sampler, z)
             record(name, k, samples, seconds, extra)
             plots.plot_samples(os.path.join(workdir, f"samples_{name}_K{k}.png"),
                                common.to_numpy(samples), data=test, title=f"{name}, K={k}")

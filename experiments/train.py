@@ -3,12 +3,19 @@
     python -m experiments.train --config configs/lfm_checkerboard.py --workdir runs/cb \
         [--config.train.steps=100 ...]
 
+`--config` takes a file or, from any directory once installed, a config name such as
+`lfm_checkerboard` (`experiments.config_path.resolve`).
+
 Re-running the same command on a workdir that holds a checkpoint resumes it.
 Multi-host: pass --distributed to call jax.distributed.initialize() first.
 """
 
+import sys
+
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from experiments import config_path
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file.",
@@ -38,4 +45,8 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    try:
+        argv = config_path.resolve_argv(sys.argv)
+    except FileNotFoundError as e:
+        sys.exit(f"error: {e}")
+    app.run(main, argv=argv)

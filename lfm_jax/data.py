@@ -13,6 +13,7 @@ entropy H(p) = -E_p log p(X) (the floor of the test NLL) can be computed.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from functools import lru_cache, partial
 from pathlib import Path
@@ -21,6 +22,8 @@ from typing import Callable, Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from lfm_jax import distributed
 
 __all__ = [
     "validate",
@@ -47,6 +50,8 @@ __all__ = [
     "Dataset",
     "make_dataset",
     "load_array",
+    "load_npy",
+    "read_csv",
     "sample_batch",
 ]
 
@@ -57,17 +62,21 @@ __all__ = [
 def validate(x, dim: Optional[int] = None, name: str = "data") -> np.ndarray:
     """Check that `x` is a finite, non-empty (n, dim) array and return it as numpy.
 
+    Call it on RAW data, before any transformation (a NaN spreads through a
+    normalisation to every row), with `name` the file it came from.
+
     Args:
-        x: numpy or jax array, expected shape (n, dim).
+        x: numpy or jax array, expected shape (n, dim), numeric.
         dim: expected number of columns, or None to accept any.
-        name: what the array is, used in error messages.
+        name: what the array is (a file path), used in error messages.
 
     Returns:
         numpy array of shape (n, dim): float64 if the input is float64, else float32.
 
     Raises:
-        ValueError: wrong rank, empty, wrong dimension, or NaN / Inf entries (the
-            message gives the number of bad rows and the first bad row index).
+        ValueError: wrong rank, empty, wrong dimension, non-numeric, or NaN / Inf
+            entries (the message gives the first bad row and column (0-based), its
+            value, and the number of bad rows).
     """
     arr = np.asarray(x)
     if arr.ndim != 2:
@@ -79,19 +88,37 @@ def validate(x, dim: Optional[int] = None, name: str = "data") -> np.ndarray:
         raise ValueError(f"{name}: array is empty, got shape {arr.shape}")
     if dim is not None and arr.shape[1] != dim:
         raise ValueError(
-            f"{name}: wrong dimension, expected dim {dim}, got {arr.shape[1]} "
+            f"{name}: wrong number of columns, expected dim {dim}, got {arr.shape[1]} "
             f"(shape {arr.shape})"
         )
+    if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
+        raise ValueError(f"{name}: expected numbers, got dtype {arr.dtype}")
     dtype = np.float64 if arr.dtype == np.float64 else np.float32
     arr = arr.astype(dtype, copy=False)
-    bad = ~np.all(np.isfinite(arr), axis=1)
-    if bad.any():
-        rows = np.flatnonzero(bad)
+    finite = np.isfinite(arr)
+    if not finite.all():
+        bad_rows = np.flatnonzero(~finite.all(axis=1))
+        row = int(bad_rows[0])
+        col = int(np.flatnonzero(~finite[row])[0])
         raise ValueError(
-            f"{name}: contains NaN or Inf in {rows.size} of {arr.shape[0]} rows "
-            f"(first bad row index: {rows[0]})"
+            f"{name}: row {row}, column {col} is {arr[row, col]} (rows and columns "
+            f"counted from 0); NaN or Inf in {bad_rows.size} of {arr.shape[0]} rows"
         )
     return arr
+
+
+def load_npy(path, dim: Optional[int] = None) -> np.ndarray:
+    """Read a .npy file (no pickles) and `validate` it, naming the file on any error
+    (junk bytes, an empty or truncated file, a wrong shape, NaN / Inf)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"data file not found: {path}")
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (ValueError, EOFError, OSError) as e:
+        raise ValueError(f"{path}: not a readable .npy file ({path.stat().st_size} bytes): "
+                         f"{e}") from e
+    return validate(arr, dim, name=str(path))
 
 
 # ------------------------------------------------------------------ 2-D toy samplers
@@ -244,7 +271,7 @@ class GaussianMixture:
         stderr = std(log p(x_i)) / sqrt(n). This is the floor of any model's NLL.
         """
         x = self.sample(key, n)
-        log_p = _map_in_chunks(self.log_prob, x, batch_size)
+        log_p = distributed.map_in_chunks(jax.vmap(self.log_prob), x, batch_size)
         return -jnp.mean(log_p), jnp.std(log_p, ddof=1) / math.sqrt(n)
 
 
@@ -255,17 +282,6 @@ def _sample_mixture(key, means, stds, log_weights, n):
     comp = jax.random.categorical(kc, log_weights, shape=(n,))
     z = jax.random.normal(kz, (n, means.shape[1]), dtype=means.dtype)
     return means[comp] + stds[comp] * z
-
-
-def _map_in_chunks(fn: Callable, x: jax.Array, batch_size: int) -> jax.Array:
-    """vmap(fn) over the rows of x (n, ...) in chunks of batch_size; returns (n,)."""
-    n = x.shape[0]
-    batch_size = max(1, min(batch_size, n))
-    n_chunks = -(-n // batch_size)
-    pad = n_chunks * batch_size - n
-    xp = jnp.concatenate([x, jnp.broadcast_to(x[:1], (pad,) + x.shape[1:])], axis=0)
-    out = jax.lax.map(jax.vmap(fn), xp.reshape((n_chunks, batch_size) + x.shape[1:]))
-    return out.reshape(-1)[:n]
 
 
 def _as_key(key_or_seed) -> jax.Array:
@@ -534,9 +550,13 @@ def load_array(path, dim: Optional[int] = None, key: Optional[str] = None) -> np
         )
     suffix = path.suffix.lower()
     if suffix == ".npy":
-        arr = np.load(path, allow_pickle=False)
-    elif suffix == ".npz":
-        with np.load(path, allow_pickle=False) as f:
+        return load_npy(path, dim)
+    if suffix == ".npz":
+        try:
+            f = np.load(path, allow_pickle=False)
+        except (ValueError, EOFError, OSError) as e:
+            raise ValueError(f"{path}: not a readable .npz file: {e}") from e
+        with f:
             names = list(f.keys())
             if key is None:
                 candidates = names if len(names) == 1 else [
@@ -546,15 +566,53 @@ def load_array(path, dim: Optional[int] = None, key: Optional[str] = None) -> np
                 key = candidates[0]
             if key not in names:
                 raise ValueError(f"{path}: no array {key!r}; arrays in file: {names}")
-            arr = f[key]
+            try:
+                arr = f[key]
+            except (ValueError, EOFError, OSError) as e:
+                raise ValueError(f"{path}: array {key!r} is damaged: {e}") from e
     elif suffix == ".csv":
-        try:
-            arr = np.loadtxt(path, delimiter=",", ndmin=2)
-        except ValueError:
-            arr = np.loadtxt(path, delimiter=",", ndmin=2, skiprows=1)
+        arr, header = read_csv(path)
+        return validate(arr, dim, name=f"{path} (rows after the header line)"
+                        if header else str(path))
     else:
         raise ValueError(f"{path}: unsupported file type {suffix!r} (use .npy, .npz or .csv)")
     return validate(arr, dim, name=str(path))
+
+
+def read_csv(path) -> tuple[np.ndarray, Optional[list]]:
+    """(values (n, k) float64, header names or None) of a comma-separated file with at
+    most one non-numeric header line (np.loadtxt). Every error names the file (and,
+    as numpy reports it, the row and column of a non-number or of a row with a
+    different number of columns); an empty file or one without data rows is an error.
+    """
+    path = Path(path)
+    with open(path, "rb") as f:
+        first = f.readline()
+    try:
+        first = first.decode().strip()
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not a text (CSV) file: {e}") from e
+    if not first:
+        raise ValueError(f"{path}: file is empty (or starts with an empty line)")
+    try:
+        [float(v) for v in first.split(",")]
+        header = None
+    except ValueError:
+        header = [h.strip() for h in first.split(",")]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "Empty input file"
+            values = np.loadtxt(path, delimiter=",", ndmin=2, dtype=np.float64,
+                                skiprows=0 if header is None else 1)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: {e}" + (" (not counting the header line)"
+                                           if header else "")) from e
+    if values.size == 0:
+        raise ValueError(f"{path}: no data rows")
+    if header is not None and values.shape[1] != len(header):
+        raise ValueError(f"{path}: {values.shape[1]} columns of data but {len(header)} "
+                         "names in the header line")
+    return values, header
 
 
 def sample_batch(key: jax.Array, data, batch_size: int):

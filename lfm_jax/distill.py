@@ -9,13 +9,10 @@ Teachers are velocity closures b(t, x) of ONE example:
 - `ode_flow_map(b, num_steps)`: the teacher's flow map by fixed-step RK4, used as the
   frozen map of progressive distillation when only a velocity is given.
 
-Batch losses `loss_fn(params, key, batch) -> (loss, aux)` for
-`lfm_jax.train.make_train_step`:
-- `make_distill_loss(objective, flow_map, teacher_b, ...)`, objective in
-  `DISTILL_OBJECTIVES` ("lagrangian", "eulerian", "progressive", "flow_map_matching").
-- `make_self_distill_loss(objective, flow_map, ...)`, objective in
-  `SELF_DISTILL_OBJECTIVES` ("lagrangian", "eulerian", "progressive").
-A batch is either x1 (n, ...) (data; x0 ~ N(0, I) is drawn inside) or a pair
+Batch losses `loss_fn(params, key, batch, step=0) -> (loss, aux)` for
+`lfm_jax.train.make_train_step`: `make_loss(name, flow_map, teacher=None, ...)`, name a
+key of `losses.OBJECTIVES` (the per-example loss, default (s, t) sampler and whether a
+teacher is needed come from its record). A batch is either x1 (n, ...) (data; x0 ~ N(0, I) is drawn inside) or a pair
 (x0, x1) of arrays (n, ...), e.g. (x_r, x_l) for an LFM block's inverse. Distillation
 points are x = I_s (the interpolant at the map's start time), which has the teacher's
 marginal rho_s when the teacher was trained by flow matching on the same interpolant
@@ -27,12 +24,10 @@ Objectives and samplers are chosen by name here, in Python, before jit.
 from __future__ import annotations
 
 import functools
-import time
 from typing import Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from lfm_jax import flow_map as flow_map_lib
 from lfm_jax import interpolants as interpolants_lib
@@ -70,11 +65,13 @@ def time_reversed(b: Callable) -> Callable:
     return lambda t, x: -b(1.0 - t, x)
 
 
-def _rk4_step(b, t, h, x):
-    k1 = b(t, x)
-    k2 = b(t + h / 2, x + (h / 2) * k1)
-    k3 = b(t + h / 2, x + (h / 2) * k2)
-    k4 = b(t + h, x + h * k3)
+def _rk4_step(b, s, t, x):
+    """One RK4 step of dx/dt = b(t, x) from time s to time t."""
+    h = t - s
+    k1 = b(s, x)
+    k2 = b(s + h / 2, x + (h / 2) * k1)
+    k3 = b(s + h / 2, x + (h / 2) * k2)
+    k4 = b(t, x + h * k3)
     return x + (h / 6) * (k1 + 2 * k2 + 2 * k3 + k4)
 
 
@@ -84,15 +81,11 @@ def ode_flow_map(b: Callable, num_steps: int = 8) -> Callable:
     4 num_steps velocity calls; X(s, s, x) = x exactly; backward when t < s.
     """
     num_steps = int(num_steps)
+    step = functools.partial(_rk4_step, b)
 
     def X(s, t, x):
-        h = (t - s) / num_steps
-
-        def body(y, j):
-            return _rk4_step(b, s + j * h, h, y), None
-
-        y, _ = jax.lax.scan(body, x, jnp.arange(num_steps, dtype=jnp.result_type(h)))
-        return y
+        return flow_map_lib.sample(step, x, flow_map_lib.uniform_grid(num_steps, s, t),
+                                   batched=False)
 
     return X
 
@@ -109,143 +102,65 @@ def _pairs(key, batch):
     return jax.random.normal(key, batch.shape, batch.dtype), batch
 
 
-def _lmd(X, b, X_teacher, interp, s, t, x0, x1, k):
-    x_s, _ = interpolants_lib.interpolate(interp, s, x0, x1)
-    return losses.lagrangian_distillation(X, b, s, t, x_s)
-
-
-def _emd(X, b, X_teacher, interp, s, t, x0, x1, k):
-    x_s, _ = interpolants_lib.interpolate(interp, s, x0, x1)
-    return losses.eulerian_distillation(X, b, s, t, x_s)
-
-
-def _pfmm(X, b, X_teacher, interp, s, t, x0, x1, k):
-    x_s, _ = interpolants_lib.interpolate(interp, s, x0, x1)
-    return losses.progressive_distillation(X, X_teacher, s, t, x_s, k)
-
-
-def _fmm(X, b, X_teacher, interp, s, t, x0, x1, k):
-    return losses.flow_map_matching(X, interp, s, t, x0, x1)
-
-
-# name -> (per-example objective, default (s, t) sampler, needs a teacher velocity)
-DISTILL_OBJECTIVES = {
-    "lagrangian": (_lmd, "triangle", True),
-    "eulerian": (_emd, "triangle", True),
-    "progressive": (_pfmm, "triangle", True),
-    "flow_map_matching": (_fmm, "uniform", False),
-}
-
-def _lsd(X, interp, s, u, t, x0, x1, **kw):
-    return losses.lagrangian_self_distillation(X, interp, s, t, x0, x1, **kw)
-
-
-def _esd(X, interp, s, u, t, x0, x1, **kw):
-    return losses.eulerian_self_distillation(X, interp, s, t, x0, x1, **kw)
-
-
-def _psd(X, interp, s, u, t, x0, x1, **kw):
-    return losses.progressive_self_distillation(X, interp, s, u, t, x0, x1, **kw)
-
-
-# name -> per-example self-distillation loss (X, interp, s, u, t, x0, x1, **kw); u is
-# used by "progressive" only.
-SELF_DISTILL_OBJECTIVES = {"lagrangian": _lsd, "eulerian": _esd, "progressive": _psd}
-
-
 def _intermediate_midpoint(key, s, t):
     return s + 0.5 * (t - s)
 
 
 def _intermediate_uniform(key, s, t):
-    return s + jax.random.uniform(key, s.shape) * (t - s)
+    return s + jax.random.uniform(key, s.shape, s.dtype) * (t - s)
 
 
 # PSD intermediate time u in [s, t]: "midpoint" (u = (s + t) / 2) or "uniform".
 INTERMEDIATE_TIMES = {"midpoint": _intermediate_midpoint, "uniform": _intermediate_uniform}
 
 
-def _lookup(registry, name, what):
-    if name not in registry:
-        raise ValueError(f"unknown {what} {name!r}; known: {sorted(registry)}")
-    return registry[name]
+def make_loss(name: str, flow_map: flow_map_lib.FlowMap, teacher: Optional[Callable] = None,
+              *, interp=None, time_sampler: Optional[str] = None, sampler_kwargs=None,
+              intermediate: str = "uniform", teacher_map: Optional[Callable] = None,
+              teacher_substeps: int = 4, **options) -> Callable:
+    """Batch loss (params, key, batch, step=0) -> (mean loss, aux) of objective `name`.
 
-
-def make_distill_loss(objective: str, flow_map: flow_map_lib.FlowMap,
-                      teacher_b: Optional[Callable] = None, *, interp=None,
-                      time_sampler: Optional[str] = None, sampler_kwargs=None,
-                      teacher_map: Optional[Callable] = None, num_teacher_steps: int = 2,
-                      teacher_substeps: int = 4) -> Callable:
-    """Batch loss (params, key, batch, step=0) -> (mean loss, aux) distilling a teacher.
-
-    Per example: weighted(objective(X, b, ...; s, t, x0, x1), lv(s, t)) with
-    weighted(L, lv) = exp(-lv) L + lv (lv = 0 without a learned weighting).
+    Per example: `losses.OBJECTIVES[name].loss(c, interp, s, u, t, x0, x1, **options)`
+    with c = `flow_map.closures(params, teacher, teacher_map)` (the student's X, its own
+    velocity v_{t,t} by one network call, its learned lv(s, t) if attached).
 
     Args:
-      objective: a key of `DISTILL_OBJECTIVES`.
+      name: a key of `losses.OBJECTIVES`.
       flow_map: the student `FlowMap`.
-      teacher_b: teacher velocity b(t, x) (not needed for "flow_map_matching").
-      interp: interpolant giving x = I_s (default linear).
-      time_sampler: a key of `flow_map.TIME_PAIR_SAMPLERS` (default per objective:
-        "uniform" square for direct matching, else "triangle").
-      teacher_map: frozen map for "progressive" (default: `ode_flow_map(teacher_b,
-        teacher_substeps)`, i.e. teacher_substeps RK4 steps per teacher jump).
-      num_teacher_steps: k teacher jumps per progressive target.
+      teacher: teacher velocity b(t, x), required by the objectives with
+        `needs_teacher` (ignored by the others).
+      interp: interpolant giving I_s, I_t (default linear).
+      time_sampler: a key of `flow_map.TIME_PAIR_SAMPLERS` (default: the objective's),
+        with keyword options `sampler_kwargs`.
+      intermediate: how u in [s, t] is drawn, a key of `INTERMEDIATE_TIMES` (read by
+        the progressive self-distillation only).
+      teacher_map: frozen teacher map for progressive distillation (default:
+        `ode_flow_map(teacher, teacher_substeps)`, teacher_substeps RK4 steps per jump).
+      options: the objective's keyword options (`Objective.options`), overriding its
+        defaults; any other name is an error.
+    aux: fraction of the batch off the diagonal s = t.
     Note: `step` (for the annealed sampler) defaults to 0; `make_train_step(...,
       loss_takes_step=True)` passes the training step.
     """
-    per_example, default_sampler, needs_teacher = _lookup(
-        DISTILL_OBJECTIVES, objective, "distillation objective")
-    if needs_teacher and teacher_b is None:
-        raise ValueError(f"objective {objective!r} needs a teacher velocity teacher_b")
+    objective = losses.get_objective(name)
+    unknown = set(options) - set(objective.options)
+    if unknown:
+        raise ValueError(f"objective {name!r} takes options {sorted(objective.options)}, "
+                         f"not {sorted(unknown)}")
+    if objective.needs_teacher and teacher is None:
+        raise ValueError(f"objective {name!r} needs a teacher velocity")
+    if not objective.needs_teacher:
+        teacher = teacher_map = None
+    elif teacher_map is None:
+        teacher_map = ode_flow_map(teacher, teacher_substeps)
+    options = {**objective.options, **options}
     interp = interpolants_lib.linear() if interp is None else interp
-    sample_st = flow_map_lib.get_time_pair_sampler(time_sampler or default_sampler,
+    sample_st = flow_map_lib.get_time_pair_sampler(time_sampler or objective.time_sampler,
                                                    **(sampler_kwargs or {}))
-    if objective == "progressive" and teacher_map is None:
-        teacher_map = ode_flow_map(teacher_b, teacher_substeps)
-    k = int(num_teacher_steps)
-
-    def loss_fn(params, key, batch, step=0):
-        k_pair, k_time = jax.random.split(key)
-        x0, x1 = _pairs(k_pair, batch)
-        s, t = sample_st(k_time, x1.shape[0], step)
-        s, t = s.astype(x1.dtype), t.astype(x1.dtype)
-        X = flow_map.bind(params)
-        lv = flow_map.bind_weight(params)
-
-        def one(s_, t_, a, c):
-            value = per_example(X, teacher_b, teacher_map, interp, s_, t_, a, c, k)
-            return flow_map_lib.weighted(value, lv(s_, t_)), value
-
-        total, raw = jax.vmap(one)(s, t, x0, x1)
-        return jnp.mean(total), {"unweighted": jnp.mean(raw)}
-
-    return loss_fn
-
-
-def make_self_distill_loss(objective: str, flow_map: flow_map_lib.FlowMap, *,
-                           interp=None, time_sampler: str = "diagonal",
-                           sampler_kwargs=None, intermediate: str = "uniform",
-                           esd_stopgrad: Optional[str] = None) -> Callable:
-    """Batch loss (params, key, batch, step=0) -> (mean loss, aux), no external teacher.
-
-    Per example: `losses.<objective>_self_distillation` with the model's own velocity
-    v_{t,t} (one network call) and its learned lv(s, t) if attached. Default (s, t)
-    sampler: "diagonal" (75% of the batch on s = t). For "progressive", u in [s, t]
-    from `INTERMEDIATE_TIMES[intermediate]`. For "eulerian", `esd_stopgrad` (None: the
-    loss's default "average_velocity"; "full": gradient through d/ds X, the official
-    variant, unstable on long runs) is `losses.eulerian_self_distillation(stopgrad=)`.
-    aux: fraction of the batch off the diagonal.
-    """
-    per_example = _lookup(SELF_DISTILL_OBJECTIVES, objective, "self-distillation objective")
-    interp = interpolants_lib.linear() if interp is None else interp
-    sample_st = flow_map_lib.get_time_pair_sampler(time_sampler, **(sampler_kwargs or {}))
-    sample_u = _lookup(INTERMEDIATE_TIMES, intermediate, "intermediate time")
-    extra = {}
-    if esd_stopgrad is not None:
-        if objective != "eulerian":
-            raise ValueError("esd_stopgrad applies to the eulerian objective only")
-        extra["stopgrad"] = esd_stopgrad
+    if intermediate not in INTERMEDIATE_TIMES:
+        raise ValueError(f"unknown intermediate time {intermediate!r}; known: "
+                         f"{sorted(INTERMEDIATE_TIMES)}")
+    sample_u = INTERMEDIATE_TIMES[intermediate]
 
     def loss_fn(params, key, batch, step=0):
         k_pair, k_time, k_u = jax.random.split(key, 3)
@@ -253,12 +168,10 @@ def make_self_distill_loss(objective: str, flow_map: flow_map_lib.FlowMap, *,
         s, t = sample_st(k_time, x1.shape[0], step)
         s, t = s.astype(x1.dtype), t.astype(x1.dtype)
         u = sample_u(k_u, s, t)
-        X = flow_map.bind(params)
-        b = flow_map.bind_velocity(params)
-        lv = flow_map.bind_weight(params)
+        c = flow_map.closures(params, teacher, teacher_map)
 
-        def one(s_, u_, t_, a, c):
-            return per_example(X, interp, s_, u_, t_, a, c, velocity=b, weight=lv, **extra)
+        def one(*args):
+            return objective.loss(c, interp, *args, **options)
 
         total = jax.vmap(one)(s, u, t, x0, x1)
         return jnp.mean(total), {"off_diagonal": jnp.mean((s != t).astype(total.dtype))}
@@ -266,46 +179,9 @@ def make_self_distill_loss(objective: str, flow_map: flow_map_lib.FlowMap, *,
     return loss_fn
 
 
-# Full objective names (those of `lfm_jax.losses`, used by configs) ->
-# (factory, short name, needs a teacher velocity).
-OBJECTIVES = {
-    "lagrangian_distillation": ("distill", "lagrangian", True),
-    "eulerian_distillation": ("distill", "eulerian", True),
-    "progressive_distillation": ("distill", "progressive", True),
-    "flow_map_matching": ("distill", "flow_map_matching", False),
-    "lagrangian_self_distillation": ("self", "lagrangian", False),
-    "eulerian_self_distillation": ("self", "eulerian", False),
-    "progressive_self_distillation": ("self", "progressive", False),
-}
-
-def needs_teacher(name: str) -> bool:
-    """Whether objective `name` (a key of `OBJECTIVES`) distils a teacher velocity."""
-    return _lookup(OBJECTIVES, name, "flow-map objective")[2]
-
-
-def make_loss(name: str, flow_map: flow_map_lib.FlowMap, teacher_b=None, **kwargs):
-    """Batch loss for a full objective name (a key of `OBJECTIVES`).
-
-    kwargs go to `make_distill_loss` (teacher objectives and "flow_map_matching") or
-    `make_self_distill_loss`; options the chosen factory does not take are an error.
-    """
-    kind, short, teacher = _lookup(OBJECTIVES, name, "flow-map objective")
-    if kind == "distill":
-        return make_distill_loss(short, flow_map, teacher_b if teacher else None, **kwargs)
-    return make_self_distill_loss(short, flow_map, **kwargs)
-
-
 # ---------------------------------------------------------------------------
 # Training driver (thin wrapper over lfm_jax.train).
 # ---------------------------------------------------------------------------
-
-def sample_rows(key, data, batch_size: int):
-    """The same batch_size random rows (with replacement) of every array in `data`
-    (an array or a tuple of arrays with a common leading axis); `data.sample_batch`."""
-    from lfm_jax import data as data_lib
-
-    return data_lib.sample_batch(key, data, batch_size)
-
 
 def train_flow_map(loss_fn: Callable, flow_map: flow_map_lib.FlowMap, data, *, key,
                    num_steps: int = 2000, batch_size: int = 256, lr: float = 1e-3,
@@ -317,6 +193,7 @@ def train_flow_map(loss_fn: Callable, flow_map: flow_map_lib.FlowMap, data, *, k
     data: x1 array (n, ...) or a pair (x0, x1). Returns (state, history); use
     state.ema_params (or state.params) for sampling.
     """
+    from lfm_jax import data as data_lib
     from lfm_jax import distributed, train
 
     mesh = distributed.make_mesh() if mesh is None else mesh
@@ -331,7 +208,7 @@ def train_flow_map(loss_fn: Callable, flow_map: flow_map_lib.FlowMap, data, *, k
     state = train.create_train_state(k_state, params, opt, mesh=mesh)
     step_fn = train.make_train_step(
         loss_fn, opt, loss_takes_step=True,
-        sample_batch=functools.partial(sample_rows, batch_size=batch_size),
+        sample_batch=functools.partial(data_lib.sample_batch, batch_size=batch_size),
         steps_per_call=steps_per_call, ema_decay=ema_decay, mesh=mesh)
     data = distributed.replicate(jax.tree_util.tree_map(jnp.asarray, data), mesh)
     return train.fit(state, step_fn, data, num_steps, steps_per_call=steps_per_call)
@@ -342,9 +219,8 @@ def train_flow_map(loss_fn: Callable, flow_map: flow_map_lib.FlowMap, data, *, k
 # ---------------------------------------------------------------------------
 
 def distill_lfm_blocks(block_velocities: Sequence[Callable], block_pairs: Sequence,
-                       make_flow_map: Callable, *, objective: str = "lagrangian",
-                       key, interp=None, loss_kwargs=None, train_kwargs=None,
-                       self_distill: bool = False):
+                       make_flow_map: Callable, *, objective: str = "lmd", key,
+                       interp=None, loss_kwargs=None, train_kwargs=None):
     """Distil each LFM block's inverse map into a flow map.
 
     Block n was trained by flow matching between x0 = x_l (data side, t = 0) and
@@ -358,27 +234,26 @@ def distill_lfm_blocks(block_velocities: Sequence[Callable], block_pairs: Sequen
       block_velocities: [b_1, ..., b_N], closures b_n(t, x) (parameters bound).
       block_pairs: [(x_l, x_r), ...] arrays (m, ...) per block (the LFM training pairs).
       make_flow_map: () -> FlowMap (a fresh student per block).
-      objective: a key of `DISTILL_OBJECTIVES`, or of `SELF_DISTILL_OBJECTIVES` with
-        `self_distill=True` (then the teacher velocity is unused: the block's pairs
-        are learned directly, a flow-map replacement of the block).
+      objective: a key of `losses.OBJECTIVES`; an objective without a teacher ignores
+        the block velocity and learns the block's pairs directly (a flow-map
+        replacement of the block).
+      loss_kwargs, train_kwargs: keyword arguments of `make_loss`, `train_flow_map`.
     Returns:
-      [(flow_map_n, params_n (EMA)), ...] in block order n = 1..N.
+      [(flow_map_n, params_n (EMA)), ...] in block order n = 1..N; each map carries
+      noise-side points (t = 0) to data-side points (t = 1) of its block.
     """
     if len(block_velocities) != len(block_pairs):
         raise ValueError(f"{len(block_velocities)} velocities but {len(block_pairs)} pairs")
+    losses.get_objective(objective)  # unknown names fail before any training
     interp = interpolants_lib.trig() if interp is None else interp
     out = []
     for n, (b, (x_l, x_r)) in enumerate(zip(block_velocities, block_pairs)):
-        fm = make_flow_map()
-        if self_distill:
-            loss_fn = make_self_distill_loss(objective, fm, interp=interp,
-                                             **(loss_kwargs or {}))
-        else:
-            loss_fn = make_distill_loss(objective, fm, time_reversed(b), interp=interp,
-                                        **(loss_kwargs or {}))
-        state, _ = train_flow_map(loss_fn, fm, (x_r, x_l), key=jax.random.fold_in(key, n),
-                                  **(train_kwargs or {}))
-        out.append((fm, state.ema_params))
+        fmap = make_flow_map()
+        loss_fn = make_loss(objective, fmap, time_reversed(b), interp=interp,
+                            **(loss_kwargs or {}))
+        state, _ = train_flow_map(loss_fn, fmap, (x_r, x_l),
+                                  key=jax.random.fold_in(key, n), **(train_kwargs or {}))
+        out.append((fmap, state.ema_params))
     return out
 
 
@@ -386,21 +261,13 @@ def generate_lfm(block_maps: Sequence, z, num_steps: int = 1):
     """x = F_1( ... F_N(z)) with F_n = K-step sampling of block n's distilled inverse.
 
     block_maps: [(flow_map_n, params_n)] in block order (as `distill_lfm_blocks`
-    returns). z: (n, ...) noise. Cost N x K network calls per sample.
+    returns). z: (n, ...) NOISE (the LFM's end at t = 1 of block N); the result is
+    data-side samples (t = 0 of block 1), generation running the blocks backward,
+    N to 1, each map from its noise side (its t = 0) to its data side (its t = 1).
+    Cost N x K network calls per sample.
     """
     times = flow_map_lib.uniform_grid(num_steps)
     x = z
-    for fm, params in reversed(list(block_maps)):
-        x = flow_map_lib.sample(fm.bind(params), x, times)
+    for fmap, params in reversed(list(block_maps)):
+        x = flow_map_lib.sample(fmap.bind(params), x, times)
     return x
-
-
-def timed(fn: Callable, *args, repeats: int = 3):
-    """(result, best wall seconds) of a jitted fn over `repeats` runs after one warm-up."""
-    out = jax.block_until_ready(fn(*args))
-    best = np.inf
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = jax.block_until_ready(fn(*args))
-        best = min(best, time.perf_counter() - t0)
-    return out, best

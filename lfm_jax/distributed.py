@@ -14,6 +14,7 @@ import functools
 from typing import Callable, Optional
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
@@ -103,19 +104,56 @@ def _sharded_callable(fn: Callable, mesh):
                                  out_specs=spec, check_vma=False))
 
 
+def pad_rows(tree, multiple: int):
+    """Pad the leading axis of every leaf to a multiple of `multiple` by repeating the
+    last row: the one padding rule of every chunked map here. Works on numpy arrays
+    (kept on the host) and on jax arrays or tracers. Returns (padded tree, n)."""
+    n = jax.tree_util.tree_leaves(tree)[0].shape[0]
+    pad = -n % int(multiple)
+
+    def grow(a):
+        if not pad:
+            return a
+        xp = np if isinstance(a, np.ndarray) else jnp
+        return xp.concatenate([a, xp.repeat(a[-1:], pad, axis=0)], axis=0)
+
+    return jax.tree_util.tree_map(grow, tree), n
+
+
+def map_in_chunks(fn: Callable, xs, chunk_size: Optional[int] = None):
+    """fn over the rows of xs, `chunk_size` rows at a time, inside one trace.
+
+    xs is a pytree of arrays with a common leading axis n; fn maps a chunk (leading
+    axis c) to a pytree with leading axis c. The rows are padded (`pad_rows`) to
+    ceil(n / c) chunks, run one after another by `jax.lax.map` (memory of one chunk),
+    and the padding is cut off: the result has leading axis n. chunk_size None (or
+    >= n) calls fn once on all rows. Callers that need each row's global index (e.g.
+    to key its randomness) pass `jnp.arange(n)` inside xs.
+    """
+    n = jax.tree_util.tree_leaves(xs)[0].shape[0]
+    if chunk_size is None or int(chunk_size) >= n:
+        return fn(xs)
+    chunk = max(1, int(chunk_size))
+    padded, _ = pad_rows(xs, chunk)
+    chunks = jax.tree_util.tree_map(lambda a: a.reshape((-1, chunk) + a.shape[1:]), padded)
+    out = jax.lax.map(fn, chunks)
+    return jax.tree_util.tree_map(lambda a: a.reshape((-1,) + a.shape[2:])[:n], out)
+
+
 def sharded_map(fn: Callable, params, x, *, mesh=None, chunk_size: Optional[int] = None,
                 key=None):
     """fn(params, key, x_rows, global_index_rows) over the rows of x, split over devices.
 
     Per-device work through `jax.shard_map`: each device runs its own adaptive ODE
-    loops instead of waiting on a global loop predicate. Rows are padded by repeating
-    the last one and the padding is dropped. The rows go through in calls of
-    (devices x chunk) rows (each device `chunk` rows), dispatched asynchronously from a
-    host loop, so memory is bounded by one call and the compiled function depends only
-    on the chunk shape, not on len(x). `params` and `key` are explicit replicated
-    arguments and the jitted function is cached on (fn, mesh), so a stable fn compiles
-    once. fn receives every row's GLOBAL index (int32), so per-example randomness
-    (Hutchinson probes) does not depend on the chunking or on the device count.
+    loops instead of waiting on a global loop predicate. Rows are padded (`pad_rows`)
+    and the padding is dropped. The rows go through in calls of (devices x chunk) rows
+    (each device `chunk` rows), dispatched asynchronously from a host loop, so memory
+    is bounded by one call and the compiled function depends only on the chunk shape,
+    not on len(x). `params` and `key` are explicit replicated arguments and the jitted
+    function is cached on (fn, mesh), so a stable fn compiles once. fn receives every
+    row's GLOBAL index (int32; padding rows repeat the last index), so per-example
+    randomness (Hutchinson probes) does not depend on the chunking or on the device
+    count.
 
     Args:
       fn: batched function (params, key, x (c, ...), idx (c,)) -> pytree, leading axis c.
@@ -130,22 +168,17 @@ def sharded_map(fn: Callable, params, x, *, mesh=None, chunk_size: Optional[int]
     mesh = make_mesh() if mesh is None else mesh
     n_dev = mesh.shape[DATA_AXIS]
     x = np.asarray(x)
-    n = x.shape[0]
-    per = -(-n // n_dev)
+    per = -(-x.shape[0] // n_dev)
     chunk = per if chunk_size is None else max(1, min(int(chunk_size), per))
     rows = chunk * n_dev
-    total = -(-n // rows) * rows
-    idx = np.arange(total, dtype=np.int32)
-    if total > n:
-        x = np.concatenate([x, np.repeat(x[-1:], total - n, axis=0)])
-        idx[n:] = n - 1
+    (x, idx), n = pad_rows((x, np.arange(x.shape[0], dtype=np.int32)), rows)
     sharding = batch_sharded(mesh)
     key = jax.random.PRNGKey(0) if key is None else key
     rep = replicate({"params": params, "key": key}, mesh)
     mapped = _sharded_callable(fn, mesh)
     to_host = functools.partial(jax.tree_util.tree_map, _gather)
     outs, pending = [], None
-    for start in range(0, total, rows):
+    for start in range(0, len(x), rows):
         xs, ids = x[start:start + rows], idx[start:start + rows]
         xs = jax.make_array_from_callback(xs.shape, sharding, lambda i, a=xs: a[i])
         ids = jax.make_array_from_callback(ids.shape, sharding, lambda i, a=ids: a[i])

@@ -1,5 +1,5 @@
-"""Two-time flow maps X_{s,t} (SPEC 4): parametrisation, sampling, (s, t) samplers
-and a learned per-(s, t) loss weighting.
+"""Two-time flow maps X_{s,t} (docs/maths.md section 4): parametrisation, sampling,
+(s, t) samplers and a learned per-(s, t) loss weighting.
 
 Parametrisation. From a raw two-time network v(params, s, t, x) (one example, output of
 x's shape),
@@ -10,7 +10,8 @@ so X_{s,s} = id holds exactly (not only approximately) and the tangent condition
 d/dt X_{s,t}(x) |_{t=s} = v_{s,s}(x) makes v_{t,t} the velocity b_t of the flow.
 
 Sampling on a grid t_0 < ... < t_K: x_{k+1} = X_{t_k, t_{k+1}}(x_k); K = 1 is one-step
-generation, cost K network calls.
+generation, cost K network calls. Maps trained on an interpolant between x0 (noise, at
+t = 0) and x1 (data, at t = 1) generate forward, from noise at t = 0.
 
 (s, t) samplers are chosen by name from `TIME_PAIR_SAMPLERS` outside jit; each returns
 `sample(key, n, step=0) -> (s, t)`, two arrays of shape (n,).
@@ -77,8 +78,43 @@ def loss_weighting(hidden=(64,), num_frequencies: int = 4,
 
 
 def weighted(loss, log_variance):
-    """exp(-lv) * loss + lv (scalars)."""
+    """exp(-lv) * loss + lv (scalars); exactly `loss` when lv = 0."""
     return jnp.exp(-log_variance) * loss + log_variance
+
+
+def tangent_velocity(X: Callable) -> Callable:
+    """b(t, x) = d/dt' X_{t,t'}(x) at t' = t, for ANY map closure X(s, t, x) (one jvp).
+
+    For the parametrisation X = x + (t - s) v this equals v_{t,t}(x)
+    (`FlowMap.diagonal_velocity`, one plain network call).
+    """
+    def b(t, x):
+        return jax.jvp(lambda tt: X(t, tt, x), (t,), (jnp.ones_like(t),))[1]
+    return b
+
+
+@dataclasses.dataclass(frozen=True)
+class Closures:
+    """What a flow-map objective reads, for ONE example (parameters bound).
+
+    X: the student map X(s, t, x).
+    velocity: the student's velocity b(t, x) = v_{t,t}(x); None: `tangent_velocity(X)`.
+    log_variance: learned lv(s, t); None: 0 (unweighted).
+    teacher: teacher velocity b(t, x) (teacher objectives).
+    teacher_map: frozen teacher map X(s, t, x) (progressive distillation).
+    """
+
+    X: Callable
+    velocity: Optional[Callable] = None
+    log_variance: Optional[Callable] = None
+    teacher: Optional[Callable] = None
+    teacher_map: Optional[Callable] = None
+
+    def __post_init__(self):
+        if self.velocity is None:
+            object.__setattr__(self, "velocity", tangent_velocity(self.X))
+        if self.log_variance is None:
+            object.__setattr__(self, "log_variance", lambda s, t: jnp.zeros_like(s))
 
 
 # ---------------------------------------------------------------------------
@@ -96,10 +132,10 @@ class FlowMap:
     Methods (one example; x of shape `example_shape`, s and t scalars):
       init(key) -> params
       apply(params, s, t, x) -> X_{s,t}(x), same shape as x
-      velocity_from_map(params, t, x) -> v_{t,t}(x) = b_t(x)
-      log_variance(params, s, t) -> lv(s, t) (0 when no weighting is attached)
-      bind(params) -> closure X(s, t, x) for the losses
-      bind_velocity(params) -> closure b(t, x) = v_{t,t}(x)
+      diagonal_velocity(params, t, x) -> v_{t,t}(x) = b_t(x), one network call
+      bind(params) -> closure X(s, t, x)
+      closures(params, teacher=None, teacher_map=None) -> `Closures` for the losses
+        (X, v_{t,t}, and lv(s, t) when a weighting is attached, else 0)
     """
 
     network: networks.Network
@@ -121,24 +157,20 @@ class FlowMap:
         v = self.network.apply(params["net"], s, t, x)
         return x + (t - s) * v
 
-    def velocity_from_map(self, params, t, x):
+    def diagonal_velocity(self, params, t, x):
         """v_{t,t}(x), the velocity b_t(x) of the flow the map represents."""
         return self.network.apply(params["net"], t, t, x)
-
-    def log_variance(self, params, s, t):
-        """Learned lv(s, t), or 0.0 (exp(-0) L + 0 = L) without a weighting."""
-        if self.weighting is None:
-            return jnp.zeros((), jnp.result_type(float))
-        return self.weighting.apply(params["weight"], s, t)
 
     def bind(self, params) -> Callable:
         return functools.partial(self.apply, params)
 
-    def bind_velocity(self, params) -> Callable:
-        return functools.partial(self.velocity_from_map, params)
-
-    def bind_weight(self, params) -> Callable:
-        return functools.partial(self.log_variance, params)
+    def closures(self, params, teacher=None, teacher_map=None) -> Closures:
+        """The student's X, v_{t,t} and lv with `params` bound, plus the teacher."""
+        return Closures(X=self.bind(params),
+                        velocity=functools.partial(self.diagonal_velocity, params),
+                        log_variance=(None if self.weighting is None else
+                                      functools.partial(self.weighting.apply, params["weight"])),
+                        teacher=teacher, teacher_map=teacher_map)
 
 
 def make_flow_map(example_shape, hidden=(256, 256, 256, 256), activation="silu",
@@ -151,29 +183,19 @@ def make_flow_map(example_shape, hidden=(256, 256, 256, 256), activation="silu",
     return FlowMap(network=net, weighting=weighting)
 
 
-def velocity_from_map(X: Callable) -> Callable:
-    """b(t, x) = d/dt' X_{t,t'}(x) at t' = t, for ANY map closure X(s, t, x) (one jvp).
-
-    For the parametrisation X = x + (t - s) v this equals v_{t,t}(x) (prefer
-    `FlowMap.velocity_from_map`, one plain network call, when the network is at hand).
-    """
-    def b(t, x):
-        return jax.jvp(lambda tt: X(t, tt, x), (t,), (jnp.ones_like(t),))[1]
-    return b
-
-
-def sample(X: Callable, x, times, *, batched: bool = True, return_path: bool = False):
-    """Few-step flow-map sampling: x_{k+1} = X_{t_k, t_{k+1}}(x_k), k = 0..K-1.
+def sample(X: Callable, z, times, *, batched: bool = True):
+    """Few-step flow-map sampling: x_0 = z, x_{k+1} = X_{t_k, t_{k+1}}(x_k), k < K.
 
     Args:
       X: flow map closure X(s, t, x) of ONE example (parameters bound).
-      x: start states, (n, ...) if `batched` else one example (...).
-      times: 1-D array of K + 1 times (e.g. jnp.linspace(0, 1, K + 1)); K = 1 is
-        one-step generation. Decreasing times run the map backward.
-      return_path: also return all K + 1 states.
+      z: start states at times[0], (n, ...) if `batched` else one example (...). For a
+        map trained on an interpolant from x0 (noise, t = 0) to x1 (data, t = 1) and
+        times from 0 to 1, z is the noise and the result are samples; an LFM block's
+        distilled inverse (`distill.distill_lfm_blocks`) also has its noise side at 0.
+      times: 1-D array of K + 1 times (e.g. `uniform_grid(K)`); K = 1 is one-step
+        generation. Decreasing times run the map backward.
     Returns:
-      x at times[-1], same shape as x; with `return_path`, (x_K, path) where path has
-      shape (K + 1, *x.shape).
+      x_K at times[-1], same shape as z.
     Cost: K network calls per example (lax.scan over the K steps).
     """
     times = jnp.asarray(times)
@@ -182,14 +204,10 @@ def sample(X: Callable, x, times, *, batched: bool = True, return_path: bool = F
     step = jax.vmap(X, in_axes=(None, None, 0)) if batched else X
 
     def body(xk, st):
-        x_next = step(st[0], st[1], xk)
-        return x_next, x_next
+        return step(st[0], st[1], xk), None
 
-    pairs = jnp.stack([times[:-1], times[1:]], axis=1).astype(jnp.result_type(x.dtype, float))
-    x_final, path = jax.lax.scan(body, x, pairs)
-    if return_path:
-        return x_final, jnp.concatenate([x[None], path], axis=0)
-    return x_final
+    pairs = jnp.stack([times[:-1], times[1:]], axis=1).astype(jnp.result_type(z.dtype, float))
+    return jax.lax.scan(body, z, pairs)[0]
 
 
 def uniform_grid(num_steps: int, t0: float = 0.0, t1: float = 1.0):
@@ -201,35 +219,39 @@ def uniform_grid(num_steps: int, t0: float = 0.0, t1: float = 1.0):
 # (s, t) samplers: sample(key, n, step=0) -> (s (n,), t (n,)).
 # ---------------------------------------------------------------------------
 
-def _put_on_diagonal(s, t, fraction: float):
-    """Set s = t on the first round(fraction * n) entries (a fixed count per batch, as
-    the official self-distillation code does); the rest keep their (s, t)."""
+def _put_on_diagonal(key, s, t, fraction: float):
+    """Set s = t = u, u ~ U[0, 1] drawn afresh, on the first round(fraction * n) entries
+    (a fixed count per batch, and a uniform diagonal time, as the official
+    self-distillation code does); the rest keep their (s, t)."""
     n = s.shape[0]
     m = int(round(float(fraction) * n))
     if m == 0:
         return s, t
     on_diag = jnp.arange(n) < m
-    return jnp.where(on_diag, t, s), t
+    u = jax.random.uniform(key, (n,), s.dtype)
+    return jnp.where(on_diag, u, s), jnp.where(on_diag, u, t)
 
 
 def uniform_square(key, n, step=0, diagonal_fraction: float = 0.0):
     """(s, t) ~ U[0, 1]^2 (both directions, s > t gives backward maps)."""
-    ks, kt = jax.random.split(key)
+    ks, kt, kd = jax.random.split(key, 3)
     s = jax.random.uniform(ks, (n,))
     t = jax.random.uniform(kt, (n,))
-    return _put_on_diagonal(s, t, diagonal_fraction)
+    return _put_on_diagonal(kd, s, t, diagonal_fraction)
 
 
 def upper_triangle(key, n, step=0, diagonal_fraction: float = 0.0):
     """(s, t) uniform on {0 <= s <= t <= 1}: the sorted pair of two uniforms."""
-    u = jax.random.uniform(key, (2, n))
+    ku, kd = jax.random.split(key)
+    u = jax.random.uniform(ku, (2, n))
     s, t = jnp.min(u, axis=0), jnp.max(u, axis=0)
-    return _put_on_diagonal(s, t, diagonal_fraction)
+    return _put_on_diagonal(kd, s, t, diagonal_fraction)
 
 
 def diagonal(key, n, step=0, diagonal_fraction: float = 0.75):
-    """Upper triangle with `diagonal_fraction` of the batch (0.75 by default) on s = t:
-    the self-distillation sampler (diagonal term on s = t, distillation off it)."""
+    """Upper triangle with `diagonal_fraction` of the batch (0.75 by default) on s = t,
+    t ~ U[0, 1] there: the self-distillation sampler (diagonal term on s = t,
+    distillation off it)."""
     return upper_triangle(key, n, step, diagonal_fraction)
 
 
@@ -242,10 +264,10 @@ def annealed(key, n, step=0, initial_gap: float = 0.05, anneal_steps: int = 10_0
     """
     frac = jnp.clip(jnp.asarray(step, jnp.float32) / max(int(anneal_steps), 1), 0.0, 1.0)
     max_gap = initial_gap + (1.0 - initial_gap) * frac
-    kg, ks = jax.random.split(key)
+    kg, ks, kd = jax.random.split(key, 3)
     gap = max_gap * jax.random.uniform(kg, (n,))
     s = (1.0 - gap) * jax.random.uniform(ks, (n,))
-    return _put_on_diagonal(s, s + gap, diagonal_fraction)
+    return _put_on_diagonal(kd, s, s + gap, diagonal_fraction)
 
 
 TIME_PAIR_SAMPLERS = {

@@ -1,4 +1,5 @@
-"""Local Flow Matching (LFM, Xu, Cheng and Xie, arXiv 2410.02548; SPEC 3).
+"""Local Flow Matching (LFM, Xu, Cheng and Xie, arXiv 2410.02548;
+docs/maths.md section 3).
 
 A local flow is N invertible blocks T_1, ..., T_N that carry data towards N(0, I)
 by small steps. Block n carries x_l ~ q_{n-1} (data pushed through T_1..T_{n-1};
@@ -22,22 +23,22 @@ density, reported after each block during training.
 
 This module is pure maths on callables and arrays:
 - `ou_step`, `ou_coefficients`, `ou_moments`, `step_sizes`, `cumulative_ou_time`;
-- `make_block_loss`, `make_sample_batch`: the per-block training loss for
-  `lfm_jax.train.make_train_step`;
+- `ou_pairs`, `make_sample_batch`: the block's pair sampler and batch sampler; its
+  training loss is `flow_matching.make_loss(velocity, interp, time_sampler, ou_pairs)`
+  for `lfm_jax.train.make_train_step`;
 - `gaussian_block_velocity`: the exact (affine) field of a block for Gaussian data;
 - `LocalFlow`: N blocks sharing one velocity function, one params pytree per block:
   `push_forward`, `push_backward`, `generate`, `log_prob`, `block_log_det`;
-- `moment_check`, `chi_square_diagnostics`: the SPEC 3 checks;
+- `moment_check`, `chi_square_diagnostics`: the checks of docs/maths.md section 3;
 - `failed_rows`: which rows of a result are NaN/Inf (failed ODE solves).
 
-Failed solves: `LocalFlow.on_failure` (or the `on_failure` argument of its methods)
-is "raise" (default: one example whose adaptive solve fails, e.g. by exhausting
-`max_steps`, raises and ends the whole call) or "nan" (`ode.integrate(...,
-on_failure="nan")`: that example's outputs are NaN, the others are unaffected, and a
-NaN row stays NaN through later blocks without being solved). Use "nan" for
+Failed solves: `LocalFlow.ode.on_failure` is "raise" (default: one example whose
+adaptive solve fails, e.g. by exhausting `max_steps`, raises and ends the whole call)
+or "nan" (that example's outputs are NaN, the others are unaffected, and a NaN row
+stays NaN through later blocks without being solved). Use "nan" for
 evaluation (count the failures with `failed_rows`), never silently for data that
 trains the next block.
-Block-by-block training with checkpoints and resume is `lfm_jax.runs.lfm`.
+Block-by-block training with checkpoints and resume is `lfm_jax.runs.lfm_blocks`.
 """
 
 from __future__ import annotations
@@ -52,7 +53,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from lfm_jax import data as data_lib
-from lfm_jax import distributed, losses, ode
+from lfm_jax import distributed
+from lfm_jax import ode as ode_lib
 
 Velocity = Callable  # velocity(params, t, x) -> dx/dt for ONE example
 
@@ -134,7 +136,7 @@ def cumulative_ou_time(hs: Sequence[float]) -> np.ndarray:
     return np.concatenate([[0.0], np.cumsum(np.asarray(hs, np.float64))])
 
 
-# ------------------------------------------------------------------------- losses
+# ------------------------------------------------------------------ pairs and batches
 
 def make_sample_batch(batch_size: int) -> Callable:
     """Device-side batch sampler for `train.make_train_step`.
@@ -151,26 +153,16 @@ def make_sample_batch(batch_size: int) -> Callable:
     return sample_batch
 
 
-def make_block_loss(velocity: Velocity, interp, time_sampler: Callable) -> Callable:
-    """Batch loss of one block: (params, key, batch) -> (mean FM loss, {}).
+def ou_pairs(key, batch):
+    """The OU pair sampler of a block, for `flow_matching.make_loss`.
 
-    batch = {"x": x_l (B, ...), "h": (B,)}. Inside, the OU pair
-    x_r = exp(-h) x_l + sqrt(1 - exp(-2h)) z (x_r ~ N(0, I) when h = inf) and times
-    t ~ time_sampler are drawn, and the per-example `losses.flow_matching` with
-    x0 = x_l, x1 = x_r is vmapped and averaged. Its minimiser is
-    v(t, x) = E[dI_t | I_t = x].
+    batch = {"x": x_l (B, ...), "h": (B,)} -> (x0, x1) = (x_l, x_r) with
+    x_r = exp(-h) x_l + sqrt(1 - exp(-2h)) z (`ou_step`; x_r ~ N(0, I) independent of
+    x_l when h = inf, a free block). The block loss is flow matching on this pair:
+    `flow_matching.make_loss(velocity, interp, time_sampler, ou_pairs)`.
     """
-
-    def loss_fn(params, key, batch):
-        x_l, h = batch["x"], batch["h"]
-        k_ou, k_t = jax.random.split(key)
-        x_r = ou_step(k_ou, x_l, h)
-        t = time_sampler(k_t, x_l.shape[0]).astype(x_l.dtype)
-        b = lambda t_, x_: velocity(params, t_, x_)
-        per_example = jax.vmap(lambda t_, a, c: losses.flow_matching(b, interp, t_, a, c))
-        return jnp.mean(per_example(t, x_l, x_r)), {}
-
-    return loss_fn
+    x_l = batch["x"]
+    return x_l, ou_step(key, x_l, batch["h"])
 
 
 def gaussian_block_velocity(interp) -> Velocity:
@@ -213,17 +205,20 @@ def _zero_log_prob(x):
 class LocalFlow:
     """N blocks of one velocity function, each with its own params pytree.
 
+    Time direction: block n carries q_{n-1} at t = 0 (q_0 = data) to q_n at t = 1;
+    after block N the points are (near) N(0, I). Pushing forward (data -> noise) runs
+    each block from t = 0 to 1; generating runs the blocks backward from noise.
+
     Attributes:
       velocity: velocity(params, t, x) -> dx/dt for ONE example of `example_shape`
         (e.g. `networks.velocity_mlp(...).apply`, or `gaussian_block_velocity`).
       step_sizes: (N,) OU step sizes h_n (inf for a free block); defines N.
       example_shape: shape of one example, e.g. (d,).
-      solver, rtol, atol, num_steps, max_steps: ODE options of `ode.integrate`
-        (num_steps None: adaptive).
+      ode: the ODE options of every solve (`ode.Options`; on_failure "raise" or
+        "nan": a failed solve of one example raises for the whole call, or makes that
+        example NaN). A variant: `dataclasses.replace(model, ode=...)` (an equal
+        model shares the cached compiled functions).
       chunk_size: examples per device call when pushing, generating or scoring.
-      on_failure: "raise" or "nan", as in `ode.integrate`: what a failed solve of one
-        example does (raise for the whole call, or NaN for that example). Every
-        method below also takes `on_failure=` to override it for one call.
     Every method taking `params_list` expects one params pytree per block (blocks
     1..len(params_list); fewer than N gives the truncated model).
     """
@@ -231,16 +226,13 @@ class LocalFlow:
     velocity: Velocity
     step_sizes: tuple
     example_shape: tuple
-    solver: str = "tsit5"
-    rtol: float = 1e-5
-    atol: float = 1e-5
-    num_steps: Optional[int] = None
-    max_steps: int = 4096
+    ode: ode_lib.Options = ode_lib.Options()
     chunk_size: int = 1000
-    on_failure: str = "raise"
 
     def __post_init__(self):
-        ode._check_on_failure(self.on_failure)
+        if not isinstance(self.ode, ode_lib.Options):
+            raise TypeError(f"LocalFlow.ode must be an ode.Options, got "
+                            f"{type(self.ode).__name__}")
 
     @property
     def num_blocks(self) -> int:
@@ -250,101 +242,89 @@ class LocalFlow:
     def dim(self) -> int:
         return math.prod(self.example_shape)
 
-    def _ode_kw(self):
-        return dict(solver=self.solver, rtol=self.rtol, atol=self.atol,
-                    num_steps=self.num_steps, max_steps=self.max_steps,
-                    on_failure=self.on_failure)
-
-    def _with(self, on_failure: Optional[str]) -> "LocalFlow":
-        """This model, or a copy with another on_failure (a hashable, equal-comparing
-        dataclass, so the cached compiled functions are shared between copies)."""
-        if on_failure is None or on_failure == self.on_failure:
-            return self
-        return dataclasses.replace(self, on_failure=on_failure)
-
     # -- one block -----------------------------------------------------------------
-    def block_map(self, params, x, *, inverse: bool = False, mesh=None,
-                  on_failure: Optional[str] = None) -> np.ndarray:
+    def block_map(self, params, x, *, inverse: bool = False, mesh=None) -> np.ndarray:
         """T_n(x) (t: 0 -> 1) or T_n^{-1}(x) (t: 1 -> 0) for a batch x (n, ...).
 
-        Rows are split over the mesh's devices (`distributed.sharded_map`), `chunk_size` per device
-        call; compiled once per (model, direction, shape). With on_failure="nan"
-        (default: the model's), rows whose solve failed are NaN."""
-        model = self._with(on_failure)
-        return distributed.sharded_map(_block_map_fn(model, bool(inverse)), params, x,
+        Rows are split over the mesh's devices (`distributed.sharded_map`),
+        `chunk_size` per device call; compiled once per (model, direction, shape).
+        With ode.on_failure="nan", rows whose solve failed are NaN."""
+        return distributed.sharded_map(_block_map_fn(self, bool(inverse)), params, x,
                                        mesh=mesh, chunk_size=self.chunk_size)
 
     def block_log_det(self, params, x, *, method: str = "exact", key=None,
-                      n_probes: int = 1, mesh=None, on_failure: Optional[str] = None):
+                      n_probes: int = 1, mesh=None):
         """(T_n(x), int_0^1 div v_n(t, x(t)) dt) for a batch x (n, ...).
 
         The integral is log q_{n-1}(x) - log q_n(T_n(x)) (nats), by
         `ode.log_prob(..., t_data=0, t_base=1)` with a zero base; shapes
         ((n, ...), (n,)). Hutchinson probes of example i are drawn from
-        fold_in(key, i), i its GLOBAL index in x (as `ode.log_prob_chunked`), so no two
-        examples share probes and the result does not depend on chunk_size or on the
-        number of devices. With on_failure="nan" (default: the model's), a row whose
-        augmented solve failed (or whose x is already NaN) is NaN in both outputs.
+        fold_in(key, i), i its GLOBAL index in x (`ode.log_prob`'s indices), so no
+        two examples share probes and the result does not depend on chunk_size or on
+        the number of devices. With ode.on_failure="nan", a row whose augmented solve
+        failed (or whose x is already NaN) is NaN in both outputs.
         """
         if method != "exact" and key is None:
             raise ValueError(f"divergence method {method!r} needs a key")
-        fn = _block_log_det_fn(self._with(on_failure), method, int(n_probes))
-        return distributed.sharded_map(fn, params, x, mesh=mesh, chunk_size=self.chunk_size,
-                                       key=key)
+        fn = _block_log_det_fn(self, method, int(n_probes))
+        return distributed.sharded_map(fn, params, x, mesh=mesh,
+                                       chunk_size=self.chunk_size, key=key)
 
     # -- all blocks -----------------------------------------------------------------
-    def push_forward(self, params_list, x, *, mesh=None,
-                     on_failure: Optional[str] = None) -> np.ndarray:
+    def push_forward(self, params_list, x, *, mesh=None) -> np.ndarray:
         """T_k ... T_1(x) (data -> noise) for k = len(params_list); x (n, ...)."""
         for params in params_list:
-            x = self.block_map(params, x, mesh=mesh, on_failure=on_failure)
+            x = self.block_map(params, x, mesh=mesh)
         return x
 
-    def push_backward(self, params_list, z, *, mesh=None,
-                      on_failure: Optional[str] = None) -> np.ndarray:
+    def push_backward(self, params_list, z, *, mesh=None) -> np.ndarray:
         """T_1^{-1} ... T_k^{-1}(z) (noise -> data); z (n, ...)."""
         for params in reversed(list(params_list)):
-            z = self.block_map(params, z, inverse=True, mesh=mesh, on_failure=on_failure)
+            z = self.block_map(params, z, inverse=True, mesh=mesh)
         return z
 
-    def generate(self, params_list, key, n: int, *, mesh=None,
-                 on_failure: Optional[str] = None) -> np.ndarray:
-        """n samples (n, *example_shape): z ~ N(0, I) through the inverse blocks.
-        With on_failure="nan", samples whose solve failed in any block are NaN rows
-        (`failed_rows` finds them)."""
-        z = jax.random.normal(key, (int(n),) + tuple(self.example_shape))
-        return self.push_backward(params_list, np.asarray(z), mesh=mesh,
-                                  on_failure=on_failure)
+    def generate(self, params_list, z, *, mesh=None) -> np.ndarray:
+        """Samples from start noise z (n, *example_shape), z ~ N(0, I).
+
+        Time direction: noise at t = 1 of block N, data at t = 0 of block 1; z runs
+        through the blocks backward, T_1^{-1}(... T_N^{-1}(z)) (`push_backward`).
+        With ode.on_failure="nan", samples whose solve failed in any block are NaN
+        rows (`failed_rows` finds them)."""
+        z = np.asarray(z)
+        if z.shape[1:] != tuple(self.example_shape):
+            raise ValueError(f"start noise z has shape {z.shape}; expected "
+                             f"(n, *{tuple(self.example_shape)})")
+        return self.push_backward(params_list, z, mesh=mesh)
 
     def log_prob(self, params_list, x, *, method: str = "exact", key=None,
-                 n_probes: int = 1, per_block: bool = False, mesh=None,
-                 on_failure: Optional[str] = None) -> np.ndarray:
+                 n_probes: int = 1, per_block: bool = False, mesh=None) -> np.ndarray:
         """log q(x) in nats, log N(T(x); 0, I) + sum_n int_0^1 div v_n dt.
 
         Args:
-          x: (n, ...) points.
+          x: (n, ...) points (data side, t = 0 of block 1).
           method: "exact" (Jacobian trace) or "hutchinson" (needs key).
           per_block: also return the truncated models.
-          on_failure: "raise" or "nan" (default: the model's). With "nan", a point
-            whose solve fails in block j is NaN from row j on (and in the result);
-            the other points are unaffected. Count them with `np.isnan`.
+        With ode.on_failure="nan", a point whose solve fails in block j is NaN from
+        row j on (and in the result); the other points are unaffected. Count them
+        with `np.isnan`.
         Returns:
           (n,), or with per_block (k + 1, n): row j is log q_j(x) of the model
           truncated after j blocks (row 0: N(x; 0, I); row k: the full model).
         """
         logdet = np.zeros(np.shape(x)[0], np.float64)
-        rows = [self._base_log_prob(x, mesh)]
+        rows = [self.base_log_prob(x, mesh=mesh)]
         for n, params in enumerate(params_list):
             bkey = None if key is None else jax.random.fold_in(key, n)
             x, delta = self.block_log_det(params, x, method=method, key=bkey,
-                                          n_probes=n_probes, mesh=mesh,
-                                          on_failure=on_failure)
+                                          n_probes=n_probes, mesh=mesh)
             logdet = logdet + delta
             if per_block or n == len(params_list) - 1:
-                rows.append(self._base_log_prob(x, mesh) + logdet)
+                rows.append(self.base_log_prob(x, mesh=mesh) + logdet)
         return np.stack(rows) if per_block else rows[-1]
 
-    def _base_log_prob(self, x, mesh):
+    def base_log_prob(self, x, *, mesh=None) -> np.ndarray:
+        """log N(x; 0, I) (nats, float64) of the rows of x (n, ...): the base density
+        at the noise end, shape (n,)."""
         return distributed.sharded_map(_base_log_prob_fn, None, x, mesh=mesh,
                                        chunk_size=self.chunk_size).astype(np.float64)
 
@@ -355,8 +335,8 @@ def _block_map_fn(model: LocalFlow, inverse: bool):
     t0, t1 = (1.0, 0.0) if inverse else (0.0, 1.0)
 
     def fn(params, key, x, idx):
-        b = lambda t, y: model.velocity(params, t, y)
-        return ode.integrate(b, x, t0, t1, **model._ode_kw())
+        b = jax.tree_util.Partial(model.velocity, params)
+        return ode_lib.integrate(b, x, t0, t1, options=model.ode)
 
     return fn
 
@@ -365,25 +345,21 @@ def _block_map_fn(model: LocalFlow, inverse: bool):
 def _block_log_det_fn(model: LocalFlow, method: str, n_probes: int):
     """(params, key, x (c, ...), idx (c,)) -> (T_n(x), int div v_n dt), for `sharded_map`.
 
-    Each example solves its own augmented ODE (`ode.log_prob` on one example, vmapped)
-    with key fold_in(key, idx): probes keyed by the global example index."""
-
-    def one(params, key, xi, i):
-        b = lambda t, y: model.velocity(params, t, y)
-        delta, x_next = ode.log_prob(b, xi, _zero_log_prob, t_data=0.0, t_base=1.0,
-                                     method=method, key=jax.random.fold_in(key, i),
-                                     n_probes=n_probes, batched=False, return_base=True,
-                                     **model._ode_kw())
-        return x_next, delta
+    Each example solves its own augmented ODE (`ode.log_prob`) with probes keyed by
+    fold_in(key, idx[i]): the global example index."""
 
     def fn(params, key, x, idx):
-        return jax.vmap(one, in_axes=(None, None, 0, 0))(params, key, x, idx)
+        b = jax.tree_util.Partial(model.velocity, params)
+        delta, x_next = ode_lib.log_prob(b, x, _zero_log_prob, options=model.ode,
+                                         t_data=0.0, t_base=1.0, method=method, key=key,
+                                         n_probes=n_probes, indices=idx, return_base=True)
+        return x_next, delta
 
     return fn
 
 
 def _base_log_prob_fn(params, key, x, idx):
-    return jax.vmap(ode.standard_normal_log_prob)(x)
+    return jax.vmap(ode_lib.standard_normal_log_prob)(x)
 
 
 # ----------------------------------------------------------------------- diagnostics
@@ -396,7 +372,7 @@ def failed_rows(x) -> np.ndarray:
 
 
 def moment_check(x_prev, x_next, h) -> dict:
-    """Compare the moments of pushed samples with the OU prediction (SPEC 3).
+    """Compare the moments of pushed samples with the OU prediction (docs/maths.md section 3).
 
     x_prev (n, d) ~ q_{n-1}, x_next = T_n(x_prev) (n, d). The exact block carries
     mean m and covariance C to exp(-h) m and exp(-2h) C + (1 - exp(-2h)) I.

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import warnings
 
 import jax
 import numpy as np
@@ -38,14 +39,14 @@ class Progress:
         self.bar.close()
 
 
-def _to_python(v):
+def to_python(v):
     if isinstance(v, (np.ndarray, jax.Array)):
         v = np.asarray(v)
         return v.item() if v.ndim == 0 else v.tolist()
     if isinstance(v, (np.floating, np.integer)):
         return v.item()
     if isinstance(v, dict):
-        return {k: _to_python(x) for k, x in v.items()}
+        return {k: to_python(x) for k, x in v.items()}
     return v
 
 
@@ -68,7 +69,7 @@ class MetricsWriter:
     def write(self, step: int, **scalars) -> None:
         if not self.enabled:
             return
-        record = {"step": int(step), "time": time.time(), **_to_python(scalars)}
+        record = {"step": int(step), "time": time.time(), **to_python(scalars)}
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
         if self._tb is not None:
@@ -78,9 +79,26 @@ class MetricsWriter:
 
 
 def read_jsonl(path: str) -> list[dict]:
-    """All records of a JSON-lines file, in order."""
+    """All records of a JSON-lines file, in order.
+
+    A last line that does not parse (torn by a kill during `MetricsWriter.write`) is
+    dropped with a RuntimeWarning naming the file; a bad line before the last raises
+    ValueError naming the file and the line number.
+    """
     with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        lines = [(i + 1, line) for i, line in enumerate(f) if line.strip()]
+    records = []
+    for j, (lineno, line) in enumerate(lines):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            if j == len(lines) - 1:
+                warnings.warn(f"{path}: dropping the torn last line {lineno} "
+                              f"({line.strip()[:80]!r})", RuntimeWarning, stacklevel=2)
+                break
+            raise ValueError(f"{path}: line {lineno} is not valid JSON ({e}); only a "
+                             "torn last line is dropped automatically") from e
+    return records
 
 
 def write_json(path: str, obj) -> None:
@@ -89,12 +107,14 @@ def write_json(path: str, obj) -> None:
         return
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as f:
-        json.dump(_to_python(obj), f, indent=2)
+        json.dump(to_python(obj), f, indent=2)
 
 
 def truncate_jsonl(path: str, last_step: int) -> None:
     """Drop records with step > last_step (written after the checkpoint a run
-    resumes from), so a resumed run's log holds each step once."""
+    resumes from), so a resumed run's log holds each step once; a torn last line is
+    dropped too (with a warning, see `read_jsonl`), so later appends start on a
+    fresh line."""
     if jax.process_index() != 0 or not os.path.exists(path):
         return
     records = [r for r in read_jsonl(path) if r.get("step", 0) <= last_step]

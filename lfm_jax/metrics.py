@@ -1,7 +1,7 @@
 """Sample-based distances and likelihood metrics, all in jax (jittable, float32 safe).
 
 Two-sample distances take x (n, d) and y (m, d). Pairwise terms are summed over row
-blocks of x with `jax.lax.map`, so memory is O(chunk_size * m), never O(n * m).
+blocks of x (`distributed.map_in_chunks`), so memory is O(chunk_size * m), never O(n * m).
 Squared distances use |a|^2 + |b|^2 - 2 a.b at HIGHEST matmul precision on data
 centred at the pooled mean, clipped at 0; self-pairs are excluded exactly by index.
 """
@@ -13,6 +13,8 @@ from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
+
+from lfm_jax import distributed
 
 __all__ = [
     "energy_distance",
@@ -31,30 +33,23 @@ def _pair_sum(x: jax.Array, y: jax.Array, fn: Callable, chunk_size: int,
     """sum_{i, j} fn(|x_i - y_j|^2), skipping i == j if `exclude_diagonal`.
 
     x (n, d), y (m, d) -> scalar; fn maps an (c, m) array of squared distances
-    elementwise. Computed over row blocks of x of size `chunk_size`.
+    elementwise. Row sums are computed over row blocks of x of size `chunk_size`
+    (`distributed.map_in_chunks`), then added.
     """
-    n, d = x.shape
-    m = y.shape[0]
-    chunk_size = max(1, min(chunk_size, n))
-    n_blocks = -(-n // chunk_size)
-    pad = n_blocks * chunk_size - n
-    blocks = jnp.pad(x, ((0, pad), (0, 0))).reshape(n_blocks, chunk_size, d)
-    starts = jnp.arange(n_blocks) * chunk_size
     y_sq = jnp.sum(y * y, axis=-1)
-    cols = jnp.arange(m)
+    cols = jnp.arange(y.shape[0])
 
-    def block_sum(args):
-        xb, start = args
-        rows = start + jnp.arange(chunk_size)
+    def row_sums(chunk):
+        xb, rows = chunk
         cross = jnp.matmul(xb, y.T, precision=jax.lax.Precision.HIGHEST)
         d2 = jnp.sum(xb * xb, axis=-1)[:, None] + y_sq[None, :] - 2.0 * cross
         vals = fn(jnp.maximum(d2, 0.0))
-        mask = (rows < n)[:, None]
         if exclude_diagonal:
-            mask = mask & (rows[:, None] != cols[None, :])
-        return jnp.sum(jnp.where(mask, vals, 0.0))
+            vals = jnp.where(rows[:, None] != cols[None, :], vals, 0.0)
+        return jnp.sum(vals, axis=1)
 
-    return jnp.sum(jax.lax.map(block_sum, (blocks, starts)))
+    rows = jnp.arange(x.shape[0])
+    return jnp.sum(distributed.map_in_chunks(row_sums, (x, rows), chunk_size))
 
 
 def _centre(x: jax.Array, y: jax.Array):
@@ -114,20 +109,31 @@ def mmd(x: jax.Array, y: jax.Array, bandwidths: tuple = DEFAULT_BANDWIDTHS,
 @partial(jax.jit, static_argnames=("n_projections", "p"))
 def sliced_wasserstein(key: jax.Array, x: jax.Array, y: jax.Array,
                        n_projections: int = 128, p: int = 2) -> jax.Array:
-    """Sliced p-Wasserstein distance between two equal-size samples.
+    """Sliced p-Wasserstein distance between two samples (ott-jax's 1-D solvers).
 
     SW_p = ( E_theta W_p^p(theta # X, theta # Y) )^(1/p), theta uniform on the unit
-    sphere (n_projections Monte-Carlo directions). In 1-D, W_p^p between equal-size
-    empirical measures is mean_i |x_(i) - y_(i)|^p over sorted projections.
-    x, y (n, d) -> scalar. For X ~ N(0, I), Y ~ N(mu, I): SW_2 = |mu| / sqrt(d).
+    sphere, estimated with n_projections Monte-Carlo directions drawn from `key`.
+    `ott.tools.sliced.sliced_wasserstein` returns the mean over directions of the 1-D
+    costs W_p^p with ground cost |a - b|^p (`ott.geometry.costs.EuclideanP(p)`); this
+    function takes its 1/p-th power. Equal sizes use ott's sorted-pairs solver
+    (W_p^p = mean_i |x_(i) - y_(i)|^p); unequal sizes its quantile solver.
+    Projections use HIGHEST matmul precision and the dtype of x.
+    x (n, d), y (m, d) -> scalar. For X ~ N(0, I), Y ~ N(mu, I): SW_2 = |mu| / sqrt(d).
     """
-    if x.shape != y.shape or x.ndim != 2:
-        raise ValueError(f"need equal-shape (n, d) samples, got {x.shape} and {y.shape}")
+    if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1]:
+        raise ValueError(f"need (n, d) and (m, d) samples, got {x.shape} and {y.shape}")
+    from ott.geometry import costs  # imported here: ott takes seconds to import
+
+    from ott.tools import sliced
+
     theta = jax.random.normal(key, (n_projections, x.shape[1]), dtype=x.dtype)
     theta = theta / jnp.linalg.norm(theta, axis=-1, keepdims=True)
-    px = jnp.sort(jnp.matmul(x, theta.T, precision=jax.lax.Precision.HIGHEST), axis=0)
-    py = jnp.sort(jnp.matmul(y, theta.T, precision=jax.lax.Precision.HIGHEST), axis=0)
-    return jnp.mean(jnp.abs(px - py) ** p) ** (1.0 / p)
+
+    def project(z):
+        return jnp.matmul(z, theta.T, precision=jax.lax.Precision.HIGHEST)
+
+    sw_pp, _ = sliced.sliced_wasserstein(x, y, cost_fn=costs.EuclideanP(p), proj_fn=project)
+    return sw_pp ** (1.0 / p)
 
 
 def nll(log_prob_fn: Callable, x: jax.Array, batch_size: int = 1024):
@@ -139,13 +145,7 @@ def nll(log_prob_fn: Callable, x: jax.Array, batch_size: int = 1024):
     """
     x = jnp.asarray(x)
     n = x.shape[0]
-    batch_size = max(1, min(batch_size, n))
-    n_chunks = -(-n // batch_size)
-    pad = n_chunks * batch_size - n
-    xp = jnp.concatenate([x, jnp.broadcast_to(x[:1], (pad,) + x.shape[1:])], axis=0)
-    log_q = jax.lax.map(jax.vmap(log_prob_fn),
-                        xp.reshape((n_chunks, batch_size) + x.shape[1:]))
-    log_q = log_q.reshape(-1)[:n]
+    log_q = distributed.map_in_chunks(jax.vmap(log_prob_fn), x, batch_size)
     stderr = jnp.std(log_q, ddof=1) / math.sqrt(n) if n > 1 else jnp.zeros(())
     return -jnp.mean(log_q), stderr
 

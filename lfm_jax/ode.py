@@ -5,31 +5,30 @@ A velocity field is a closure ``b(t, x) -> dx/dt`` of ONE example: ``t`` a scala
 bound inside the closure. Batches are handled here with ``jax.vmap``, so every example
 is solved on its own (adaptive solvers pick each example's step sizes separately).
 
-Public functions:
+Public names:
 
-- ``integrate(b, x, t0, t1, ...)``: solve dx/dt = b(t, x) from t0 to t1 (t1 < t0 runs
-  backward in time).
-- ``integrate_chunked(b, x, chunk_size, ...)``: the same over a large batch, ``lax.map``
-  over chunks so memory is bounded by one chunk.
+- ``Options``: the solver choice (solver, rtol, atol, num_steps, max_steps,
+  on_failure) as one frozen value; ``options_from_config`` builds it from a config
+  section.
+- ``integrate(b, x, t0, t1, *, options, ...)``: solve dx/dt = b(t, x) from t0 to t1
+  (t1 < t0 runs backward in time); ``chunk_size`` bounds memory by one chunk.
 - ``divergence(b, t, x, ...)``: div_x b(t, x) = tr(d b / d x), exact or Hutchinson.
-- ``log_prob(b, x, base_log_prob, ...)``: log-density (nats) by the instantaneous
-  change of variables, integrating the augmented ODE (x, delta).
-- ``log_prob_chunked(b, x, base_log_prob, chunk_size, ...)``: the same in chunks.
+- ``log_prob(b, x, base_log_prob, *, options, ...)``: log-density (nats) by the
+  instantaneous change of variables, integrating the augmented ODE (x, delta).
 - ``standard_normal_log_prob(x)``: log N(x; 0, I) of one example.
 
-Failed solves: by default (``on_failure="raise"``) a solve that does not succeed (e.g.
-diffrax's step budget ``max_steps`` is exhausted in a stiff region, or the velocity is
-non-finite) raises at run time and the whole batch is lost. With ``on_failure="nan"``
-(every solving function takes it) each example is solved with diffrax's
-``throw=False`` and the examples whose solve failed (``sol.result !=
-diffrax.RESULTS.successful``), or whose start state is not finite, come back as NaN
-while the others keep their values: evaluation code can then drop or count them
-(``jnp.isnan``). ``on_failure`` is a Python string, chosen outside ``jit``.
+Failed solves: by default (``Options.on_failure="raise"``) a solve that does not
+succeed (e.g. diffrax's step budget ``max_steps`` is exhausted in a stiff region, or
+the velocity is non-finite) raises at run time and the whole batch is lost. With
+``on_failure="nan"`` each example is solved with diffrax's ``throw=False`` and the
+examples whose solve failed (``sol.result != diffrax.RESULTS.successful``), or whose
+start state is not finite, come back as NaN while the others keep their values:
+evaluation code can then drop or count them (``jnp.isnan``).
 
 Solvers and divergence estimators are chosen by name from the registries ``SOLVERS``,
 ``DIVERGENCES`` and ``PROBES`` in Python, outside any traced code. Every function works
-inside ``jax.jit`` / ``vmap`` / ``grad`` (names, ``num_steps``, ``max_steps``,
-``chunk_size``, ``n_probes`` and ``on_failure`` must be Python values, i.e. static).
+inside ``jax.jit`` / ``vmap`` / ``grad`` (``Options``, ``chunk_size`` and ``n_probes``
+are Python values, i.e. static).
 
 Compilation: ``integrate`` and ``log_prob`` compile their whole body with
 ``equinox.filter_jit``: arrays (x, times, tolerances, keys, and arrays inside a pytree
@@ -39,6 +38,7 @@ velocity) are traced; callables are static, keyed by identity. A fresh closure
 or call from inside your own ``jax.jit``, to reuse one compiled solve across parameter
 values.
 """
+import dataclasses
 import math
 from typing import Callable, Optional
 
@@ -46,6 +46,8 @@ import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+
+from lfm_jax import distributed
 
 Velocity = Callable[[jax.Array, jax.Array], jax.Array]
 
@@ -81,27 +83,72 @@ _TERM = diffrax.ODETerm(_vector_field)
 ON_FAILURE = ("raise", "nan")
 
 
-def _check_on_failure(on_failure):
-    """Validate ``on_failure`` in Python ("raise" or "nan") and return it."""
-    if on_failure not in ON_FAILURE:
-        raise ValueError(f"unknown on_failure {on_failure!r}; expected one of "
-                         f"{list(ON_FAILURE)}")
-    return on_failure
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """How to solve an ODE: one frozen (hashable, static) value.
+
+    Attributes:
+        solver: a key of ``SOLVERS``. "tsit5", "dopri5", "dopri8" are adaptive with
+            ``PIDController(rtol, atol)``; "euler", "heun", "midpoint" are fixed-step
+            and need ``num_steps``. ``num_steps`` with an adaptive solver also makes it
+            take ``num_steps`` constant steps dt0 = (t1 - t0) / num_steps.
+        rtol, atol: tolerances of the adaptive step-size controller (they cover the
+            log-det state of ``log_prob`` as well as x).
+        num_steps: number of constant steps, or None for adaptive steps.
+        max_steps: diffrax's step budget (at least num_steps is used). Exceeding it
+            raises at run time (an ``EquinoxRuntimeError`` saying the maximum number
+            of steps was reached) unless on_failure="nan".
+        on_failure: "raise": a failed solve of any example raises at run time. "nan":
+            solve with ``throw=False`` and return NaN (the whole example, every saved
+            time) for the examples whose solve did not succeed or whose start is not
+            finite; the others are unaffected.
+
+    Invalid values raise ValueError here, before any work. Variants:
+    ``dataclasses.replace(options, on_failure="nan")``.
+    """
+
+    solver: str = "tsit5"
+    rtol: float = 1e-5
+    atol: float = 1e-5
+    num_steps: Optional[int] = None
+    max_steps: int = 4096
+    on_failure: str = "raise"
+
+    def __post_init__(self):
+        _, adaptive = _lookup(SOLVERS, self.solver, "solver")
+        if self.num_steps is None and not adaptive:
+            raise ValueError(f"solver {self.solver!r} is fixed-step: pass num_steps")
+        if self.num_steps is not None and int(self.num_steps) < 1:
+            raise ValueError(f"num_steps must be >= 1, got {self.num_steps}")
+        if int(self.max_steps) < 1:
+            raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
+        if self.on_failure not in ON_FAILURE:
+            raise ValueError(f"unknown on_failure {self.on_failure!r}; expected one of "
+                             f"{list(ON_FAILURE)}")
+
+    @property
+    def step_budget(self) -> int:
+        """diffrax's static max_steps: at least num_steps for constant steps."""
+        if self.num_steps is None:
+            return int(self.max_steps)
+        return max(int(self.max_steps), int(self.num_steps))
+
+
+def options_from_config(section, **overrides) -> Options:
+    """``Options`` from a config section with fields solver, rtol, atol, num_steps
+    (0 = adaptive) and max_steps (e.g. config.eval.ode, config.lfm.push_ode);
+    ``overrides`` replace fields (e.g. on_failure="nan")."""
+    fields = dict(solver=section.solver, rtol=float(section.rtol),
+                  atol=float(section.atol), num_steps=int(section.num_steps) or None,
+                  max_steps=int(section.max_steps))
+    fields.update(overrides)
+    return Options(**fields)
 
 
 def _all_finite(tree):
     """Scalar bool: every entry of every leaf of ``tree`` is finite."""
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf))
                               for leaf in jax.tree_util.tree_leaves(tree)]))
-
-
-def _check_solver(solver, num_steps):
-    """Validate a solver name and step count in Python, before any tracing."""
-    _, adaptive = _lookup(SOLVERS, solver, "solver")
-    if num_steps is None and not adaptive:
-        raise ValueError(f"solver {solver!r} is fixed-step: pass num_steps")
-    if num_steps is not None and int(num_steps) < 1:
-        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
 
 
 def _solve(f, y0, t0, t1, rtol, atol, save_times, num_steps, *, solver, max_steps,
@@ -158,45 +205,18 @@ def _solve(f, y0, t0, t1, rtol, atol, save_times, num_steps, *, solver, max_step
     return ys
 
 
-def _map_in_chunks(fn, xs, chunk_size):
-    """Apply a batched ``fn`` to ``xs`` chunk by chunk with ``lax.map``.
-
-    ``xs`` is a pytree of arrays with a common leading axis n; ``fn`` maps a chunk
-    (leading axis ``chunk_size``) to a pytree with leading axis ``chunk_size``. The
-    last chunk is padded by repeating the last example and the padding is cut off,
-    so the result has leading axis n. Only one chunk is live at a time.
-    """
-    n = jax.tree_util.tree_leaves(xs)[0].shape[0]
-    chunk_size = max(1, min(int(chunk_size), n))
-    n_chunks = -(-n // chunk_size)
-    pad = n_chunks * chunk_size - n
-
-    def to_chunks(a):
-        if pad:
-            a = jnp.concatenate([a, jnp.repeat(a[-1:], pad, axis=0)], axis=0)
-        return a.reshape((n_chunks, chunk_size) + a.shape[1:])
-
-    out = jax.lax.map(fn, jax.tree_util.tree_map(to_chunks, xs))
-    return jax.tree_util.tree_map(
-        lambda a: a.reshape((n_chunks * chunk_size,) + a.shape[2:])[:n], out
-    )
-
-
 @eqx.filter_jit
 def _integrate_compiled(b, x, t0, t1, rtol, atol, save_times, num_steps, *, solver,
                         max_steps, batched, chunk_size, on_failure):
-    """Body of ``integrate`` / ``integrate_chunked``: x (n, ...) -> (n, ...) or
-    (T, n, ...). Compiled once per (b, shapes, static options)."""
+    """Body of ``integrate``: x (n, ...) -> (n, ...) or (T, n, ...). Compiled once per
+    (b, shapes, static options)."""
     def solve_one(xi):
         return _solve(b, xi, t0, t1, rtol, atol, save_times, num_steps,
                       solver=solver, max_steps=max_steps, on_failure=on_failure)
 
     if not batched:
         return solve_one(x)
-    if chunk_size is None:
-        out = jax.vmap(solve_one)(x)  # (n, ...) or (n, T, ...)
-    else:
-        out = _map_in_chunks(jax.vmap(solve_one), x, chunk_size)
+    out = distributed.map_in_chunks(jax.vmap(solve_one), x, chunk_size)
     return out if save_times is None else jnp.moveaxis(out, 1, 0)
 
 
@@ -204,9 +224,17 @@ def _as_array(value):
     return None if value is None else jnp.asarray(value)
 
 
-def _step_budget(max_steps, num_steps):
-    """diffrax's static max_steps: at least num_steps for constant steps."""
-    return int(max_steps) if num_steps is None else max(int(max_steps), int(num_steps))
+def _split(options: Options, chunk_size):
+    """(traced rtol, atol, num_steps; static keywords) of checked options: the
+    tolerances and step count are arrays, so new values do not recompile."""
+    if not isinstance(options, Options):
+        raise TypeError(f"options must be an ode.Options, got {type(options).__name__}")
+    traced = (jnp.asarray(options.rtol), jnp.asarray(options.atol),
+              _as_array(options.num_steps))
+    static = dict(solver=options.solver, max_steps=options.step_budget,
+                  on_failure=options.on_failure,
+                  chunk_size=None if chunk_size is None else int(chunk_size))
+    return traced, static
 
 
 def integrate(
@@ -215,14 +243,10 @@ def integrate(
     t0=0.0,
     t1=1.0,
     *,
-    solver: str = "tsit5",
-    rtol: float = 1e-5,
-    atol: float = 1e-5,
-    num_steps: Optional[int] = None,
-    max_steps: int = 4096,
+    options: Options = Options(),
     save_times=None,
     batched: bool = True,
-    on_failure: str = "raise",
+    chunk_size: Optional[int] = None,
 ) -> jax.Array:
     """Solve dx/dt = b(t, x), x(t0) = x, and return x(t1) (or x at ``save_times``).
 
@@ -235,78 +259,27 @@ def integrate(
             (then new parameter values reuse the compiled solve).
         x: start states, shape (n, ...) if ``batched`` else one example of shape (...).
         t0, t1: start and end times (scalars; may be traced).
-        solver: a key of ``SOLVERS``. "tsit5", "dopri5", "dopri8" are adaptive with
-            ``PIDController(rtol, atol)``; "euler", "heun", "midpoint" are fixed-step
-            and need ``num_steps``. Passing ``num_steps`` with an adaptive solver also
-            makes it take ``num_steps`` constant steps dt0 = (t1 - t0) / num_steps.
-        rtol, atol: tolerances of the adaptive step-size controller.
-        num_steps: number of constant steps (Python int), or None for adaptive.
-        max_steps: diffrax's step budget. Exceeding it raises at run time (diffrax's
-            ``throw=True``: an ``EquinoxRuntimeError`` saying the maximum number of
-            steps was reached); raise it or loosen rtol/atol if that happens, or use
-            ``on_failure="nan"``.
+        options: solver, tolerances, steps and failure handling (``Options``).
         save_times: optional times, shape (T,), monotone in the direction t0 -> t1
             and inside [min(t0, t1), max(t0, t1)].
         batched: if True, the leading axis of x is the batch and each example is solved
             independently (``jax.vmap``, each with its own adaptive step sizes).
-        on_failure: "raise" (default): a failed solve of any example raises at run
-            time. "nan": solve with ``throw=False`` and return NaN (the whole example,
-            every saved time) for the examples whose solve did not succeed or whose
-            start is not finite; the others are unaffected. Static (a Python string).
+        chunk_size: if given, the batch goes through ``chunk_size`` examples at a time
+            (``distributed.map_in_chunks``: ``lax.map`` over padded chunks), so memory
+            is that of one chunk; the result is the same.
 
     Returns:
         x(t1), the same shape and dtype as x; or, with ``save_times``, shape
         (T, n, ...) (batched) or (T, ...) (one example).
 
-    Raises:
-        ValueError: unknown solver name or on_failure, or a fixed-step solver without
-            num_steps.
-
     The solve is compiled (``equinox.filter_jit``) once per velocity object, shapes and
     static options; new x, t0, t1, rtol, atol or save_times values reuse it. It also
     works inside the caller's ``jax.jit``, ``vmap`` and ``grad``.
     """
-    _check_solver(solver, num_steps)
-    return _integrate_compiled(
-        b, x, jnp.asarray(t0), jnp.asarray(t1), jnp.asarray(rtol), jnp.asarray(atol),
-        _as_array(save_times), _as_array(num_steps), solver=solver,
-        max_steps=_step_budget(max_steps, num_steps), batched=bool(batched),
-        chunk_size=None, on_failure=_check_on_failure(on_failure),
-    )
-
-
-def integrate_chunked(
-    b: Velocity,
-    x: jax.Array,
-    chunk_size: int,
-    t0=0.0,
-    t1=1.0,
-    *,
-    solver: str = "tsit5",
-    rtol: float = 1e-5,
-    atol: float = 1e-5,
-    num_steps: Optional[int] = None,
-    max_steps: int = 4096,
-    save_times=None,
-    on_failure: str = "raise",
-) -> jax.Array:
-    """``integrate`` over a large batch, ``chunk_size`` examples at a time.
-
-    Same maths and result as ``integrate(b, x, t0, t1, ...)`` (batched), but the batch
-    of shape (n, ...) is split into ceil(n / chunk_size) chunks (the last one padded)
-    processed one after another by ``jax.lax.map``, so memory is that of one chunk.
-    ``on_failure`` as in ``integrate`` ("nan": failed examples are NaN, per example).
-
-    Returns:
-        shape (n, ...), or (T, n, ...) with ``save_times``.
-    """
-    _check_solver(solver, num_steps)
-    return _integrate_compiled(
-        b, x, jnp.asarray(t0), jnp.asarray(t1), jnp.asarray(rtol), jnp.asarray(atol),
-        _as_array(save_times), _as_array(num_steps), solver=solver,
-        max_steps=_step_budget(max_steps, num_steps), batched=True,
-        chunk_size=int(chunk_size), on_failure=_check_on_failure(on_failure),
-    )
+    (rtol, atol, num_steps), static = _split(options, chunk_size)
+    return _integrate_compiled(b, x, jnp.asarray(t0), jnp.asarray(t1), rtol, atol,
+                               _as_array(save_times), num_steps, batched=bool(batched),
+                               **static)
 
 
 # -------------------------------------------------------------------------- divergence
@@ -436,10 +409,10 @@ def _log_prob_one(b, x, index, base_log_prob, key, t_data, t_base, rtol, atol,
 
 
 @eqx.filter_jit
-def _log_prob_compiled(b, x, base_log_prob, key, t_data, t_base, rtol, atol, num_steps,
-                       *, chunk_size, **static):
-    """Batched body of ``log_prob`` / ``log_prob_chunked``: x (n, ...) ->
-    ((n,), (n, ...)). Example i draws its Hutchinson probes from fold_in(key, i)."""
+def _log_prob_compiled(b, x, indices, base_log_prob, key, t_data, t_base, rtol, atol,
+                       num_steps, *, chunk_size, **static):
+    """Batched body of ``log_prob``: x (n, ...) -> ((n,), (n, ...)). Example i draws
+    its Hutchinson probes from fold_in(key, indices[i])."""
     def batch(chunk):
         xs, idx = chunk
         return jax.vmap(
@@ -447,27 +420,7 @@ def _log_prob_compiled(b, x, base_log_prob, key, t_data, t_base, rtol, atol, num
                                         rtol, atol, num_steps, **static)
         )(xs, idx)
 
-    xs = (x, jnp.arange(x.shape[0]))
-    return batch(xs) if chunk_size is None else _map_in_chunks(batch, xs, chunk_size)
-
-
-def _log_prob_call(b, x, base_log_prob, chunk_size, *, t_data, t_base, method, key,
-                   n_probes, probe, solver, rtol, atol, num_steps, max_steps,
-                   on_failure):
-    """Validate names in Python, make the numbers arrays, call the compiled body."""
-    _check_solver(solver, num_steps)
-    _, needs_probes = _lookup(DIVERGENCES, method, "divergence method")
-    _lookup(PROBES, probe, "probe distribution")
-    if needs_probes and key is None:
-        raise ValueError("method='hutchinson' needs a key")
-    return _log_prob_compiled(
-        b, x, base_log_prob, key if needs_probes else None, jnp.asarray(t_data),
-        jnp.asarray(t_base), jnp.asarray(rtol), jnp.asarray(atol),
-        _as_array(num_steps), chunk_size=chunk_size, method=method,
-        n_probes=int(n_probes), probe=probe, solver=solver,
-        max_steps=_step_budget(max_steps, num_steps),
-        on_failure=_check_on_failure(on_failure),
-    )
+    return distributed.map_in_chunks(batch, (x, indices), chunk_size)
 
 
 def log_prob(
@@ -475,20 +428,17 @@ def log_prob(
     x: jax.Array,
     base_log_prob: Callable[[jax.Array], jax.Array],
     *,
+    options: Options = Options(),
     t_data=1.0,
     t_base=0.0,
     method: str = "exact",
     key=None,
     n_probes: int = 1,
     probe: str = "rademacher",
-    solver: str = "tsit5",
-    rtol: float = 1e-5,
-    atol: float = 1e-5,
-    num_steps: Optional[int] = None,
-    max_steps: int = 4096,
     batched: bool = True,
+    chunk_size: Optional[int] = None,
+    indices=None,
     return_base: bool = False,
-    on_failure: str = "raise",
 ):
     """Log-density (nats) of x under the flow of b: instantaneous change of variables.
 
@@ -508,67 +458,40 @@ def log_prob(
         x: points, shape (n, ...) if ``batched`` else one example.
         base_log_prob: log-density of ONE example at time t_base, returning a scalar
             (e.g. ``standard_normal_log_prob``); static, so reuse one function object.
+        options: as in ``integrate``; with on_failure="nan" an example whose augmented
+            solve did not succeed gets log p = NaN (and NaN base point) instead of
+            ending the whole batch; count them with ``jnp.isnan``.
         t_data, t_base: the time at which x lives and the time of the base density.
         method: "exact" (Jacobian trace; d forward passes per step) or "hutchinson"
             (needs ``key``). With Hutchinson, example i draws ``n_probes`` probes once
-            from ``fold_in(key, i)`` and keeps them along its trajectory (FFJORD), so
-            the augmented ODE is deterministic and its solution is an unbiased
-            estimate of the exact one (up to solver error).
+            from ``fold_in(key, indices[i])`` and keeps them along its trajectory
+            (FFJORD), so the augmented ODE is deterministic and its solution is an
+            unbiased estimate of the exact one (up to solver error).
         probe: "rademacher" or "gaussian" Hutchinson probes.
-        solver, rtol, atol, num_steps, max_steps: as in ``integrate``; the tolerances
-            cover the log-det state delta as well as x.
+        chunk_size: as in ``integrate`` (the same result, memory of one chunk).
+        indices: (n,) integer global row index of each example (default arange(n); 0
+            for one example): pass the rows' positions in the whole data set when x is
+            a slice of it, so the probes, hence the result, do not depend on how the
+            data set is cut into chunks or devices.
         return_base: also return the base points x(t_base).
-        on_failure: "raise" (default) or "nan" (as in ``integrate``): with "nan", an
-            example whose augmented solve did not succeed gets log p = NaN (and NaN
-            base point) instead of ending the whole batch; count them with
-            ``jnp.isnan``.
 
     Returns:
         log p_{t_data}(x), shape (n,) (a scalar if not ``batched``); with
         ``return_base``, also the base points x(t_base) of x's shape.
     """
+    traced, static = _split(options, chunk_size)
+    _, needs_probes = _lookup(DIVERGENCES, method, "divergence method")
+    _lookup(PROBES, probe, "probe distribution")
+    if needs_probes and key is None:
+        raise ValueError("method='hutchinson' needs a key")
     xs = x if batched else x[None]
-    logp, x_base = _log_prob_call(
-        b, xs, base_log_prob, None, t_data=t_data, t_base=t_base, method=method,
-        key=key, n_probes=n_probes, probe=probe, solver=solver, rtol=rtol, atol=atol,
-        num_steps=num_steps, max_steps=max_steps, on_failure=on_failure,
-    )
+    if indices is None:
+        indices = jnp.arange(xs.shape[0])
+    indices = jnp.reshape(jnp.asarray(indices), (xs.shape[0],))
+    logp, x_base = _log_prob_compiled(
+        b, xs, indices, base_log_prob, key if needs_probes else None,
+        jnp.asarray(t_data), jnp.asarray(t_base), *traced, method=method,
+        n_probes=int(n_probes), probe=probe, **static)
     if not batched:
         logp, x_base = logp[0], x_base[0]
-    return (logp, x_base) if return_base else logp
-
-
-def log_prob_chunked(
-    b: Velocity,
-    x: jax.Array,
-    base_log_prob: Callable[[jax.Array], jax.Array],
-    chunk_size: int,
-    *,
-    t_data=1.0,
-    t_base=0.0,
-    method: str = "exact",
-    key=None,
-    n_probes: int = 1,
-    probe: str = "rademacher",
-    solver: str = "tsit5",
-    rtol: float = 1e-5,
-    atol: float = 1e-5,
-    num_steps: Optional[int] = None,
-    max_steps: int = 4096,
-    return_base: bool = False,
-    on_failure: str = "raise",
-):
-    """``log_prob`` over a large batch (n, ...), ``chunk_size`` examples at a time.
-
-    Same result as ``log_prob(b, x, base_log_prob, ...)``, Hutchinson probes included
-    (they are keyed by the global example index), with memory bounded by one chunk
-    (``jax.lax.map``). Returns shape (n,), and the base points if ``return_base``.
-    ``on_failure`` as in ``log_prob`` ("nan": NaN for the examples that failed).
-    """
-    logp, x_base = _log_prob_call(
-        b, x, base_log_prob, int(chunk_size), t_data=t_data, t_base=t_base,
-        method=method, key=key, n_probes=n_probes, probe=probe, solver=solver,
-        rtol=rtol, atol=atol, num_steps=num_steps, max_steps=max_steps,
-        on_failure=on_failure,
-    )
     return (logp, x_base) if return_base else logp

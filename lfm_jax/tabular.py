@@ -154,20 +154,34 @@ def preprocess_miniboone(data: np.ndarray):
 
 # -------------------------------------------------------------------------- read
 
+RAW_COLUMNS = {"power": 8, "miniboone": 43, "bsds300": 63}
+"""Columns of the raw MAF files (POWER: 7 measurements + time; HEPMASS and GAS are
+checked against their header / column names)."""
+
+
 def _read_csv(path):
-    """(values (n, k) float64, column names) of a CSV with one header line."""
-    with open(path) as f:
-        header = f.readline().strip().split(",")
-    values = np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2)
-    return values, [h.strip() for h in header]
+    """(values (n, k) float64, column names) of a CSV with one header line; raw values
+    validated (finite, consistent columns), errors naming the file."""
+    values, header = data_lib.read_csv(path)
+    if header is None:
+        raise ValueError(f"{path}: expected a header line of column names")
+    data_lib.validate(values, len(header), name=f"{path} (rows after the header line)")
+    return values, header
+
+
+def _read_npy(path, name):
+    return data_lib.load_npy(path, RAW_COLUMNS[name])
 
 
 def _load_raw(name: str, root: str):
+    """The (train, val, test) splits of `name`; the raw file contents are checked
+    (shape, finite values, naming the file, row and column) before any
+    preprocessing."""
     paths = _require(root, name)
     if name == "power":
-        return preprocess_power(np.load(paths[0]))
+        return preprocess_power(_read_npy(paths[0], name))
     if name == "miniboone":
-        return preprocess_miniboone(np.load(paths[0]))
+        return preprocess_miniboone(_read_npy(paths[0], name))
     if name == "hepmass":
         (tr, tr_cols), (te, te_cols) = _read_csv(paths[0]), _read_csv(paths[1])
         return preprocess_hepmass(tr, tr_cols, te, te_cols)
@@ -176,15 +190,32 @@ def _load_raw(name: str, root: str):
             import pandas as pd
         except ImportError as e:
             raise ImportError("GAS is stored as a pandas pickle: pip install pandas") from e
-        frame = pd.read_pickle(paths[0])
-        return preprocess_gas(frame.to_numpy(), frame.columns)
+        try:
+            frame = pd.read_pickle(paths[0])
+            values = frame.to_numpy(dtype=np.float64)
+        except Exception as e:  # noqa: BLE001 - unpickling raises many types
+            raise ValueError(f"{paths[0]}: cannot read the GAS pandas pickle: "
+                             f"{type(e).__name__}: {e}") from e
+        missing = {"Meth", "Eth", "Time"} - set(frame.columns)
+        if missing:
+            raise ValueError(f"{paths[0]}: columns {sorted(missing)} missing; columns: "
+                             f"{list(frame.columns)}")
+        data_lib.validate(values, None, name=paths[0])
+        return preprocess_gas(values, frame.columns)
     if name == "bsds300":
         try:
             import h5py
         except ImportError as e:
             raise ImportError("BSDS300 is stored as HDF5: pip install h5py") from e
-        with h5py.File(paths[0], "r") as f:
-            return tuple(np.asarray(f[k][:]) for k in ("train", "validation", "test"))
+        splits = []
+        try:
+            with h5py.File(paths[0], "r") as f:
+                for k in ("train", "validation", "test"):
+                    splits.append(data_lib.validate(np.asarray(f[k][:]), RAW_COLUMNS[name],
+                                                    name=f"{paths[0]}[{k}]"))
+        except (OSError, KeyError) as e:
+            raise ValueError(f"{paths[0]}: cannot read the BSDS300 HDF5 file: {e}") from e
+        return tuple(splits)
     raise ValueError(f"unknown tabular data set {name!r}; known: {sorted(DIMS)}")
 
 
@@ -208,7 +239,9 @@ def load(name: str, path: str = "", seed: int = 0, **standin_kw) -> data_lib.Dat
                          f"{sorted(DIMS) + [n + '_gmm' for n in sorted(DIMS)]}")
     splits = _load_raw(name, data_root(path))
     dim = splits[0].shape[1]
-    train, val, test = (data_lib.validate(np.asarray(s, np.float32), dim, f"{name}/{k}")
+    # after preprocessing (e.g. a constant column divided by its zero std)
+    train, val, test = (data_lib.validate(np.asarray(s, np.float32), dim,
+                                          f"{name} {k} split after preprocessing")
                         for s, k in zip(splits, ("train", "val", "test")))
     return data_lib.Dataset(train=train, val=val, test=test, dim=dim, log_prob=None,
                             name=name)

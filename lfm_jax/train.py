@@ -23,6 +23,7 @@ from typing import Any, Callable
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
@@ -121,8 +122,31 @@ def make_optimizer(lr: float = 1e-3, schedule: str = "constant", warmup_steps: i
     return optax.chain(*parts)
 
 
-def _ema_update(ema, params, decay):
-    return jax.tree_util.tree_map(lambda e, p: decay * e + (1.0 - decay) * p, ema, params)
+def ema_decay_at(step, decay: float):
+    """Warmed-up EMA decay d_k = min(d, (1 + k) / (10 + k)) at step k (0-based: the
+    step that produces params p_{k+1}); docs/maths.md section 6.
+
+    Early on the average forgets the random initialisation quickly (d_0 = 0.1,
+    d_90 = 0.92), and reaches the constant d after k = (10 d - 1) / (1 - d) steps
+    (8,991 for d = 0.999). `step` may be traced; float32 result.
+    """
+    k = jnp.asarray(step, jnp.float32)
+    return jnp.minimum(jnp.float32(decay), (1.0 + k) / (10.0 + k))
+
+
+def ema_update(ema, params, step, decay: float):
+    """e <- d_k e + (1 - d_k) p with d_k = `ema_decay_at(step, decay)`; decay 0
+    gives e = p."""
+    d = ema_decay_at(step, decay)
+    return jax.tree_util.tree_map(
+        lambda e, p: (d * e + (1.0 - d) * p).astype(e.dtype), ema, params)
+
+
+def all_finite(tree) -> jnp.ndarray:
+    """Scalar bool: every inexact leaf of `tree` is finite (integer leaves ignored)."""
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)
+              if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
 
 
 def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation, *,
@@ -136,7 +160,8 @@ def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation, 
       optimizer: optax transformation.
       sample_batch: optional (key, data) -> batch drawn on device.
       steps_per_call: optimisation steps fused per compiled call (lax.scan).
-      ema_decay: EMA of params (0 disables averaging: ema = params).
+      ema_decay: EMA decay d of params, in [0, 1), warmed up as
+        d_k = min(d, (1 + k) / (10 + k)) at step k (`ema_update`; 0: ema = params).
       mesh: device mesh (default: all devices on one "data" axis).
       loss_takes_step: call `loss_fn(params, key, batch, step)` with the (traced)
         step number, for curricula such as an annealed (s, t) window.
@@ -144,8 +169,11 @@ def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation, 
         can help XLA:CPU, costs compile time).
     Returns:
       step(state, data); metrics is a dict of arrays of shape (steps_per_call,),
-      with 'loss' and 'grad_norm' plus loss_fn's aux entries.
+      with 'loss', 'grad_norm', 'state_finite' (bool: the updated params and
+      optimiser state are all finite; read by `fit`) plus loss_fn's aux entries.
     """
+    if not 0.0 <= float(ema_decay) < 1.0:
+        raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay}")
     mesh = distributed.make_mesh() if mesh is None else mesh
     batch_spec = NamedSharding(mesh, P(distributed.DATA_AXIS))
     repl = distributed.replicated(mesh)
@@ -163,10 +191,11 @@ def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation, 
             state.params, loss_key, batch, *extra)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        ema = _ema_update(state.ema_params, params, ema_decay)
+        ema = ema_update(state.ema_params, params, state.step, ema_decay)
         new_state = state.replace(step=state.step + 1, params=params,
                                   opt_state=opt_state, ema_params=ema)
-        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), **aux}
+        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), **aux,
+                   "state_finite": all_finite((params, opt_state))}
         return new_state, metrics
 
     def multi_step(state, data):
@@ -183,28 +212,47 @@ def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation, 
 
 
 class NonFiniteLossError(FloatingPointError):
-    """Raised when training produces a NaN or infinite loss."""
+    """Raised when training produces a NaN or infinite loss (or non-finite params)."""
 
 
 def check_finite(metrics, step: int) -> None:
-    """Raise NonFiniteLossError naming the first step whose loss is not finite."""
-    loss = distributed.to_host(metrics["loss"])
-    bad = ~jnp.isfinite(loss)
-    if bool(bad.any()):
-        first = int(step - len(loss) + int(jnp.argmax(bad)) + 1)
-        raise NonFiniteLossError(
-            f"loss became {loss[int(jnp.argmax(bad))]} at step {first}; stopping. The last "
-            "good checkpoint is kept; lower the learning rate, enable grad_clip, or check "
-            "the data.")
+    """Raise NonFiniteLossError naming the first bad step of a call ending at `step`.
+
+    Checks metrics["loss"] and, when present, metrics["state_finite"] (the updated
+    params / optimiser state of each step are all finite).
+    """
+    loss = np.asarray(distributed.to_host(metrics["loss"]))
+    bad = ~np.isfinite(loss)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise NonFiniteLossError(f"loss became {loss[i]} at step {step - len(loss) + i + 1}")
+    if "state_finite" in metrics:
+        ok = np.asarray(distributed.to_host(metrics["state_finite"]), bool)
+        if not ok.all():
+            i = int(np.argmax(~ok))
+            raise NonFiniteLossError(
+                f"parameters or optimiser state became NaN/Inf at step {step - len(ok) + i + 1}")
+
+
+def _copy(tree):
+    return jax.tree_util.tree_map(lambda a: a.copy() if isinstance(a, jax.Array) else a, tree)
 
 
 def fit(state: TrainState, step_fn, data, num_steps: int, *, steps_per_call: int = 1,
         callback: Callable | None = None, checkpointer=None, progress=None):
     """Host loop: run `step_fn` until `state.step == num_steps`.
 
-    Metrics are read one call late so the device never waits for the host, except
-    before a checkpoint is written (a NaN must never be saved). A non-finite loss
-    raises `NonFiniteLossError` and leaves the last good checkpoint in place.
+    Every checkpoint this writes holds parameters that produced a finite loss: a
+    state due for saving after call k is copied on device and written only once
+    the losses of call k + 1 (the first of which is computed from those very
+    parameters) are checked finite; the final state is saved only if its params
+    and optimiser state are finite (metrics["state_finite"]). Otherwise metrics are
+    read one call late, so the device never waits for the host between saves.
+
+    On a non-finite loss the pending save is dropped, the saves in flight are
+    finished, and `NonFiniteLossError` says which checkpoint was kept (step and
+    folder) and how to continue (lower lr, same command). On any other error the
+    saves in flight are finished too, so no `*.orbax-checkpoint-tmp` is left behind.
 
     Args:
       callback: optional f(step, metrics_host) called for every completed call.
@@ -222,7 +270,6 @@ def fit(state: TrainState, step_fn, data, num_steps: int, *, steps_per_call: int
     if remaining % steps_per_call:
         raise ValueError(f"steps to run ({remaining}) must be a multiple of steps_per_call "
                          f"({steps_per_call})")
-    pending = None
     t0 = time.perf_counter()
 
     def consume(item):
@@ -239,20 +286,50 @@ def fit(state: TrainState, step_fn, data, num_steps: int, *, steps_per_call: int
         if progress is not None:
             progress.update(step_end, float(loss[-1]))
 
+    pending = None   # (step, metrics) of the last call, not yet checked
+    to_save = None   # (step, state copy) saved once the next call's losses are finite
     step = start_step
-    while step < num_steps:
-        state, metrics = step_fn(state, data)
-        step += steps_per_call
+    try:
+        while step < num_steps:
+            state, metrics = step_fn(state, data)
+            step += steps_per_call
+            if pending is not None:
+                consume(pending)
+            pending = (step, metrics)
+            if to_save is not None:
+                pending = (step, distributed.to_host(metrics))
+                check_finite(pending[1], step)
+                checkpointer.save(*to_save)
+                to_save = None
+                consume(pending)
+                pending = None
+            if (checkpointer is not None and step < num_steps
+                    and checkpointer.should_save(step)):
+                to_save = (step, _copy(state))
         if pending is not None:
             consume(pending)
-        pending = (step, metrics)
-        if checkpointer is not None and checkpointer.should_save(step):
-            consume(pending)
-            pending = None
-            checkpointer.save(step, state)
-    if pending is not None:
-        consume(pending)
-    if checkpointer is not None:
-        checkpointer.save(num_steps, state, force=True)
-        checkpointer.wait()
+        if checkpointer is not None:
+            checkpointer.save(num_steps, state, force=True)
+            checkpointer.wait()
+    except NonFiniteLossError as e:
+        to_save = None
+        raise NonFiniteLossError(f"{e}; stopped. {_kept_message(checkpointer)}") from None
+    finally:
+        if checkpointer is not None:
+            checkpointer.wait()
     return state, history
+
+
+def _kept_message(checkpointer) -> str:
+    advice = ("lower the learning rate (train.lr), or enable train.grad_clip, or check the "
+              "data, and run the same command again")
+    if checkpointer is None:
+        return f"No checkpointer: nothing was saved. To continue, {advice}."
+    checkpointer.wait()
+    kept = checkpointer.latest_step()
+    if kept is None:
+        return (f"No checkpoint was kept in {checkpointer.directory}; to start over from "
+                f"step 0, {advice}.")
+    return (f"Kept checkpoint: step {kept} in {checkpointer.step_path(kept)} (its "
+            f"parameters gave a finite loss). To continue, {advice}: it resumes from "
+            f"step {kept}.")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from lfm_jax import data
+from lfm_jax import data, distributed
 
 
 @pytest.mark.parametrize("name", sorted(data.TOY_2D))
@@ -115,13 +115,13 @@ def test_validate_errors():
     bad = np.zeros((5, 3))
     bad[2, 1] = np.nan
     bad[4, 0] = np.inf
-    with pytest.raises(ValueError, match=r"NaN.*2 of 5 rows.*first bad row index: 2"):
+    with pytest.raises(ValueError, match=r"row 2, column 1 is nan .*NaN or Inf in 2 of 5 rows"):
         data.validate(bad)
     with pytest.raises(ValueError, match="2-D"):
         data.validate(np.zeros(5))
     with pytest.raises(ValueError, match="rank 3"):
         data.validate(np.zeros((2, 2, 2)))
-    with pytest.raises(ValueError, match="dimension"):
+    with pytest.raises(ValueError, match="wrong number of columns, expected dim 2, got 3"):
         data.validate(good, dim=2)
     with pytest.raises(ValueError, match="empty"):
         data.validate(np.zeros((0, 3)))
@@ -141,8 +141,20 @@ def test_load_array(tmp_path):
     bad = x.copy()
     bad[3, 0] = np.nan
     np.save(tmp_path / "bad.npy", bad)
-    with pytest.raises(ValueError, match="NaN"):
+    with pytest.raises(ValueError, match="bad.npy: row 3, column 0 is nan"):
         data.load_array(tmp_path / "bad.npy")
+    (tmp_path / "junk.npy").write_bytes(b"\x93NUMPY garbage")
+    (tmp_path / "empty.npz").write_bytes(b"")
+    (tmp_path / "empty.csv").write_bytes(b"")
+    np.save(tmp_path / "flat.npy", np.zeros(5))
+    (tmp_path / "ragged.csv").write_text("1,2\n3\n")
+    for name, match in [("junk.npy", "not a readable .npy file"),
+                        ("empty.npz", "not a readable .npz file"),
+                        ("empty.csv", "file is empty"), ("flat.npy", "expected a 2-D array"),
+                        ("ragged.csv", "number of columns changed")]:
+        with pytest.raises(ValueError, match=match) as err:
+            data.load_array(tmp_path / name)
+        assert str(err.value).startswith(str(tmp_path / name)), err.value
 
 
 def test_sample_batch_deterministic_and_jittable():
@@ -215,3 +227,16 @@ def test_make_dataset_rose_has_log_prob():
     ds = data.make_dataset("rose", n_train=1000, n_val=100, n_test=100)
     assert ds.train.shape == (1000, 2) and ds.log_prob is not None
     assert np.isfinite(float(ds.log_prob(jnp.asarray(ds.test[0]))))
+@pytest.mark.parametrize("chunk", [None, 1, 3, 7, 50])
+def test_map_in_chunks_equals_one_call(chunk):
+    """The one pad-and-chunk mapper: any chunk size (padded last chunk included) gives
+    the unchunked result on a pytree, and the padding repeats the last row."""
+    x = jnp.arange(14.0).reshape(7, 2)
+    idx = jnp.arange(7)
+    fn = lambda t: {"s": jnp.sum(t[0] ** 2, axis=1), "i": t[1] * 2}  # noqa: E731
+    out = jax.jit(lambda a, b: distributed.map_in_chunks(fn, (a, b), chunk))(x, idx)
+    np.testing.assert_array_equal(out["s"], np.sum(np.asarray(x) ** 2, axis=1))
+    np.testing.assert_array_equal(out["i"], 2 * np.arange(7))
+    padded, n = distributed.pad_rows(np.asarray(x), 4)
+    assert n == 7 and isinstance(padded, np.ndarray) and padded.shape == (8, 2)
+    np.testing.assert_array_equal(padded[-1], padded[-2])

@@ -24,7 +24,7 @@ def _tiny_config():
     config.lfm.step_c = 0.5
     config.lfm.free_last_block = True
     config.lfm.steps_per_block = 300
-    config.lfm.push_rtol = config.lfm.push_atol = 1e-3
+    config.lfm.push_ode.rtol = config.lfm.push_ode.atol = 1e-3
     config.lfm.chunk_size = 512
     config.lfm.n_val = 32
     config.train.batch_size = 256
@@ -32,26 +32,26 @@ def _tiny_config():
     config.train.checkpoint_every = 10**6
     config.train.lr = 3e-3
     config.train.ema_decay = 0.9
-    config.eval.rtol = config.eval.atol = 1e-3
+    config.eval.ode.rtol = config.eval.ode.atol = 1e-3
     return default.locked(config)
 
 
 def test_distilled_lfm_generates_close_to_ode(tmp_path):
     from lfm_jax.runs import common
-    from lfm_jax.runs import lfm as lfm_run
+    from lfm_jax.runs import lfm as lfm_run, lfm_blocks, lfm_distill
 
     config = _tiny_config()
     dataset = common.load_data(config)
     workdir = str(tmp_path / "lfm")
-    lfm_run.train_blocks(config, dataset, workdir, verbose=False)
-    network, model, params_list = lfm_run.load_trained_blocks(
+    lfm_blocks.train_blocks(config, dataset, workdir, verbose=False)
+    network, model, params_list = lfm_distill.load_trained_blocks(
         config, workdir, dataset.train.shape[1:])
     assert len(params_list) == 2
 
     out = str(tmp_path / "distill")
-    kw = dict(out_dir=out, objective="lagrangian_distillation", hidden=(64, 64),
+    kw = dict(out_dir=out, objective="lmd", hidden=(64, 64),
               steps=300, batch_size=256, lr=3e-3, ema_decay=0.9, verbose=False)
-    maps, infos = lfm_run.distill_blocks(config, workdir, network, model, params_list,
+    maps, infos = lfm_distill.distill_blocks(config, workdir, network, model, params_list,
                                          dataset.train, **kw)
     assert [i["block"] for i in infos] == [1, 2] and not any("loaded" in i for i in infos)
     assert os.path.exists(os.path.join(out, "block_2.msgpack"))
@@ -70,18 +70,18 @@ def test_distilled_lfm_generates_close_to_ode(tmp_path):
         np.sum((z - ode_samples) ** 2, -1))
 
     # A rerun loads the finished blocks instead of retraining them.
-    again, infos = lfm_run.distill_blocks(config, workdir, network, model, params_list,
+    again, infos = lfm_distill.distill_blocks(config, workdir, network, model, params_list,
                                           dataset.train, **kw)
     assert all(i.get("loaded") for i in infos)
     for (_, a), (_, b) in zip(maps, again):
         jax.tree_util.tree_map(np.testing.assert_array_equal, a, b)
     with pytest.raises(ValueError, match="other settings"):
-        lfm_run.distill_blocks(config, workdir, network, model, params_list,
+        lfm_distill.distill_blocks(config, workdir, network, model, params_list,
                                dataset.train, **dict(kw, steps=100))
 
 
 def test_missing_blocks_give_clear_error(tmp_path):
-    from lfm_jax.runs import lfm as lfm_run
+    from lfm_jax.runs import lfm_distill
 
     with pytest.raises(FileNotFoundError, match="experiments.train"):
-        lfm_run.load_trained_blocks(_tiny_config(), str(tmp_path), (2,))
+        lfm_distill.load_trained_blocks(_tiny_config(), str(tmp_path), (2,))

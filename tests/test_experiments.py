@@ -12,8 +12,8 @@ TINY = ["--config.train.steps=40", "--config.train.steps_per_call=10",
         "--config.train.checkpoint_every=20", "--config.train.batch_size=64",
         "--config.model.hidden=(32,32)", "--config.data.n_train=2000",
         "--config.data.n_test=400", "--config.eval.n_samples=400",
-        "--config.eval.nll_examples=100", "--config.eval.rtol=1e-3",
-        "--config.eval.atol=1e-3"]
+        "--config.eval.nll_examples=100", "--config.eval.ode.rtol=1e-3",
+        "--config.eval.ode.atol=1e-3"]
 
 
 def _train(workdir, *extra, config="configs/fm_checkerboard.py"):
@@ -69,10 +69,10 @@ def test_missing_config_file(tmp_path):
 def test_flow_map_job_smoke(tmp_path):
     wd = tmp_path / "fmap"
     proc = _train(wd, "--config.train.steps=20", "--config.flow_map.sample_steps=(1,2)",
-                  config="configs/flow_map_lsd.py")
+                  config="configs/flow_map.py:lsd")
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((wd / "metrics.json").read_text())
-    assert results["objective"] == "lagrangian_self_distillation"
+    assert results["objective"] == "lsd"
     assert [r["steps"] for r in results["sampling"]] == [1, 2]
     assert all(r["energy_distance"] == r["energy_distance"] for r in results["sampling"])
     assert (wd / "samples.png").exists()

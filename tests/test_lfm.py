@@ -1,6 +1,7 @@
 """Local Flow Matching: OU steps, step sizes, exact Gaussian blocks, invertibility,
 the block loss, and kill-and-resume of block-by-block training."""
 
+import dataclasses
 import math
 
 import jax
@@ -8,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lfm_jax import interpolants, lfm, networks, time_sampling
+from lfm_jax import flow_matching, interpolants, lfm, networks, ode, time_sampling
 
 
 def _gaussian_log_prob(x, m, C):
@@ -72,7 +73,8 @@ def test_exact_gaussian_blocks_log_prob(x64, interp_name, free):
     hs = lfm.step_sizes(3, c=0.2, rho=1.5, free_last_block=free)
     params, (m_N, C_N) = _exact_blocks(m, C, hs)
     model = lfm.LocalFlow(lfm.gaussian_block_velocity(interpolants.get(interp_name)),
-                          hs, (d,), rtol=1e-10, atol=1e-10, chunk_size=64)
+                          hs, (d,), ode=ode.Options(rtol=1e-10, atol=1e-10),
+                          chunk_size=64)
     x = rng.multivariate_normal(m, C, size=64)
     per_block = model.log_prob(params, x, per_block=True)
     exact = _gaussian_log_prob(x, m, C)
@@ -101,13 +103,13 @@ def test_invertibility_and_generate_shapes():
     keys = jax.random.split(jax.random.PRNGKey(1), 3)
     params = [net.init(k) for k in keys]
     model = lfm.LocalFlow(net.apply, lfm.step_sizes(3, c=0.1, rho=1.5), (2,),
-                          rtol=1e-6, atol=1e-6, chunk_size=40)
+                          ode=ode.Options(rtol=1e-6, atol=1e-6), chunk_size=40)
     x = np.asarray(jax.random.normal(jax.random.PRNGKey(2), (50, 2)))  # 2 chunks, padded
     z = model.push_forward(params, x)
     assert z.shape == x.shape
     assert np.max(np.abs(z - x)) > 1e-2  # random fields move the points
     np.testing.assert_allclose(model.push_backward(params, z), x, atol=1e-4)
-    samples = model.generate(params, jax.random.PRNGKey(3), 10)
+    samples = model.generate(params, jax.random.normal(jax.random.PRNGKey(3), (10, 2)))
     assert samples.shape == (10, 2) and np.all(np.isfinite(samples))
     # Hutchinson (many probes) is close to the exact divergence.
     exact = model.log_prob(params, x[:8])
@@ -122,7 +124,8 @@ def test_block_loss_minimised_by_exact_field(x64):
     m, C = _random_gaussian(rng, 2)
     interp = interpolants.get("linear")
     velocity = lfm.gaussian_block_velocity(interp)
-    loss_fn = lfm.make_block_loss(velocity, interp, time_sampling.get("uniform"))
+    loss_fn = flow_matching.make_loss(velocity, interp, time_sampling.get("uniform"),
+                                      lfm.ou_pairs)
     sample_batch = lfm.make_sample_batch(50_000)
     data = {"x": jnp.asarray(rng.multivariate_normal(m, C, 50_000)), "h": 0.3}
     batch = sample_batch(jax.random.PRNGKey(0), data)
@@ -161,7 +164,7 @@ def _tiny_config():
     config.lfm.step_c = 0.3
     config.lfm.free_last_block = True
     config.lfm.steps_per_block = 40
-    config.lfm.push_rtol = config.lfm.push_atol = 1e-3
+    config.lfm.push_ode.rtol = config.lfm.push_ode.atol = 1e-3
     config.lfm.chunk_size = 128
     config.lfm.n_val = 32
     config.train.batch_size = 32
@@ -173,11 +176,11 @@ def _tiny_config():
 
 def test_resume_inside_block_2_matches_uninterrupted(tmp_path):
     from lfm_jax.runs import common
-    from lfm_jax.runs import lfm as lfm_run
+    from lfm_jax.runs import lfm_blocks
 
     config = _tiny_config()
     dataset = common.load_data(config)
-    _, straight, reports = lfm_run.train_blocks(config, dataset, str(tmp_path / "a"),
+    _, straight, reports = lfm_blocks.train_blocks(config, dataset, str(tmp_path / "a"),
                                                 verbose=False)
     assert [r["block"] for r in reports] == [0, 1, 2]
 
@@ -187,14 +190,14 @@ def test_resume_inside_block_2_matches_uninterrupted(tmp_path):
 
     workdir = str(tmp_path / "b")
     with pytest.raises(_Stop):
-        lfm_run.train_blocks(config, dataset, workdir, callback=kill, verbose=False)
+        lfm_blocks.train_blocks(config, dataset, workdir, callback=kill, verbose=False)
     block1 = tmp_path / "b" / "blocks" / "1"
     pushed = np.load(block1 / "train_pushed.npy")
     params_mtime = (block1 / "params.msgpack").stat().st_mtime_ns
     (block1 / "train_pushed.npy").unlink()  # a missing file is recomputed
 
     seen = []
-    _, resumed, _ = lfm_run.train_blocks(
+    _, resumed, _ = lfm_blocks.train_blocks(
         config, dataset, workdir, verbose=False,
         callback=lambda block, step, m: seen.append((block, step)))
     assert seen and all(block == 2 for block, _ in seen)  # block 1 not retrained
@@ -219,7 +222,8 @@ def test_sharded_push_and_hutchinson_probes_keyed_by_global_index():
     key = jax.random.PRNGKey(1)
     out = {}
     for ndev, chunk in ((4, 3), (4, 16), (1, 37)):
-        model = lfm.LocalFlow(net.apply, hs, (d,), rtol=1e-6, atol=1e-6, chunk_size=chunk)
+        model = lfm.LocalFlow(net.apply, hs, (d,), ode=ode.Options(rtol=1e-6, atol=1e-6),
+                              chunk_size=chunk)
         mesh = distributed.make_mesh(ndev)
         y, delta = model.block_log_det(params, x, method="hutchinson", key=key, mesh=mesh)
         out[ndev, chunk] = delta
@@ -242,27 +246,26 @@ def test_failed_solves_nan_in_evaluation_and_raise_in_training_push():
     """on_failure="nan": exactly the stiff rows are NaN through log_prob (every
     truncation after their failing block), block_log_det and generation-style pushes;
     "raise" (the default) and the training-data push still refuse them."""
-    from lfm_jax.runs import lfm as lfm_run
+    from lfm_jax.runs import common, lfm_blocks
 
     hs = lfm.step_sizes(2, c=0.2, rho=1.0)
-    model = lfm.LocalFlow(_rate_velocity, hs, (3,), rtol=1e-4, atol=1e-4, max_steps=16,
-                          chunk_size=4)
+    options = ode.Options(rtol=1e-4, atol=1e-4, max_steps=16)
+    model = lfm.LocalFlow(_rate_velocity, hs, (3,), ode=options, chunk_size=4)
+    nan_model = dataclasses.replace(
+        model, ode=dataclasses.replace(options, on_failure="nan"))
     params = [jnp.float32(1.0), jnp.float32(1.0)]
     x = np.array([[0.0, 1.0, 2.0], [1.0, 1.0, -1.0], [1e4, 1.0, 1.0], [2.0, 0.5, 0.5],
                   [1e4, -1.0, 0.0]], np.float32)
     fails = np.array([False, False, True, False, True])
     ok = ~fails
 
-    lp = model.log_prob(params, x, per_block=True, on_failure="nan")
+    lp = nan_model.log_prob(params, x, per_block=True)
     assert lp.shape == (3, 5)
     assert not np.isnan(lp[0]).any()  # block 0: the base density, no solve
     for row in lp[1:]:
         np.testing.assert_array_equal(np.isnan(row), fails)
     # easy rows: the same values as without failures in the batch
     np.testing.assert_allclose(lp[-1][ok], model.log_prob(params, x[ok]), rtol=1e-6)
-    # a model built with on_failure="nan" needs no per-call option
-    nan_model = lfm.LocalFlow(_rate_velocity, hs, (3,), rtol=1e-4, atol=1e-4,
-                              max_steps=16, chunk_size=4, on_failure="nan")
     y, delta = nan_model.block_log_det(params[0], x)
     np.testing.assert_array_equal(lfm.failed_rows(y), fails)
     np.testing.assert_array_equal(np.isnan(delta), fails)
@@ -273,11 +276,11 @@ def test_failed_solves_nan_in_evaluation_and_raise_in_training_push():
 
     with pytest.raises(Exception, match="(?i)max"):
         model.log_prob(params, x)
-    with pytest.raises(lfm_run.PushFailedError, match="block 3: .* 2 of 5 training"):
-        lfm_run.push_training_data(model, params[0], x, 3)
-    np.testing.assert_allclose(lfm_run.push_training_data(model, params[0], x[ok], 1),
+    with pytest.raises(lfm_blocks.PushFailedError, match="block 3: .* 2 of 5 training"):
+        lfm_blocks.push_training_data(model, params[0], x, 3)
+    np.testing.assert_allclose(lfm_blocks.push_training_data(model, params[0], x[ok], 1),
                                y[ok], atol=1e-3)  # y: from the augmented solve
-    with pytest.raises(ValueError, match="on_failure"):
-        lfm.LocalFlow(_rate_velocity, hs, (3,), on_failure="skip")
-    nll, se, n_failed = lfm_run.finite_nll(lp[-1])
+    with pytest.raises(TypeError, match="ode.Options"):
+        lfm.LocalFlow(_rate_velocity, hs, (3,), ode={"on_failure": "skip"})
+    nll, se, n_failed = common.finite_nll(lp[-1])
     assert n_failed == 2 and np.isclose(nll, -np.mean(lp[-1][ok]))

@@ -54,6 +54,22 @@ def test_sliced_wasserstein_gaussian_shift(m):
     assert sw == pytest.approx(m / math.sqrt(2.0), abs=0.07)
 
 
+def test_sliced_wasserstein_matches_sorted_projections_and_unequal_sizes():
+    key = jax.random.PRNGKey(7)
+    x, y = _normal(8, 300, 3), _normal(9, 300, 3, 1.0)
+    theta = jax.random.normal(key, (64, 3))
+    theta = theta / jnp.linalg.norm(theta, axis=-1, keepdims=True)
+    px, py = jnp.sort(x @ theta.T, axis=0), jnp.sort(y @ theta.T, axis=0)
+    for p in (2, 3):
+        ref = float(jnp.mean(jnp.abs(px - py) ** p)) ** (1.0 / p)
+        sw = float(metrics.sliced_wasserstein(key, x, y, n_projections=64, p=p))
+        assert sw == pytest.approx(ref, rel=1e-4)
+    # 1-D, y repeated twice: the same empirical law, so the distance does not change.
+    x1, y1 = _normal(10, 200, 1), _normal(11, 200, 1, 0.5)
+    twice = jnp.concatenate([y1, y1], axis=0)
+    assert float(metrics.sliced_wasserstein(key, x1, twice)) == pytest.approx(
+        float(metrics.sliced_wasserstein(key, x1, y1)), rel=1e-4)
+
 def test_nll_of_gaussian_equals_entropy():
     d, sigma = 3, 1.5
     gm = data.GaussianMixture(jnp.zeros((1, d)), jnp.full((1,), sigma), jnp.ones(1))

@@ -1,6 +1,6 @@
 """Tests for lfm_jax.ode against closed forms.
 
-Gaussian flow (SPEC section 5): x0 ~ N(0, I), x1 ~ N(m, sigma^2 I), linear interpolant:
+Gaussian flow (docs/maths.md section 5): x0 ~ N(0, I), x1 ~ N(m, sigma^2 I), linear interpolant:
 mu_t = t m, sigma_t^2 = (1 - t)^2 + t^2 sigma^2,
 b_t(x) = mu'_t + (sigma'_t / sigma_t)(x - mu_t),
 X_{s,t}(x) = mu_t + (sigma_t / sigma_s)(x - mu_s).
@@ -9,11 +9,13 @@ Linear flow b(t, x) = A x with non-symmetric A: X_{s,t} = expm((t - s) A), div b
 Every diffrax solve with a new field, shape, dtype or solver compiles (about a second
 on CPU), so the tests share fields and batch shapes (6 examples, D = 3) where they can.
 """
+import dataclasses
 import math
 
 import jax
 import jax.numpy as jnp
 import jax.scipy as jsp
+import ml_collections
 import numpy as np
 import pytest
 
@@ -24,7 +26,7 @@ N = 6
 M = np.array([1.0, -2.0, 0.5])
 SIGMA = 0.5
 A = np.array([[0.2, 1.0, 0.0], [-0.7, -0.3, 0.4], [0.1, -0.5, 0.1]])
-TIGHT = dict(rtol=1e-10, atol=1e-10)
+TIGHT = dict(options=ode.Options(rtol=1e-10, atol=1e-10))
 
 
 def sigma_t(t):
@@ -76,7 +78,8 @@ def test_integrate_matches_exact_flow_map(x64):
     )
     # backward in time (dopri8), and the round trip
     np.testing.assert_allclose(
-        ode.integrate(gaussian_velocity, x, 0.8, 0.3, solver="dopri8", **TIGHT),
+        ode.integrate(gaussian_velocity, x, 0.8, 0.3,
+                      options=ode.Options(solver="dopri8", rtol=1e-10, atol=1e-10)),
         gaussian_flow_map(0.8, 0.3, x), atol=1e-7,
     )
     x_back = ode.integrate(gaussian_velocity, x1, 1.0, 0.0, **TIGHT)
@@ -104,21 +107,23 @@ def test_fixed_step_convergence_order(x64, solver, order):
         field, exact = gaussian_velocity, gaussian_flow_map(0.0, 1.0, x)
     errors = [
         float(jnp.max(jnp.abs(
-            ode.integrate(field, x, solver=solver, num_steps=n) - exact)))
+            ode.integrate(field, x, options=ode.Options(solver, num_steps=n)) - exact)))
         for n in (16, 32, 64)
     ]
     ratios = np.array(errors[:-1]) / np.array(errors[1:])
     np.testing.assert_allclose(np.log2(ratios), order, atol=0.25)
     if solver == "euler":  # one example, unbatched
-        one = ode.integrate(field, x[0], solver=solver, num_steps=16, batched=False)
+        one = ode.integrate(field, x[0], options=ode.Options(solver, num_steps=16),
+                            batched=False)
         np.testing.assert_allclose(
-            one, ode.integrate(field, x, solver=solver, num_steps=16)[0], rtol=1e-12)
+            one, ode.integrate(field, x, options=ode.Options(solver, num_steps=16))[0], rtol=1e-12)
 
 
 def test_adaptive_solver_with_num_steps_uses_constant_steps(x64):
     x = points()
     exact = gaussian_flow_map(0.0, 1.0, x)
-    out = ode.integrate(gaussian_velocity, x, solver="dopri5", num_steps=20)
+    out = ode.integrate(gaussian_velocity, x,
+                        options=ode.Options("dopri5", num_steps=20))
     err = jnp.max(jnp.abs(out - exact))
     assert 1e-12 < err < 1e-5  # fifth order, 20 steps: small but not tolerance-level
 
@@ -150,7 +155,8 @@ def test_integrate_traces_once_per_velocity():
     y = ode.integrate(jax.tree_util.Partial(velocity, a), x, 0.0, 1.0)
     first = traces[0]
     x_back = ode.integrate(jax.tree_util.Partial(velocity, a), y, 1.0, 0.0)
-    z = ode.integrate(jax.tree_util.Partial(velocity, 0.5 * a), x, 0.2, 0.7, rtol=1e-6)
+    z = ode.integrate(jax.tree_util.Partial(velocity, 0.5 * a), x, 0.2, 0.7,
+                      options=ode.Options(rtol=1e-6))
     assert traces[0] == first
     np.testing.assert_allclose(x_back, x, atol=1e-4)
     np.testing.assert_allclose(z, x @ jsp.linalg.expm(0.25 * A).T, atol=1e-4)
@@ -224,7 +230,7 @@ def test_hutchinson_divergence_unbiased(probe):
 def test_hutchinson_log_prob_unbiased(x64):
     """Mean over independent keys matches the exact log-density within 4 s.e."""
     x = points(seed=5).at[1].set(points(seed=5)[0])  # a repeated point
-    kw = dict(rtol=1e-7, atol=1e-7)
+    kw = dict(options=ode.Options(rtol=1e-7, atol=1e-7))
     exact = ode.log_prob(nonlinear_velocity, x, ode.standard_normal_log_prob, **kw)
     n_keys = 256
     keys = jax.random.split(jax.random.key(6), n_keys)
@@ -239,18 +245,22 @@ def test_hutchinson_log_prob_unbiased(x64):
     # each example draws its own probes from fold_in(key, index)
     assert jnp.any(estimates[:, 0] != estimates[:, 1])
     # chunked (4 + 2 padded) keeps the global example index, so the same probes
-    chunked = ode.log_prob_chunked(nonlinear_velocity, x, ode.standard_normal_log_prob,
-                                   4, method="hutchinson", key=keys[0], **kw)
+    chunked = ode.log_prob(nonlinear_velocity, x, ode.standard_normal_log_prob,
+                           chunk_size=4, method="hutchinson", key=keys[0], **kw)
     np.testing.assert_allclose(chunked, estimates[0], rtol=1e-10)
+    # indices: the rows of a slice keep their probes (keyed by the global row)
+    tail = ode.log_prob(nonlinear_velocity, x[2:], ode.standard_normal_log_prob,
+                        indices=jnp.arange(2, N), method="hutchinson", key=keys[0], **kw)
+    np.testing.assert_allclose(tail, estimates[0][2:], rtol=1e-10)
 
 
-def test_integrate_chunked_equals_integrate(x64):
+def test_integrate_in_chunks_equals_integrate(x64):
     """6 examples in chunks of 4 (the last one padded) give the unchunked result."""
     x = points(seed=8)
-    steps = dict(solver="heun", num_steps=8)
+    steps = dict(options=ode.Options("heun", num_steps=8))
     full = ode.integrate(gaussian_velocity, x, 0.0, 1.0, **steps)
     ts = jnp.array([0.5, 1.0])
-    traj = ode.integrate_chunked(gaussian_velocity, x, 4, save_times=ts, **steps)
+    traj = ode.integrate(gaussian_velocity, x, save_times=ts, chunk_size=4, **steps)
     assert traj.shape == (2, N, D)
     np.testing.assert_allclose(traj[-1], full, rtol=1e-12)
 
@@ -258,16 +268,19 @@ def test_integrate_chunked_equals_integrate(x64):
 def test_unknown_names_and_missing_arguments_raise():
     x = points(dtype=jnp.float32)
     with pytest.raises(ValueError, match="tsit5"):
-        ode.integrate(linear_velocity, x, solver="rk4")
+        ode.Options(solver="rk4")
     with pytest.raises(ValueError, match="num_steps"):
-        ode.integrate(linear_velocity, x, solver="euler")
+        ode.Options(solver="euler")
+    with pytest.raises(TypeError, match="Options"):
+        ode.integrate(linear_velocity, x, options={"solver": "tsit5"})
     with pytest.raises(ValueError, match="exact"):
         ode.log_prob(linear_velocity, x, ode.standard_normal_log_prob, method="trace")
     with pytest.raises(ValueError, match="key"):
         ode.log_prob(linear_velocity, x, ode.standard_normal_log_prob,
                      method="hutchinson")
     with pytest.raises(ValueError, match="dopri5"):
-        ode.log_prob(linear_velocity, x, ode.standard_normal_log_prob, solver="x")
+        ode.options_from_config(ml_collections.ConfigDict(dict(
+            solver="x", rtol=1e-5, atol=1e-5, num_steps=0, max_steps=10)))
     with pytest.raises(ValueError, match="gaussian"):
         ode.divergence(linear_velocity, 0.0, x[0], key=jax.random.key(0),
                        method="hutchinson", probe="sphere")
@@ -277,7 +290,8 @@ def test_max_steps_exceeded_raises():
     x = points(dtype=jnp.float32)
     with pytest.raises(Exception, match="(?i)max"):
         jax.block_until_ready(
-            ode.integrate(nonlinear_velocity, x, rtol=1e-8, atol=1e-8, max_steps=2))
+            ode.integrate(nonlinear_velocity, x,
+                          options=ode.Options(rtol=1e-8, atol=1e-8, max_steps=2)))
 
 
 def rate_velocity(t, x):
@@ -292,7 +306,8 @@ def rate_velocity(t, x):
 RATE_X = np.array([[0.0, 1.0, 2.0], [1.0, 1.0, -1.0], [1e4, 1.0, 1.0],
                    [2.0, 0.5, 0.5], [np.nan, 1.0, 1.0]])
 RATE_FAILS = np.array([False, False, True, False, True])
-RATE_KW = dict(rtol=1e-6, atol=1e-6, max_steps=16)
+RATE = ode.Options(rtol=1e-6, atol=1e-6, max_steps=16)
+RATE_NAN = dataclasses.replace(RATE, on_failure="nan")
 
 
 def rate_flow_map(x, t):
@@ -303,37 +318,36 @@ def rate_flow_map(x, t):
 def test_on_failure_nan_marks_exactly_the_failed_examples(x64):
     x = jnp.asarray(RATE_X)
     good = ~RATE_FAILS
-    out = ode.integrate(rate_velocity, x, 0.0, 1.0, on_failure="nan", **RATE_KW)
+    out = ode.integrate(rate_velocity, x, 0.0, 1.0, options=RATE_NAN)
     assert out.shape == x.shape
     np.testing.assert_array_equal(np.isnan(out).all(axis=1), RATE_FAILS)
     assert not np.isnan(out[good]).any()
     np.testing.assert_allclose(out[good], rate_flow_map(RATE_X[good], 1.0), atol=1e-5)
     # chunked (chunks of 2, last padded), save_times, and one example
     ts = jnp.array([0.5, 1.0])
-    traj = ode.integrate_chunked(rate_velocity, x, 2, save_times=ts, on_failure="nan",
-                                 **RATE_KW)
+    traj = ode.integrate(rate_velocity, x, save_times=ts, options=RATE_NAN, chunk_size=2)
     assert traj.shape == (2, 5, D)
     np.testing.assert_array_equal(np.isnan(traj).all(axis=(0, 2)), RATE_FAILS)
     np.testing.assert_allclose(traj[0][good], rate_flow_map(RATE_X[good], 0.5),
                                atol=1e-5)
-    one = ode.integrate(rate_velocity, x[2], on_failure="nan", batched=False, **RATE_KW)
+    one = ode.integrate(rate_velocity, x[2], options=RATE_NAN, batched=False)
     assert np.isnan(one).all()
     # the easy examples alone never fail: the same values as "raise"
     np.testing.assert_allclose(
-        ode.integrate(rate_velocity, x[good], **RATE_KW), out[good], rtol=1e-12)
+        ode.integrate(rate_velocity, x[good], options=RATE), out[good], rtol=1e-12)
 
 
 def test_on_failure_nan_log_prob(x64):
     """Data at t=0, zero base at t=1: log p = int_0^1 div dt = -k (D - 1)."""
     x = jnp.asarray(RATE_X)
     zero = lambda y: jnp.zeros((), y.dtype)  # noqa: E731
-    kw = dict(t_data=0.0, t_base=1.0, on_failure="nan", **RATE_KW)
+    kw = dict(t_data=0.0, t_base=1.0, options=RATE_NAN)
     logp, x_base = ode.log_prob(rate_velocity, x, zero, return_base=True, **kw)
     np.testing.assert_array_equal(np.isnan(logp), RATE_FAILS)
     np.testing.assert_array_equal(np.isnan(x_base).all(axis=1), RATE_FAILS)
     good = ~RATE_FAILS
     np.testing.assert_allclose(logp[good], -RATE_X[good, 0] * (D - 1), atol=1e-5)
-    chunked = ode.log_prob_chunked(rate_velocity, x, zero, 2, **kw)
+    chunked = ode.log_prob(rate_velocity, x, zero, chunk_size=2, **kw)
     np.testing.assert_array_equal(np.asarray(chunked), np.asarray(logp))
     hutch = ode.log_prob(rate_velocity, x, zero, method="hutchinson",
                          key=jax.random.key(0), **kw)
@@ -343,13 +357,12 @@ def test_on_failure_nan_log_prob(x64):
 def test_on_failure_raise_still_raises_and_names_are_checked(x64):
     x = jnp.asarray(RATE_X[:4])
     with pytest.raises(Exception, match="(?i)max"):
-        jax.block_until_ready(ode.integrate(rate_velocity, x, **RATE_KW))
+        jax.block_until_ready(ode.integrate(rate_velocity, x, options=RATE))
     with pytest.raises(Exception, match="(?i)max"):
         jax.block_until_ready(ode.log_prob(
             rate_velocity, x, ode.standard_normal_log_prob, t_data=0.0, t_base=1.0,
-            on_failure="raise", **RATE_KW))
+            options=RATE))
     with pytest.raises(ValueError, match="nan"):
-        ode.integrate(rate_velocity, x, on_failure="ignore")
+        ode.Options(on_failure="ignore")
     with pytest.raises(ValueError, match="raise"):
-        ode.log_prob_chunked(rate_velocity, x, ode.standard_normal_log_prob, 2,
-                             on_failure="skip")
+        dataclasses.replace(RATE, on_failure="skip")

@@ -1,5 +1,7 @@
 """Tabular loaders: MAF preprocessing on tiny files, clear errors, stand-ins."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -48,11 +50,11 @@ def test_power_preprocessing(tmp_path):
 
 
 def test_miniboone_preprocessing(tmp_path):
-    raw = np.random.default_rng(1).normal(size=(100, 5)) * 3 + 2
+    raw = np.random.default_rng(1).normal(size=(100, 43)) * 3 + 2
     (tmp_path / "miniboone").mkdir()
     np.save(tmp_path / "miniboone" / "data.npy", raw)
     ds = tabular.load("miniboone", str(tmp_path))
-    assert (len(ds.train), len(ds.val), len(ds.test), ds.dim) == (81, 9, 10, 5)
+    assert (len(ds.train), len(ds.val), len(ds.test), ds.dim) == (81, 9, 10, 43)
     mu, s = raw[:90].mean(0), raw[:90].std(0)
     np.testing.assert_allclose(ds.test, (raw[90:] - mu) / s, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(ds.val, (raw[81:90] - mu) / s, rtol=1e-5, atol=1e-5)
@@ -109,3 +111,66 @@ def test_standin_has_dimension_and_density():
     ds = tabular.load("gas_gmm", n_train=100, n_val=10, n_test=10)
     assert ds.dim == 8 and ds.train.shape == (100, 8)
     assert np.isfinite(float(ds.log_prob(ds.test[0])))
+
+
+def _power_file(tmp_path, raw=None):
+    (tmp_path / "power").mkdir(exist_ok=True)
+    path = tmp_path / "power" / "data.npy"
+    if raw is not None:
+        np.save(path, raw)
+    return path
+
+
+def test_nan_in_raw_file_is_reported_at_its_row_and_column(tmp_path):
+    raw = np.random.default_rng(0).normal(size=(200, 8))
+    raw[17, 5] = np.nan
+    path = _power_file(tmp_path, raw)
+    with pytest.raises(ValueError) as err:
+        tabular.load("power", str(tmp_path))
+    msg = str(err.value)
+    assert msg.startswith(f"{path}: row 17, column 5 is nan"), msg
+    assert "in 1 of 200 rows" in msg
+
+
+@pytest.mark.parametrize("content, match", [
+    (np.zeros(50), "expected a 2-D array"),
+    (np.zeros((50, 5)), "wrong number of columns, expected dim 8, got 5"),
+    (np.zeros((0, 8)), "array is empty"),
+    (b"", "not a readable .npy file"),
+    (b"\x00junk bytes, not an array" * 3, "not a readable .npy file"),
+])
+def test_bad_raw_npy_names_the_file(tmp_path, content, match):
+    path = _power_file(tmp_path)
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        np.save(path, content)
+    with pytest.raises(ValueError, match=match) as err:
+        tabular.load("power", str(tmp_path))
+    assert str(err.value).startswith(str(path))
+
+
+def test_truncated_npy_names_the_file(tmp_path):
+    path = _power_file(tmp_path, np.ones((100, 8)))
+    with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) // 2)
+    with pytest.raises(ValueError, match="not a readable .npy file") as err:
+        tabular.load("power", str(tmp_path))
+    assert str(path) in str(err.value)
+
+
+@pytest.mark.parametrize("train_text, match", [
+    ("a,b,c\n1,2,3\n1,2\n", "number of columns changed"),
+    ("a,b,c\n1,2,3\n1,x,3\n", "could not convert string 'x'"),
+    ("", "file is empty"),
+    ("a,b,c\n", "no data rows"),
+    ("a,b,c\n1,2,3\n1,nan,3\n", "row 1, column 1 is nan"),
+])
+def test_bad_hepmass_csv_names_the_file(tmp_path, train_text, match):
+    (tmp_path / "hepmass").mkdir()
+    train = tmp_path / "hepmass" / "1000_train.csv"
+    train.write_text(train_text)
+    (tmp_path / "hepmass" / "1000_test.csv").write_text("a,b,c,d\n1,2,3,4\n")
+    with pytest.raises(ValueError, match=match) as err:
+        tabular.load("hepmass", str(tmp_path))
+    assert str(err.value).startswith(str(train))

@@ -1,8 +1,12 @@
 """Trainer: sharding equivalence, no recompilation, exact resume, NaN handling."""
 
+import os
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from lfm_jax import checkpoint, distributed, flow_matching, interpolants, networks
@@ -11,10 +15,10 @@ from lfm_jax import time_sampling, train
 BATCH = 32
 
 
-def _setup(num_devices, steps_per_call=4, lr=1e-3):
+def _setup(num_devices, steps_per_call=4, lr=1e-3, warmup_steps=0):
     net = networks.velocity_mlp((2,), hidden=(32, 32))
     loss = flow_matching.make_loss(net.apply, interpolants.linear(), time_sampling.get("uniform"))
-    opt = train.make_optimizer(lr=lr, grad_clip=1.0)
+    opt = train.make_optimizer(lr=lr, grad_clip=1.0, warmup_steps=warmup_steps)
     mesh = distributed.make_mesh(num_devices)
     step = train.make_train_step(loss, opt, sample_batch=flow_matching.make_sample_batch(BATCH),
                                  steps_per_call=steps_per_call, mesh=mesh)
@@ -102,13 +106,12 @@ def _run(workdir, total, kill_at=None, save_every=8):
         if kill_at is not None and s >= kill_at:
             raise _Killed
 
-    try:
-        state, _ = train.fit(state, step, data, total, steps_per_call=4, callback=callback,
-                             checkpointer=ckpt)
-    except _Killed:
-        ckpt.wait()
-        return None, losses
-    ckpt.close()
+    with ckpt:
+        try:
+            state, _ = train.fit(state, step, data, total, steps_per_call=4,
+                                 callback=callback, checkpointer=ckpt)
+        except _Killed:
+            return None, losses
     return state, losses
 
 
@@ -116,7 +119,7 @@ def test_kill_and_resume_is_exact(tmp_path):
     straight, straight_losses = _run(str(tmp_path / "a"), 40)
     # killed at step 20: checkpoints exist at 8 and 16; steps 17..20 are lost
     assert _run(str(tmp_path / "b"), 40, kill_at=20)[0] is None
-    assert checkpoint.Checkpointer(str(tmp_path / "b")).latest_step() == 16
+    assert checkpoint.latest_step(str(tmp_path / "b")) == 16
     resumed, resumed_losses = _run(str(tmp_path / "b"), 40)
     assert int(resumed.step) == 40
     for a, b in zip(jax.tree_util.tree_leaves(_host(straight)),
@@ -137,12 +140,12 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     step = train.make_train_step(loss, opt, sample_batch=lambda k, d: d, steps_per_call=1,
                                  ema_decay=0.0)
     state = train.create_train_state(jax.random.PRNGKey(0), {"w": jnp.zeros(())}, opt)
-    ckpt = checkpoint.Checkpointer(str(tmp_path), save_every=3, keep=5, async_save=False)
-    with pytest.raises(train.NonFiniteLossError, match="loss became nan at step"):
-        train.fit(state, step, jnp.ones((BATCH,)), 100, checkpointer=ckpt)
-    last = ckpt.latest_step()
-    assert last is not None and 3 <= last < 20
-    restored = ckpt.restore(state)
+    with checkpoint.Checkpointer(str(tmp_path), save_every=3, keep=5, async_save=False) as ckpt:
+        with pytest.raises(train.NonFiniteLossError, match="loss became nan at step"):
+            train.fit(state, step, jnp.ones((BATCH,)), 100, checkpointer=ckpt)
+        last = ckpt.latest_step()
+        assert last is not None and 3 <= last < 20
+        restored = ckpt.restore(state)
     assert np.isfinite(float(restored.params["w"])) and float(restored.params["w"]) < 0.5
 
 
@@ -218,3 +221,93 @@ def test_adam_no_clip_matches_direct_adam(x64):
         m_hat, v_hat = m / (1 - b1 ** (k + 1)), v / (1 - b2 ** (k + 1))
         p_ref = p_ref - lr * rate ** (k // every) * m_hat / (np.sqrt(v_hat) + eps)
         np.testing.assert_allclose(np.asarray(p), p_ref, rtol=1e-7)  # lr held in float32
+def _tmp_dirs(directory):
+    return [p.name for p in Path(directory).iterdir() if "tmp" in p.name]
+
+
+def test_diverged_run_keeps_finite_checkpoint_and_resumes_with_lower_lr(tmp_path):
+    # lr -> 1e6, one step per call, a checkpoint after every call (issue 9, item 1); the
+    # warm-up makes the loss finite for a few steps, so there is a checkpoint to keep
+    directory = str(tmp_path / "ckpt")
+    state, step, data = _setup(1, steps_per_call=1, lr=1e6, warmup_steps=100)
+    with checkpoint.Checkpointer(directory, save_every=1, keep=2) as ckpt:
+        with pytest.raises(train.NonFiniteLossError) as err:
+            train.fit(state, step, data, 50, checkpointer=ckpt)
+    kept = checkpoint.latest_step(directory)
+    assert kept is not None
+    msg = str(err.value)
+    assert f"Kept checkpoint: step {kept} in {os.path.join(directory, str(kept))}" in msg
+    assert "lower the learning rate" in msg and "same command" in msg
+    assert not _tmp_dirs(directory)
+    # same command with a sane lr: restores the kept state and trains to the end
+    fresh, sane_step, data = _setup(1, steps_per_call=1, lr=1e-3)
+    with checkpoint.Checkpointer(directory, save_every=1, keep=2) as ckpt:
+        resumed = ckpt.restore(fresh)
+        assert int(resumed.step) == kept
+        resumed, hist = train.fit(resumed, sane_step, data, kept + 10, checkpointer=ckpt)
+    assert int(resumed.step) == kept + 10
+    assert np.all(np.isfinite(hist["loss"])) and len(hist["loss"]) == 10
+    assert checkpoint.latest_step(directory) == kept + 10
+
+
+def test_kept_checkpoint_params_gave_finite_loss(tmp_path):
+    # the loss is NaN as soon as w >= 0.5; the update after the last finite loss
+    # (w crosses 0.5) must never be the kept state, even with save_every=1
+    def loss(params, key, batch):
+        w = params["w"]
+        return jnp.where(w < 0.5, jnp.mean((w - batch) ** 2), jnp.nan), {}
+
+    opt = train.make_optimizer(lr=0.05)
+    step = train.make_train_step(loss, opt, sample_batch=lambda k, d: d, steps_per_call=1,
+                                 ema_decay=0.0)
+    state = train.create_train_state(jax.random.PRNGKey(0), {"w": jnp.zeros(())}, opt)
+    with checkpoint.Checkpointer(str(tmp_path), save_every=1, keep=3) as ckpt:
+        with pytest.raises(train.NonFiniteLossError, match="loss became nan at step"):
+            train.fit(state, step, jnp.ones((BATCH,)), 100, checkpointer=ckpt)
+        restored = ckpt.restore(state)
+    assert float(restored.params["w"]) < 0.5
+
+
+def test_error_in_callback_leaves_no_tmp_checkpoint(tmp_path):
+    state, step, data = _setup(1, steps_per_call=1)
+
+    def callback(s, m):
+        if s == 3:
+            raise _Killed
+
+    with checkpoint.Checkpointer(str(tmp_path), save_every=1, keep=5) as ckpt:
+        with pytest.raises(_Killed):
+            train.fit(state, step, data, 10, callback=callback, checkpointer=ckpt)
+        assert not _tmp_dirs(tmp_path)
+        assert ckpt.latest_step() in (1, 2)
+
+
+def test_ema_warmup_matches_direct_computation_and_resumes():
+    # plain SGD on loss = w: p_{k+1} = p_k - 0.1, so the EMA has a closed recursion
+    decay, lr, n = 0.9, 0.1, 12
+    loss = lambda params, key, batch: (jnp.sum(params["w"]) * batch.mean(), {})
+    opt = optax.sgd(lr)
+    init = {"w": jnp.full((3,), 2.0)}
+    fused = train.make_train_step(loss, opt, sample_batch=lambda k, d: d, steps_per_call=n,
+                                  ema_decay=decay, donate=False)
+    single = train.make_train_step(loss, opt, sample_batch=lambda k, d: d, steps_per_call=1,
+                                   ema_decay=decay, donate=False)
+    data = jnp.ones((4,))
+    state = train.create_train_state(jax.random.PRNGKey(0), init, opt)
+    out, _ = fused(state, data)
+    e, p = 2.0, 2.0
+    for k in range(n):
+        p = p - lr
+        d = min(decay, (1 + k) / (10 + k))
+        e = d * e + (1 - d) * p
+    np.testing.assert_allclose(np.asarray(out.ema_params["w"]), e, rtol=1e-6)
+    assert e != pytest.approx(decay ** n * 2.0 + (1 - decay ** n) * p)  # not the constant-d EMA
+    # resume: k comes from state.step, so n single calls give the same EMA
+    s = state
+    for _ in range(n):
+        s, _ = single(s, data)
+    np.testing.assert_allclose(np.asarray(s.ema_params["w"]), np.asarray(out.ema_params["w"]),
+                               rtol=1e-6)
+    assert float(train.ema_decay_at(10_000, decay)) == pytest.approx(decay)
+    with pytest.raises(ValueError, match="ema_decay"):
+        train.make_train_step(loss, opt, ema_decay=1.0)

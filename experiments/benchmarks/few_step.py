@@ -1,7 +1,7 @@
 """Few-step generation on the checkerboard: our flow-map objectives vs LsdFlow and MeanFlow.
 
     python -m experiments.benchmarks.few_step [--seconds=60] [--seeds=0] \
-        [--objectives=lagrangian_self_distillation,...] [--out=DIR]
+        [--objectives=lsd,...] [--out=DIR]
 
 Every model is a two-time MLP (4x256 SiLU, 17 Fourier features per time, see peers.py),
 trained from scratch with Adam 1e-3 (constant), batch 256, for the same wall-clock time
@@ -10,7 +10,7 @@ K = 1, 2, 4 steps from N(0, I); 2000 samples scored against 2000 held-out points
 energy distance and sliced W2 (`lfm_jax.metrics`, same keys for all).
 
 - ours: `lfm_jax.distill.make_loss(name, flow_map)` for the self-distillation
-  objectives (LSD, ESD, PSD; 75% of each batch on the diagonal s = t) and direct flow
+  objectives (lsd, esd_meanflow, psd; 75% of each batch on the diagonal s = t) and direct flow
   map matching, X_{s,t}(x) = x + (t - s) v_{s,t}(x); sampled with `flow_map.sample`.
 - LsdFlow (rectified-flow-pytorch): its forward loss (75% diagonal, as ours), sampled
   with its own `sample(steps=K)` (the same x + (t - s) v grid).
@@ -43,9 +43,8 @@ from lfm_jax import flow_map as flow_map_lib
 flags.DEFINE_float("seconds", 60.0, "Training time per model (s).")
 flags.DEFINE_string("seeds", "0", "Seeds.")
 flags.DEFINE_string("steps", "1,2,4", "Sampling steps K.")
-flags.DEFINE_string("objectives", "lagrangian_self_distillation,eulerian_self_distillation,"
-                    "progressive_self_distillation,flow_map_matching",
-                    "Our flow-map objectives (keys of lfm_jax.distill.OBJECTIVES).")
+flags.DEFINE_string("objectives", "lsd,esd_meanflow,psd,fmm",
+                    "Our flow-map objectives (keys of lfm_jax.losses.OBJECTIVES).")
 flags.DEFINE_string("peers", "lsd_flow,mean_flow", "Peers.")
 flags.DEFINE_integer("batch", 256, "Batch size.")
 flags.DEFINE_integer("width", 256, "Hidden width (4 layers).")
@@ -76,16 +75,16 @@ def score(samples, test, key):
 
 
 def run_ours(name, seed, data, test, ks):
-    fm = flow_map_lib.make_flow_map((2,), hidden=(FLAGS.width,) * 4)
-    loss = distill.make_loss(name, fm)
+    fmap = flow_map_lib.make_flow_map((2,), hidden=(FLAGS.width,) * 4)
+    loss = distill.make_loss(name, fmap)
     tr = ours.JaxTrainer(2, None, data, FLAGS.batch, steps_per_call=FLAGS.fused, seed=seed,
-                         loss=lambda p, k, b: loss(p, k, b), init=fm.init)
+                         loss=lambda p, k, b: loss(p, k, b), init=fmap.init)
     elapsed = train_for(tr, FLAGS.fused, FLAGS.seconds)
     params = tr.params()
     z = jax.random.normal(jax.random.PRNGKey(1000 + seed), (FLAGS.n_samples, 2))
     out = []
     for k in ks:
-        x = flow_map_lib.sample(fm.bind(params), z, flow_map_lib.uniform_grid(k))
+        x = flow_map_lib.sample(fmap.bind(params), z, flow_map_lib.uniform_grid(k))
         out.append({"impl": f"ours:{name}", "seed": seed, "steps": k, "train_steps": tr.steps,
                     "train_s": elapsed, **score(x, test, jax.random.PRNGKey(7))})
     return out

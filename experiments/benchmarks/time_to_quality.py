@@ -40,7 +40,7 @@ from absl import app, flags
 
 from experiments.benchmarks import ours, peers
 from lfm_jax import data as data_lib
-from lfm_jax import flow_matching, networks
+from lfm_jax import flow_matching, networks, ode
 
 flags.DEFINE_string("budgets", "15,30,60,120", "Training-time budgets in seconds.")
 flags.DEFINE_string("seeds", "0,1,2", "Seeds (weights, noise, batches).")
@@ -69,8 +69,8 @@ def verify_floor(test: np.ndarray) -> dict:
 
 def make_evaluator(width: int, test: np.ndarray):
     net = networks.velocity_mlp((2,), hidden=(width,) * 4)
-    logp = jax.jit(lambda p, x: flow_matching.log_prob(net.apply, p, x, solver="tsit5",
-                                                       rtol=1e-5, atol=1e-5,
+    options = ode.Options("tsit5", rtol=1e-5, atol=1e-5)
+    logp = jax.jit(lambda p, x: flow_matching.log_prob(net.apply, p, x, options=options,
                                                        method="exact"))
     x = jnp.asarray(test)
 

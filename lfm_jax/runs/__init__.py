@@ -7,7 +7,7 @@ Modules are imported lazily so that one method's dependencies never slow another
 import importlib
 
 METHODS = {
-    "fm": "lfm_jax.runs.fm",
+    "fm": "lfm_jax.runs.flow_matching",
     "lfm": "lfm_jax.runs.lfm",
     "flow_map": "lfm_jax.runs.flow_map",
 }

@@ -1,7 +1,11 @@
-"""Pieces shared by the jobs in `lfm_jax.runs`: data, model, optimiser, evaluation."""
+"""Pieces shared by the jobs in `lfm_jax.runs`: data, model, optimiser, evaluation,
+failed-solve accounting and atomic file writes."""
 
 from __future__ import annotations
 
+import contextlib
+import json
+import math
 import os
 import time
 
@@ -9,7 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from lfm_jax import data as data_lib
-from lfm_jax import checkpoint, distributed, metrics, networks, time_sampling, train
+from lfm_jax import checkpoint, distributed, lfm, metrics, networks, ode, plots, time_sampling
+from lfm_jax import train
 from lfm_jax import logging as log_lib
 
 
@@ -88,6 +93,12 @@ def resumable_fit(config, state, step_fn, train_data, workdir: str, desc: str):
     return state, train_time, writer.path
 
 
+def eval_ode_options(config) -> ode.Options:
+    """The config.eval.ode options with on_failure="nan": evaluation counts and drops
+    the points whose solve fails (`finite_nll`, `warn_failed`) instead of ending."""
+    return ode.options_from_config(config.eval.ode, on_failure="nan")
+
+
 def sample_metrics(key, samples, reference, max_points: int = 2000) -> dict:
     """Energy distance, MMD and sliced W2 between samples and held-out data."""
     n = min(len(samples), len(reference), max_points)
@@ -100,6 +111,43 @@ def sample_metrics(key, samples, reference, max_points: int = 2000) -> dict:
     }
 
 
+def evaluation_summary(key, log_q, samples, dataset, workdir: str, title: str):
+    """The evaluation results shared by the jobs, and samples.png.
+
+    log_q (n,): test log-likelihoods (nats) from solves with on_failure="nan";
+    samples (m, ...): generated samples, failed rows NaN. Failed points and samples are
+    left out and counted, with a warning (`warn_failed`). Returns (results, the
+    finite samples): results hold test_nll, test_nll_stderr, test_bpd, n_failed,
+    nll_examples, n_samples_failed, dim, nll_floor (where known) and, when any sample
+    succeeded, the `sample_metrics` against dataset.test (then samples.png is drawn,
+    titled title.format(**results)).
+    """
+    nll, nll_se, n_failed = finite_nll(log_q)
+    warn_failed(n_failed, len(log_q), "test points")
+    samples = np.asarray(samples)
+    bad = lfm.failed_rows(samples)
+    warn_failed(int(bad.sum()), len(samples), "generated samples")
+    results = {
+        "test_nll": nll,
+        "test_nll_stderr": nll_se,
+        "test_bpd": float(metrics.bits_per_dim(nll, dataset.dim)),
+        "n_failed": n_failed,
+        "nll_examples": int(len(log_q)),
+        "n_samples_failed": int(bad.sum()),
+        "dim": int(dataset.dim),
+    }
+    floor = metrics.entropy_floor(dataset)
+    if floor is not None:
+        results["nll_floor"] = float(floor)
+    samples = samples[~bad]
+    if len(samples):  # else nothing to measure or plot; the NLL metrics still count
+        test = np.asarray(dataset.test)
+        results.update(sample_metrics(key, samples, test))
+        plots.plot_samples(os.path.join(workdir, "samples.png"), samples, data=test,
+                           title=title.format(**results))
+    return results, samples
+
+
 def check_workdir(workdir: str) -> str:
     """Absolute workdir path, created if missing."""
     workdir = os.path.abspath(os.path.expanduser(workdir))
@@ -110,3 +158,75 @@ def check_workdir(workdir: str) -> str:
 def to_numpy(x):
     """Host numpy copy of replicated device arrays (`distributed.to_host`)."""
     return distributed.to_host(x)
+
+
+# ------------------------------------------------------------------ failed solves
+
+# Above this fraction of failed evaluation points the warning is printed loudly.
+FAILED_FRACTION_WARN = 0.01
+
+
+def finite_nll(log_q) -> tuple:
+    """(NLL over the finite points, their stderr, number of failed points).
+
+    log_q (n,) from a solve with on_failure="nan"; NaN/Inf entries are failed solves.
+    With no finite point the NLL and stderr are NaN."""
+    log_q = np.asarray(log_q, np.float64)
+    ok = np.isfinite(log_q)
+    n_failed = int(len(log_q) - ok.sum())
+    good = log_q[ok]
+    nll = float(-np.mean(good)) if len(good) else float("nan")
+    se = float(np.std(good, ddof=1) / math.sqrt(len(good))) if len(good) > 1 else float("nan")
+    return nll, se, n_failed
+
+
+def warn_failed(n_failed: int, n_total: int, what: str) -> None:
+    """Print a warning naming how many of n_total points' ODE solves failed (loud
+    above FAILED_FRACTION_WARN of them); nothing when none failed."""
+    if not n_failed:
+        return
+    frac = n_failed / max(n_total, 1)
+    msg = (f"{n_failed} of {n_total} {what} ({100 * frac:.2f}%) failed the ODE solve "
+           f"(max_steps reached or non-finite velocity) and are left out")
+    if frac > FAILED_FRACTION_WARN:
+        bar = "!" * 78
+        print(f"{bar}\nWARNING: MORE THAN {100 * FAILED_FRACTION_WARN:g}% FAILED: {msg}; "
+              f"the reported numbers are over the remaining points only and may be "
+              f"biased.\n{bar}", flush=True)
+    else:
+        print(f"WARNING: {msg}.", flush=True)
+
+
+# --------------------------------------------------------------------------- files
+
+@contextlib.contextmanager
+def atomic_open(path: str):
+    """Open path for binary writing under a temporary name, renamed to path when the
+    block ends without error: a run killed mid-write never leaves a truncated file."""
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        yield f
+    os.replace(tmp, path)
+
+
+def save_bytes(path: str, data: bytes) -> None:
+    """Write data to path atomically (`atomic_open`)."""
+    with atomic_open(path) as f:
+        f.write(data)
+
+
+def save_npy(path: str, arr) -> None:
+    """Write an array to path atomically in .npy format."""
+    with atomic_open(path) as f:
+        np.save(f, np.asarray(arr))
+
+
+def save_json(path: str, obj) -> None:
+    """Write obj (arrays converted to lists) as indented JSON, atomically."""
+    save_bytes(path, json.dumps(log_lib.to_python(obj), indent=2).encode())
+
+
+def load_npy(path: str):
+    """The array saved at path, or None if there is no such file."""
+    return np.load(path) if os.path.exists(path) else None
+

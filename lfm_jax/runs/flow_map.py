@@ -1,8 +1,8 @@
 """Flow-map job (`config.method = "flow_map"`): teacher (if the objective needs one),
 flow map training with checkpoints, few-step evaluation.
 
-1. Teacher objectives (lagrangian/eulerian/progressive distillation): a flow-matching
-   velocity is trained by `lfm_jax.runs.fm` in `<workdir>/teacher` (itself resumable),
+1. Teacher objectives (lmd, emd, pfmm: `losses.Objective.needs_teacher`): a flow-matching
+   velocity is trained by `lfm_jax.runs.flow_matching` in `<workdir>/teacher` (itself resumable),
    or restored from `config.flow_map.teacher_workdir`.
 2. The flow map is trained with `lfm_jax.train` and checkpointed in `<workdir>/ckpt`;
    re-running the same command resumes it.
@@ -19,15 +19,16 @@ import os
 import jax
 import numpy as np
 
-from lfm_jax import distill, distributed, flow_map, interpolants
+from lfm_jax import data as data_lib
+from lfm_jax import distill, distributed, flow_map, interpolants, losses
 from lfm_jax import logging as log_lib
-from lfm_jax import networks, plots, train
+from lfm_jax import networks, plots, timing, train
 from lfm_jax.runs import common
 
 
 def _teacher(config, workdir, example_shape):
     """Teacher velocity b(t, x): restored from teacher_workdir or trained here."""
-    from lfm_jax.runs import fm as fm_run
+    from lfm_jax.runs import flow_matching as fm_run
 
     fcfg = config.flow_map
     tdir = fcfg.teacher_workdir or os.path.join(workdir, "teacher")
@@ -51,29 +52,43 @@ def _teacher(config, workdir, example_shape):
     return distill.velocity_teacher(net, params)
 
 
-def make_flow_map_and_loss(config, objective: str, example_shape, teacher_b=None):
-    """The student `FlowMap` (config.model) and its batch loss for `objective`
-    (config.flow_map settings), for `train.make_train_step(..., loss_takes_step=True)`."""
-    from configs import flow_map_defaults
+def sampler_kwargs(section, sampler: str, total_steps: int) -> dict:
+    """Keyword options of the (s, t) sampler `sampler` from the flow_map config section:
+    diagonal_fraction for "diagonal", initial_gap and anneal_steps (0: half of
+    total_steps) for "annealed"."""
+    if sampler == "diagonal":
+        return {"diagonal_fraction": section.diagonal_fraction}
+    if sampler == "annealed":
+        return {"initial_gap": section.initial_gap,
+                "anneal_steps": section.anneal_steps or max(total_steps // 2, 1)}
+    return {}
 
+
+def make_flow_map_and_loss(config, objective: str, example_shape, teacher=None):
+    """The student `FlowMap` (config.model) and its batch loss for `objective`
+    (config.flow_map settings), for `train.make_train_step(..., loss_takes_step=True)`.
+
+    The (s, t) sampler is config.flow_map.time_sampler, or the objective's default when
+    that is empty; its options (e.g. diagonal_fraction) apply either way. The
+    objective's own options (`losses.Objective.options`) are read from the section
+    when it has a key of that name.
+    """
     fcfg = config.flow_map
+    record = losses.get_objective(objective)
     fmap = flow_map.make_flow_map(example_shape, hidden=tuple(config.model.hidden),
                                   activation=config.model.activation,
                                   num_frequencies=config.model.num_frequencies,
                                   max_frequency=config.model.max_frequency,
                                   zero_init_output=fcfg.zero_init_output,
                                   learned_weighting=fcfg.learned_weighting)
-    loss_kw = dict(interp=interpolants.get(fcfg.interpolant),
-                   sampler_kwargs=flow_map_defaults.sampler_kwargs(fcfg, config.train.steps))
-    if fcfg.time_sampler:
-        loss_kw["time_sampler"] = fcfg.time_sampler
-    kind, short, _ = distill.OBJECTIVES[objective]
-    if short == "progressive" and kind == "distill":
-        loss_kw.update(num_teacher_steps=fcfg.num_teacher_steps,
-                       teacher_substeps=fcfg.teacher_substeps)
-    if short == "progressive" and kind == "self":
-        loss_kw["intermediate"] = fcfg.intermediate
-    return fmap, distill.make_loss(objective, fmap, teacher_b, **loss_kw)
+    sampler = fcfg.time_sampler or record.time_sampler
+    options = {k: fcfg[k] for k in record.options if k in fcfg}
+    loss_fn = distill.make_loss(
+        objective, fmap, teacher, interp=interpolants.get(fcfg.interpolant),
+        time_sampler=sampler,
+        sampler_kwargs=sampler_kwargs(fcfg, sampler, config.train.steps),
+        intermediate=fcfg.intermediate, teacher_substeps=fcfg.teacher_substeps, **options)
+    return fmap, loss_fn
 
 
 def run(config, workdir: str) -> dict:
@@ -84,14 +99,15 @@ def run(config, workdir: str) -> dict:
     example_shape = dataset.train.shape[1:]
     mesh = common.make_mesh(config)
     name = fcfg.objective
-    teacher_b = _teacher(config, workdir, example_shape) if distill.needs_teacher(name) else None
+    record = losses.get_objective(name)
+    teacher = _teacher(config, workdir, example_shape) if record.needs_teacher else None
 
-    fmap, loss_fn = make_flow_map_and_loss(config, name, example_shape, teacher_b)
+    fmap, loss_fn = make_flow_map_and_loss(config, name, example_shape, teacher)
 
     opt = common.optimizer(config)
     step_fn = train.make_train_step(
         loss_fn, opt, loss_takes_step=True,
-        sample_batch=lambda k, d: distill.sample_rows(k, d, tcfg.batch_size),
+        sample_batch=lambda k, d: data_lib.sample_batch(k, d, tcfg.batch_size),
         steps_per_call=tcfg.steps_per_call, ema_decay=tcfg.ema_decay, mesh=mesh)
     key = jax.random.PRNGKey(config.seed)
     k_init, k_state, k_eval = jax.random.split(key, 3)
@@ -110,7 +126,7 @@ def run(config, workdir: str) -> dict:
     best = None
     for k in fcfg.sample_steps:
         sampler = jax.jit(lambda zz, k=k: flow_map.sample(X, zz, flow_map.uniform_grid(k)))
-        samples, seconds = distill.timed(sampler, z)
+        samples, seconds = timing.timed(sampler, z)
         samples = common.to_numpy(samples)
         row = {"steps": int(k), "time_s": seconds,
                **common.sample_metrics(jax.random.fold_in(k_eval, k), samples, test)}

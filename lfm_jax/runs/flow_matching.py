@@ -1,11 +1,12 @@
-"""Plain flow matching job: train (resumable), evaluate, write artefacts.
+"""Plain flow matching job (method "fm"): train (resumable), evaluate, write artefacts.
 
 Writes to the workdir: ckpt/ (orbax), metrics.jsonl (training curve),
 metrics.json (final metrics), samples.png, loss.png.
 
-Evaluation solves with `on_failure="nan"`: test points (samples) whose ODE solve fails
-are left out of the NLL (sample metrics) and counted as `n_failed`
-(`n_samples_failed`) in metrics.json, with a printed warning, instead of ending the run.
+Evaluation solves with config.eval.ode and `on_failure="nan"`: test points (samples)
+whose ODE solve fails are left out of the NLL (sample metrics) and counted as
+`n_failed` (`n_samples_failed`) in metrics.json, with a printed warning
+(`common.evaluation_summary`), instead of ending the run.
 """
 
 from __future__ import annotations
@@ -17,13 +18,13 @@ import numpy as np
 
 from lfm_jax import couplings, distributed, flow_matching, interpolants
 from lfm_jax import logging as log_lib
-from lfm_jax import metrics, ode, plots, train
+from lfm_jax import ode, plots, train
 from lfm_jax.runs import common
-from lfm_jax.runs.lfm import finite_nll, warn_failed
 
 
 def run(config, workdir: str) -> dict:
-    """Train (resumably), evaluate and write the artefacts of a plain FM run; returns the final metrics."""
+    """Train (resumably), evaluate and write the artefacts of a plain FM run; returns
+    the final metrics."""
     workdir = common.check_workdir(workdir)
     dataset = common.load_data(config)
     mesh = common.make_mesh(config)
@@ -34,7 +35,7 @@ def run(config, workdir: str) -> dict:
     loss_fn = flow_matching.make_loss(
         net.apply, interpolants.get(config.fm.interpolant),
         common.make_time_sampler(config.fm),
-        couplings.get(config.fm.coupling))
+        flow_matching.gaussian_pairs(couplings.get(config.fm.coupling)))
     step_fn = train.make_train_step(
         loss_fn, opt, sample_batch=flow_matching.make_sample_batch(t_cfg.batch_size),
         steps_per_call=t_cfg.steps_per_call, ema_decay=t_cfg.ema_decay, mesh=mesh)
@@ -57,58 +58,46 @@ def run(config, workdir: str) -> dict:
     return results
 
 
+def log_prob_rows(net, params, x, key, *, options: ode.Options, divergence: str = "exact",
+                  chunk_size=None, mesh=None) -> np.ndarray:
+    """log q(x) (nats) of the rows of x (n, ...) under the FM flow (data at t = 1, noise
+    at t = 0), split over the mesh's devices (`distributed.sharded_map`).
+
+    Hutchinson probes of row i come from fold_in(key, i), i its GLOBAL row index in x
+    (`ode.log_prob`'s indices), so the result does not depend on chunk_size or on the
+    number of devices."""
+    def rows(p, k, xs, idx):
+        return flow_matching.log_prob(net.apply, p, xs, options=options, method=divergence,
+                                      key=k, indices=idx)
+
+    return distributed.sharded_map(rows, params, x, mesh=mesh, chunk_size=chunk_size,
+                                   key=key)
+
+
 def evaluate(config, net, state, dataset, key, workdir) -> dict:
     """Test NLL (nats, exact or Hutchinson divergence), sample quality, samples.png."""
     e = config.eval
     params = state.ema_params if e.use_ema else state.params
     k_sample, k_metric, k_div = jax.random.split(key, 3)
     # on_failure="nan": a failed solve gives NaN for that example only (counted below)
-    ode_kw = dict(solver=e.solver, rtol=e.rtol, atol=e.atol, max_steps=e.max_steps,
-                  on_failure="nan")
+    options = common.eval_ode_options(config)
     mesh = common.make_mesh(config)
     noise = jax.random.normal(k_sample, (e.n_samples, *dataset.train.shape[1:]))
 
     def sample_rows(p, key, z, idx):
-        return ode.integrate(lambda t, x: net.apply(p, t, x), z, 0.0, 1.0, **ode_kw)
-
-    def log_prob_rows(p, key, x, idx):
-        # Hutchinson: fold in the chunk's first global index, so chunks draw new probes
-        div_kw = {"method": e.divergence}
-        if e.divergence == "hutchinson":
-            div_kw["key"] = jax.random.fold_in(key, idx[0])
-        return ode.log_prob(lambda t, y: net.apply(p, t, y), x, ode.standard_normal_log_prob,
-                            t_data=1.0, t_base=0.0, **ode_kw, **div_kw)
+        return flow_matching.sample(net.apply, p, z, options=options)
 
     samples = distributed.sharded_map(sample_rows, params, noise, mesh=mesh,
                                       chunk_size=e.chunk_size)
     test = np.asarray(dataset.test[: e.nll_examples])
-    lp = distributed.sharded_map(log_prob_rows, params, test, mesh=mesh,
-                                 chunk_size=e.chunk_size, key=k_div)
-    nll, nll_se, n_failed = finite_nll(lp)
-    warn_failed(n_failed, len(lp), "test points")
-    samples = np.asarray(samples)
-    bad = ~np.isfinite(samples.reshape(len(samples), -1)).all(axis=1)
-    warn_failed(int(bad.sum()), len(samples), "generated samples")
-    results = {
-        "test_nll": nll,
-        "test_nll_stderr": nll_se,
-        "n_failed": n_failed,
-        "nll_examples": int(len(lp)),
-        "n_samples_failed": int(bad.sum()),
-        "dim": int(dataset.dim),
-    }
-    floor = metrics.entropy_floor(dataset)
-    if floor is not None:
-        results["nll_floor"] = float(floor[0] if isinstance(floor, tuple) else floor)
-    if bad.all():  # nothing to measure or plot; the NLL metrics are still written
-        return results
-    samples = samples[~bad]
-    results.update(common.sample_metrics(k_metric, samples, np.asarray(dataset.test)))
-    plots.plot_samples(os.path.join(workdir, "samples.png"), samples,
-                       data=np.asarray(dataset.test), title=f"{config.method} samples")
-    if dataset.dim == 2:
+    lp = log_prob_rows(net, params, test, k_div, options=options, divergence=e.divergence,
+                       chunk_size=e.chunk_size, mesh=mesh)
+    results, good = common.evaluation_summary(k_metric, lp, samples, dataset, workdir,
+                                              f"{config.method} samples")
+    if dataset.dim == 2 and len(good):
         times = np.linspace(0.0, 1.0, 33)
-        paths = jax.jit(lambda p, z: ode.integrate(lambda t, x: net.apply(p, t, x), z, 0.0, 1.0,
-                                                   save_times=times, **ode_kw))(params, noise[:200])
+        paths = jax.jit(lambda p, z: ode.integrate(
+            jax.tree_util.Partial(net.apply, p), z, 0.0, 1.0, save_times=times,
+            options=options))(params, noise[:200])
         plots.plot_trajectories(os.path.join(workdir, "trajectories.png"), common.to_numpy(paths))
     return results

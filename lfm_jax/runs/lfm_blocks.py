@@ -1,0 +1,284 @@
+"""Local Flow Matching: the block loop, its files under <workdir>/blocks/<n>, and resume.
+
+`train_blocks(config, dataset, workdir)` trains blocks n = 1..N in turn. Block n:
+  1. its OU pairs come from x_l ~ q_{n-1}, the training set pushed through the
+     trained blocks 1..n-1 (on device: `lfm.make_sample_batch`, and the loss
+     `flow_matching.make_loss(..., lfm.ou_pairs)`, flow matching on the OU pair);
+  2. it trains with `train.make_train_step` / `train.fit` (fused steps, orbax
+     checkpoints in blocks/<n>/ckpt, per-step keys fold_in(key_n, step));
+  3. its final params (raw and EMA) are saved to blocks/<n>/params.msgpack, then the
+     training set and the validation subset are pushed through it (chunks sharded over
+     the mesh) and saved, with the cumulative log-determinant of the validation points,
+     as .npy files; then blocks/<n>/report.json (`lfm_reports.block_report`).
+Every file is written atomically (`common.atomic_open`), so a run killed at any moment
+and restarted with the same command restores blocks < n with their pushed data (only
+what is missing is recomputed) and resumes inside block n from its latest checkpoint,
+ending with the same params as an uninterrupted run.
+
+Failed ODE solves: the training-set push must be complete, so a failure there raises
+`PushFailedError` naming the block and how many points failed; the validation points
+are solved with on_failure="nan", and the failed ones are left out of the block's
+validation NLL and counted (`val_n_failed`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Callable, NamedTuple
+
+import flax.serialization
+import jax
+import numpy as np
+
+from lfm_jax import checkpoint, distributed, flow_matching, interpolants, lfm, networks, ode
+from lfm_jax import logging as log_lib
+from lfm_jax import train
+from lfm_jax.runs import common, lfm_reports
+
+
+class PushFailedError(RuntimeError):
+    """The ODE solve failed for some training points pushed through a block."""
+
+
+# ------------------------------------------------------------------------ building
+
+def make_step_sizes(config) -> tuple:
+    """OU step sizes (h_1, ..., h_N) of config.lfm (inf marks a free block)."""
+    c = config.lfm
+    return lfm.step_sizes(c.num_blocks, c=c.step_c, rho=c.step_rho,
+                          explicit=tuple(c.step_sizes) or None,
+                          free_last_block=c.free_last_block)
+
+
+def make_model(config, network, example_shape) -> lfm.LocalFlow:
+    """The LocalFlow whose maps T_n are used while training (config.lfm.push_ode,
+    on_failure="nan": failures are counted, then refused or left out)."""
+    return lfm.LocalFlow(network.apply, make_step_sizes(config), tuple(example_shape),
+                         ode=ode.options_from_config(config.lfm.push_ode, on_failure="nan"),
+                         chunk_size=config.lfm.chunk_size)
+
+
+class Trainer(NamedTuple):
+    """What trains the blocks of one config: built once (`make_trainer`) and passed to
+    `train_blocks`, so repeated jobs reuse the compiled step."""
+
+    network: networks.Network
+    model: lfm.LocalFlow
+    optimizer: object
+    step_fn: Callable
+
+
+def make_trainer(config, example_shape, mesh) -> Trainer:
+    """The network, the model, the optimiser (its schedule spans steps_per_block) and
+    the jitted fused training step of one block for config."""
+    c, t_cfg = config.lfm, config.train
+    network = common.velocity_network(config, tuple(example_shape))
+    opt = common.optimizer(config, total_steps=c.steps_per_block)
+    loss_fn = flow_matching.make_loss(network.apply, interpolants.get(c.interpolant),
+                                      common.make_time_sampler(c), lfm.ou_pairs,
+                                      times_per_pair=c.times_per_pair)
+    step_fn = train.make_train_step(
+        loss_fn, opt, sample_batch=lfm.make_sample_batch(t_cfg.batch_size),
+        steps_per_call=t_cfg.steps_per_call, ema_decay=t_cfg.ema_decay, mesh=mesh)
+    return Trainer(network, make_model(config, network, example_shape), opt, step_fn)
+
+
+# ------------------------------------------------------------------------- files
+
+class BlockFiles:
+    """Paths of block n's artefacts under workdir/blocks/<n> (created)."""
+
+    def __init__(self, workdir, n):
+        self.dir = os.path.join(workdir, "blocks", str(n))
+        os.makedirs(self.dir, exist_ok=True)
+        self.ckpt = os.path.join(self.dir, "ckpt")
+        self.params = os.path.join(self.dir, "params.msgpack")
+        self.train = os.path.join(self.dir, "train_pushed.npy")
+        self.val = os.path.join(self.dir, "val_pushed.npy")
+        self.val_logdet = os.path.join(self.dir, "val_logdet.npy")
+        self.report = os.path.join(self.dir, "report.json")
+        self.loss = os.path.join(self.dir, "loss.jsonl")
+
+
+def load_params(path, template) -> dict:
+    """{"params", "ema_params"} of a block saved at path (structure of template)."""
+    with open(path, "rb") as f:
+        return flax.serialization.from_bytes(
+            {"params": template, "ema_params": template}, f.read())
+
+
+def push_training_data(model, params, x, n: int, *, mesh=None) -> np.ndarray:
+    """T_n(x) for the data that trains block n + 1; every point must succeed.
+
+    Solved with on_failure="nan" so that a failure is counted rather than reported as
+    diffrax's bare max-steps error; any failed point raises `PushFailedError` (a NaN
+    in the pushed data would poison the next block)."""
+    options = dataclasses.replace(model.ode, on_failure="nan")
+    x_next = dataclasses.replace(model, ode=options).block_map(params, x, mesh=mesh)
+    failed = int(lfm.failed_rows(x_next).sum())
+    if failed:
+        raise PushFailedError(
+            f"block {n}: the ODE solve failed for {failed} of {len(x_next)} training "
+            f"points pushed through the block (solver {options.solver}, rtol "
+            f"{options.rtol}, atol {options.atol}, max_steps {options.max_steps}); the "
+            f"pushed data would contain NaN and poison block {n + 1}. Raise "
+            f"lfm.push_ode.max_steps or loosen lfm.push_ode.rtol / atol.")
+    return x_next
+
+
+# ---------------------------------------------------------------------- training
+
+def train_blocks(config, dataset, workdir: str, *, mesh=None, trainer=None, callback=None,
+                 verbose: bool = True, block_train_budget_s=None):
+    """Train all blocks (resuming where the workdir left off).
+
+    Args:
+      config: a full config (sections lfm, train, model, eval).
+      dataset: `data.Dataset` (train, val arrays (n, d); optional log_prob).
+      workdir: output directory; blocks/<n>/ holds block n's files.
+      mesh: device mesh (default from config.train.num_devices).
+      trainer: `make_trainer(config, ...)` (default: built here).
+      callback: optional f(block, step, metrics) after every fused call (e.g. to
+        stop a run for tests by raising).
+      block_train_budget_s: optional wall-clock limit (seconds) on each block's
+        training (not its push): the block stops after the first fused call that ends
+        past it, or at steps_per_block (the lr schedule spans steps_per_block). For
+        equal-time comparisons; the steps run are in the block's report.
+    Returns:
+      (model, params_list, reports): the LocalFlow (push options), the model params of
+      each block (EMA if config.eval.use_ema), and the per-block report dicts.
+    """
+    c = config.lfm
+    mesh = common.make_mesh(config) if mesh is None else mesh
+    example_shape = tuple(dataset.train.shape[1:])
+    if trainer is None:
+        trainer = make_trainer(config, example_shape, mesh)
+    network, model = trainer.network, trainer.model
+    init_key, train_key, div_key = jax.random.split(jax.random.PRNGKey(config.seed), 3)
+    template = network.init(init_key)
+
+    x_train = np.asarray(dataset.train)
+    x_val = np.asarray(dataset.val[: c.n_val])
+    val_logdet = np.zeros(len(x_val), np.float64)
+    log_p_val = None
+    if dataset.log_prob is not None:
+        log_p_val = np.asarray(jax.jit(jax.vmap(dataset.log_prob))(x_val), np.float64)
+    hs = model.step_sizes
+    cum_h = lfm.cumulative_ou_time(hs)
+    reports = [lfm_reports.initial_report(model, x_val, log_p_val, mesh)]
+    params_list, raw_prev = [], None
+
+    for n in range(1, model.num_blocks + 1):
+        files = BlockFiles(workdir, n)
+        timing = {}
+        if os.path.exists(files.params):
+            saved = load_params(files.params, template)
+        else:
+            if c.warm_start and raw_prev is not None:
+                init = raw_prev
+            else:
+                init = network.init(jax.random.fold_in(init_key, n))
+            t0 = time.perf_counter()
+            saved, steps_run = _train_one_block(
+                n, hs[n - 1], x_train, init, trainer, files, config,
+                jax.random.fold_in(train_key, n), mesh, callback, verbose,
+                block_train_budget_s)
+            timing["train_time_s"] = time.perf_counter() - t0
+            timing["steps_trained"] = steps_run
+            common.save_bytes(files.params, flax.serialization.to_bytes(saved))
+        raw_prev = saved["params"]
+        params = saved["ema_params"] if config.eval.use_ema else saved["params"]
+        params_list.append(params)
+
+        t0 = time.perf_counter()
+        x_next = common.load_npy(files.train)
+        if x_next is None:
+            x_next = push_training_data(model, params, x_train, n, mesh=mesh)
+            common.save_npy(files.train, x_next)
+        push_time = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        v_next, v_logdet = common.load_npy(files.val), common.load_npy(files.val_logdet)
+        if v_next is None or v_logdet is None:
+            # a failed validation point is NaN (left out of the val NLL and counted as
+            # val_n_failed), not the end of the run.
+            v_next, delta = model.block_log_det(
+                params, x_val, method=c.divergence, n_probes=c.n_probes,
+                key=jax.random.fold_in(div_key, n), mesh=mesh)
+            v_logdet = val_logdet + delta
+            common.save_npy(files.val, v_next)
+            common.save_npy(files.val_logdet, v_logdet)
+        val_time = time.perf_counter() - t0
+
+        if os.path.exists(files.report):
+            with open(files.report) as f:
+                report = json.load(f)
+        else:
+            losses = log_lib.read_jsonl(files.loss) if os.path.exists(files.loss) else []
+            report = lfm_reports.block_report(
+                model, n, cum_h[n], x_train, x_next, v_next, v_logdet, log_p_val, losses,
+                mesh)
+            # push_time_s: the training set through the block (part of LFM training);
+            # val_logdet_time_s: the validation points and their log-det (evaluation).
+            report.update(timing, push_time_s=push_time, val_logdet_time_s=val_time)
+            common.save_json(files.report, report)
+        reports.append(report)
+        if verbose:
+            print(lfm_reports.format_report(report), flush=True)
+        x_train, x_val, val_logdet = x_next, v_next, v_logdet
+    return model, params_list, reports
+
+
+def _train_one_block(n, h, x_l, init_params, trainer, files, config, key, mesh,
+                     user_callback, verbose, budget_s=None):
+    """Train block n from init_params (or its latest checkpoint); returns
+    ({"params", "ema_params"} on the host, steps run). With budget_s, stops after the
+    first fused call that ends past budget_s seconds."""
+    t_cfg = config.train
+    steps = config.lfm.steps_per_block
+    step_fn = trainer.step_fn
+    state = train.create_train_state(key, init_params, trainer.optimizer)
+    state = distributed.replicate(state, mesh)
+    ckpt = checkpoint.Checkpointer(files.ckpt, save_every=t_cfg.checkpoint_every,
+                                   keep=t_cfg.keep_checkpoints)
+    try:
+        state = ckpt.restore(state)
+        start = int(state.step)
+        log_lib.truncate_jsonl(files.loss, start)
+        writer = log_lib.MetricsWriter(files.loss)
+        if start and verbose:
+            print(f"block {n}: resuming from step {start} in {files.ckpt}", flush=True)
+
+        def callback(step, m):
+            writer.write(step, loss=float(np.mean(m["loss"])),
+                         grad_norm=float(np.mean(m["grad_norm"])))
+            if user_callback is not None:
+                user_callback(n, step, m)
+
+        data = distributed.replicate(
+            {"x": np.asarray(x_l), "h": np.asarray(h, np.asarray(x_l).dtype)}, mesh)
+        progress = log_lib.Progress(steps, initial=start, desc=f"lfm block {n}",
+                                    disable=None if verbose else True)
+        spc = t_cfg.steps_per_call
+        try:
+            if budget_s is None:
+                state, _ = train.fit(state, step_fn, data, steps, steps_per_call=spc,
+                                     callback=callback, checkpointer=ckpt,
+                                     progress=progress)
+            else:
+                t0 = time.perf_counter()
+                step = int(state.step)
+                while step < steps and time.perf_counter() - t0 < budget_s:
+                    step = min(steps, step + spc)
+                    state, _ = train.fit(state, step_fn, data, step, steps_per_call=spc,
+                                         callback=callback, progress=progress)
+                ckpt.save(int(state.step), state, force=True)
+                ckpt.wait()
+        finally:
+            progress.close()
+    finally:
+        ckpt.close()
+    return (jax.device_get({"params": state.params, "ema_params": state.ema_params}),
+            int(state.step) - start)

@@ -1,0 +1,144 @@
+"""Local Flow Matching distillation: each trained block's map distilled into a flow map.
+
+`load_trained_blocks` reads an LFM trained in a workdir (`lfm_blocks.train_blocks`),
+`block_inputs` gives block n's input data x_l ~ q_{n-1} (read from the block files, or
+pushed again), and `distill_blocks` distils every block (`distill.distill_lfm_blocks`),
+saving each distilled block so that a rerun resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import flax.serialization
+import jax
+import numpy as np
+
+from lfm_jax import interpolants, lfm
+from lfm_jax.runs import common, lfm_blocks
+
+
+def load_trained_blocks(config, workdir: str, example_shape):
+    """(network, model, params_list) of an LFM trained in workdir (blocks/<n>/), not
+    retrained. Raises FileNotFoundError naming the missing file and the command that
+    trains it. params: EMA if config.eval.use_ema (as `train_blocks` returns them)."""
+    network = common.velocity_network(config, tuple(example_shape))
+    model = lfm_blocks.make_model(config, network, tuple(example_shape))
+    template = network.init(jax.random.PRNGKey(0))
+    params_list = []
+    for n in range(1, model.num_blocks + 1):
+        path = os.path.join(workdir, "blocks", str(n), "params.msgpack")
+        if not os.path.exists(path):
+            raise FileNotFoundError(
+                f"{path} is missing: block {n} of {model.num_blocks} is not trained in "
+                f"{workdir}. Train the LFM first (same config and overrides), e.g. "
+                f"`python -m experiments.train --config configs/lfm_checkerboard.py "
+                f"--workdir {workdir}`")
+        try:
+            saved = lfm_blocks.load_params(path, template)
+        except Exception as err:  # wrong architecture for this config
+            raise ValueError(f"cannot load {path} with this config's network "
+                             f"(hidden={tuple(config.model.hidden)}): {err}") from err
+        params_list.append(saved["ema_params"] if config.eval.use_ema else saved["params"])
+    return network, model, params_list
+
+
+def block_inputs(workdir: str, model, params_list, x_train, n: int, *, mesh=None):
+    """x_l ~ q_{n-1} for block n: the training set pushed through blocks 1..n-1, read
+    from blocks/<n-1>/train_pushed.npy (pushed again, and saved, if missing)."""
+    if n == 1:
+        return np.asarray(x_train)
+    path = lfm_blocks.BlockFiles(workdir, n - 1).train
+    x = common.load_npy(path)
+    if x is None:
+        x = lfm_blocks.push_training_data(model, params_list[n - 2],
+                               block_inputs(workdir, model, params_list, x_train, n - 1,
+                                            mesh=mesh), n - 1, mesh=mesh)
+        common.save_npy(path, x)
+    return x
+
+
+def distill_blocks(config, workdir: str, network, model, params_list, x_train, *,
+                   out_dir: str, objective: str = "lmd",
+                   hidden=(256, 256, 256), steps: int = 2000, batch_size: int = 256,
+                   lr: float = 1e-3, ema_decay: float = 0.995, steps_per_call: int = 100,
+                   max_pairs: int = 0, key=None, mesh=None, verbose: bool = True):
+    """Distil every block's inverse into a flow map (`distill.distill_lfm_blocks`).
+
+    Block n's pairs are its pushed data x_l (`block_inputs`) and the OU partner
+    x_r = ou_step(x_l, h_n) (x_r ~ N(0, I) for a free block); the teacher is the block
+    velocity v_n (objective a key of `losses.OBJECTIVES`; objectives without a teacher
+    learn from the pairs alone). Each distilled block is saved to
+    out_dir/block_<n>.msgpack with its settings in out_dir/settings.json; a rerun loads
+    finished blocks instead of retraining them (a rerun with other settings in the same
+    out_dir is an error).
+
+    Returns:
+      ([(flow_map, params)] in block order, [per-block info dicts]).
+    """
+    from lfm_jax import distill, flow_map as flow_map_lib, losses
+
+    losses.get_objective(objective)  # an unknown name fails before any work
+    mesh = common.make_mesh(config) if mesh is None else mesh
+    os.makedirs(out_dir, exist_ok=True)
+    settings = {"objective": objective, "hidden": list(hidden), "steps": int(steps),
+                "batch_size": int(batch_size), "lr": float(lr), "ema_decay": float(ema_decay),
+                "max_pairs": int(max_pairs), "interpolant": config.lfm.interpolant,
+                "num_blocks": model.num_blocks}
+    settings_path = os.path.join(out_dir, "settings.json")
+    if os.path.exists(settings_path):
+        with open(settings_path) as f:
+            old = json.load(f)
+        if old != settings:
+            raise ValueError(f"{out_dir} holds blocks distilled with other settings "
+                             f"{old}; use another output directory or delete it")
+    else:
+        common.save_json(settings_path, settings)
+    key = jax.random.PRNGKey(config.seed + 1) if key is None else key
+    m = config.model
+
+    def make_flow_map():
+        return flow_map_lib.make_flow_map(model.example_shape, hidden=tuple(hidden),
+                                          activation=m.activation,
+                                          num_frequencies=m.num_frequencies,
+                                          max_frequency=m.max_frequency)
+
+    interp = interpolants.get(config.lfm.interpolant)
+    spc = max(1, min(int(steps_per_call), int(steps)))
+    train_kwargs = dict(num_steps=int(steps) // spc * spc, batch_size=int(batch_size),
+                        lr=float(lr), ema_decay=float(ema_decay), steps_per_call=spc,
+                        mesh=mesh)
+    maps, infos = [], []
+    for n in range(1, model.num_blocks + 1):
+        path = os.path.join(out_dir, f"block_{n}.msgpack")
+        fmap = make_flow_map()
+        template = fmap.init(jax.random.PRNGKey(0))
+        info = {"block": n}
+        if os.path.exists(path):
+            with open(path, "rb") as f:
+                params = flax.serialization.from_bytes(template, f.read())
+            info["loaded"] = True
+        else:
+            k_n = jax.random.fold_in(key, n)
+            x_l = block_inputs(workdir, model, params_list, x_train, n, mesh=mesh)
+            if max_pairs and len(x_l) > max_pairs:
+                x_l = x_l[:max_pairs]
+            x_r = np.asarray(lfm.ou_step(jax.random.fold_in(k_n, 0), jax.numpy.asarray(x_l),
+                                         model.step_sizes[n - 1]))
+            b = distill.velocity_teacher(network, params_list[n - 1])
+            t0 = time.perf_counter()
+            ((_, params),) = distill.distill_lfm_blocks(
+                [b], [(x_l, x_r)], lambda: fmap, objective=objective, key=k_n, interp=interp,
+                train_kwargs=train_kwargs)
+            params = jax.device_get(params)
+            info["train_time_s"] = time.perf_counter() - t0
+            common.save_bytes(path, flax.serialization.to_bytes(params))
+            if verbose:
+                print(f"distilled block {n}/{model.num_blocks} ({objective}) in "
+                      f"{info['train_time_s']:.1f}s -> {path}", flush=True)
+        maps.append((fmap, params))
+        infos.append(info)
+    return maps, infos
+
