@@ -17,13 +17,13 @@ def get_config() -> ml_collections.ConfigDict:
     config.seed = 0
 
     config.data = ml_collections.ConfigDict()
-    config.data.name = "checkerboard"  # a 2-D toy name, "gmm", or a tabular name
+    config.data.name = "checkerboard"  # a 2-D toy name, "gmm", "file", or a tabular name
     config.data.n_train = 50_000
     config.data.n_val = 5_000
     config.data.n_test = 5_000
     config.data.dim = 2  # gmm only
     config.data.n_components = 8  # gmm only
-    config.data.path = ""  # tabular data root (see lfm_jax.tabular)
+    config.data.path = ""  # data.name="file": a .npy/.npz/.csv table; tabular: data root
 
     config.model = ml_collections.ConfigDict()
     config.model.hidden = (256, 256, 256)

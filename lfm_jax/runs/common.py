@@ -19,8 +19,17 @@ from lfm_jax import logging as log_lib
 
 
 def load_data(config):
-    """The dataset named by config.data (validated)."""
+    """The dataset named by config.data (validated): a 2-D toy name, "gmm", "file"
+    (your own .npy / .npz / .csv table at data.path, `user_data.load`: split with
+    config.seed, standardised with the train statistics) or a MAF tabular name."""
     d = config.data
+    if d.name == "file":
+        from lfm_jax import user_data
+
+        if not d.path:
+            raise ValueError("config.data.name='file' needs config.data.path "
+                             "(a .npy, .npz or .csv file)")
+        return user_data.load(d.path, seed=config.seed)
     if d.name in getattr(data_lib, "TOY_2D", {}) or d.name == "gmm":
         kw = {"dim": d.dim, "n_components": d.n_components} if d.name == "gmm" else {}
         return data_lib.make_dataset(d.name, d.n_train, d.n_val, d.n_test, config.seed, **kw)
