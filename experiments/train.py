@@ -7,7 +7,11 @@
 `lfm_checkerboard` (`experiments.config_path.resolve`).
 
 Re-running the same command on a workdir that holds a checkpoint resumes it.
-Multi-host: pass --distributed to call jax.distributed.initialize() first.
+Several processes (hosts, or processes on one machine): pass --distributed, which
+calls jax.distributed.initialize() (with --coordinator_address, --num_processes and
+--process_id, or from the cluster's environment), and run the same command in every
+process; each loads its slice of every batch, all take part in checkpoints, and only
+process 0 writes logs, metrics and plots.
 """
 
 import sys
@@ -21,7 +25,13 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file.",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Output directory (checkpoints, metrics, plots).")
-flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() first.")
+flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() first "
+                  "(settings from the flags below, else from the cluster environment: "
+                  "SLURM, Open MPI, Kubernetes, Cloud TPU).")
+flags.DEFINE_string("coordinator_address", None, "With --distributed: host:port of "
+                    "process 0 (e.g. localhost:12355 for processes on one machine).")
+flags.DEFINE_integer("num_processes", None, "With --distributed: number of processes.")
+flags.DEFINE_integer("process_id", None, "With --distributed: this process's id.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -32,7 +42,8 @@ def main(argv):
     import jax
 
     if FLAGS.distributed:
-        jax.distributed.initialize()
+        jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
+                                   FLAGS.process_id)
     from lfm_jax import runs
 
     config = FLAGS.config

@@ -1,0 +1,99 @@
+"""Two processes with two CPU devices each (jax.distributed on a localhost
+coordinator) train exactly as one process with four devices: the FM job's losses and
+one LFM block's losses and pushed training set are equal (the push with a fixed-step
+solver: an adaptive solve amplifies float32 rounding differences of a differently
+composed device batch into differences of the order of its tolerance).
+
+Each process runs the jobs through `lfm_jax.runs` in one interpreter (the driver
+below); the workdir is shared, as on a cluster file system: every process takes part
+in the orbax checkpoints, and only process 0 writes logs and metrics."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+
+DRIVER = r"""
+import sys
+import jax
+if len(sys.argv) > 2:
+    jax.distributed.initialize(sys.argv[2], num_processes=2, process_id=int(sys.argv[3]))
+from configs import fm_checkerboard, lfm_checkerboard
+from lfm_jax import runs
+
+def tiny(config):
+    config.model.hidden = (16, 16)
+    config.data.n_train = 2000
+    config.train.batch_size = 64
+    config.train.steps_per_call = 10
+    config.train.checkpoint_every = 20
+    config.eval.n_samples = 64
+    config.eval.nll_examples = 64
+    config.eval.ode.rtol = config.eval.ode.atol = 1e-3
+    return config
+
+workdir = sys.argv[1]
+fm = tiny(fm_checkerboard.get_config())
+fm.train.steps = 40
+runs.get("fm")(fm, workdir + "/fm")
+lfm = tiny(lfm_checkerboard.get_config())
+lfm.lfm.num_blocks = 1
+lfm.lfm.free_last_block = False
+lfm.lfm.steps_per_block = 40
+lfm.lfm.n_val = 64
+lfm.lfm.push_ode.num_steps = 8   # fixed steps: the push is compared to float rounding
+runs.get("lfm")(lfm, workdir + "/lfm")
+print("DRIVER DONE", jax.process_index(), jax.device_count(), flush=True)
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def _start(args, devices, root):
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+               JAX_PLATFORMS="cpu", PYTHONPATH=root)
+    return subprocess.Popen([sys.executable, "-c", DRIVER, *args], cwd=root, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _losses(path):
+    with open(path) as f:
+        return [json.loads(line)["loss"] for line in f if line.strip()]
+
+
+def test_two_processes_train_as_one_process_with_four_devices(tmp_path):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    address = f"localhost:{_free_port()}"
+    multi, single = tmp_path / "multi", tmp_path / "single"
+    procs = [_start([str(multi), address, str(i)], 2, root) for i in range(2)]
+    procs.append(_start([str(single)], 4, root))
+    outs = []
+    for p in procs:
+        try:
+            out, _ = p.communicate(timeout=420)
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            raise
+        outs.append(out)
+        assert p.returncode == 0, out[-3000:]
+    assert "DRIVER DONE 0 4" in outs[0] and "DRIVER DONE 1 4" in outs[1], outs[0][-2000:]
+    assert "DRIVER DONE 0 4" in outs[2]
+
+    fm_multi, fm_single = _losses(multi / "fm/metrics.jsonl"), _losses(single / "fm/metrics.jsonl")
+    assert len(fm_multi) == 4 and fm_multi == fm_single
+    block = "lfm/blocks/1"
+    assert _losses(multi / block / "loss.jsonl") == _losses(single / block / "loss.jsonl")
+    pushed_multi = np.load(multi / block / "train_pushed.npy")
+    pushed_single = np.load(single / block / "train_pushed.npy")
+    assert pushed_multi.shape == (2000, 2)
+    np.testing.assert_allclose(pushed_multi, pushed_single, rtol=1e-5, atol=1e-5)
+    # both processes restore the same final checkpoint (every process took part)
+    assert sorted(os.listdir(multi / "fm/ckpt")) == sorted(os.listdir(single / "fm/ckpt"))
