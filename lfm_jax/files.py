@@ -1,7 +1,7 @@
 """Side files of a run (arrays, parameter pytrees, JSON) written atomically and read
 back with errors that name the file.
 
-Writers put the bytes in `<path>.tmp` in the same folder, flush and fsync it, then
+Writers put the bytes in `<path>.tmp<pid>` in the same folder, flush and fsync it, then
 `os.replace` it onto `path`: a reader sees the old file or the whole new one, never
 half of one, even if the process is killed mid-write (`os.replace` is atomic on
 POSIX within one file system). A file can still be damaged afterwards (a full disk
@@ -37,7 +37,7 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
     """Write `data` to `path` via `<path>.tmp`, fsync and `os.replace`."""
     path = os.fspath(path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
+    tmp = f"{path}.tmp{os.getpid()}"  # per process: several may write the same file
     with open(tmp, "wb") as f:
         f.write(data)
         f.flush()

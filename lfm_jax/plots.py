@@ -3,7 +3,8 @@ the LFM chi-square diagnostic.
 
 Every function builds its own `matplotlib.figure.Figure` (the object-oriented API,
 rendered with the Agg canvas; pyplot's global state and `plt.show` are never used),
-saves a PNG to `path` (creating parent folders) and returns the path. Inputs may be
+saves a PNG to `path` (creating parent folders; on process 0 only in a multi-process
+run) and returns the path. Inputs may be
 numpy or jax arrays.
 """
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
+import jax
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -27,6 +29,9 @@ def _new_figure(figsize) -> Figure:
 
 def _save(fig: Figure, path) -> Path:
     path = Path(path)
+    if jax.process_index() != 0:  # multi-process runs: process 0 draws the figures
+        fig.clear()
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(path, format="png")

@@ -104,7 +104,7 @@ def test_side_files_round_trip_and_damage(tmp_path):
     files.save_npy(p_npy, x)
     files.save_json(p_json, {"nll": np.float32(1.5), "v": np.arange(2)})
     files.save_msgpack(p_mp, tree)
-    assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
+    assert not [p for p in os.listdir(tmp_path) if ".tmp" in p]
     np.testing.assert_array_equal(files.load_npy(p_npy, shape=(None, 3)), x)
     assert files.load_json(p_json) == {"nll": 1.5, "v": [0, 1]}
     loaded = files.load_msgpack(p_mp, tree)

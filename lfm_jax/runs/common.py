@@ -212,8 +212,8 @@ def warn_failed(n_failed: int, n_total: int, what: str) -> None:
 def atomic_open(path: str):
     """Open path for binary writing under a temporary name, renamed to path when the
     block ends without error: a run killed mid-write never leaves a truncated file."""
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
+    tmp = f"{path}.tmp{os.getpid()}"  # per process: in a multi-process run every
+    with open(tmp, "wb") as f:         # process writes the same (identical) file
         yield f
     os.replace(tmp, path)
 
