@@ -123,19 +123,18 @@ def _quick(config) -> None:
     """Tiny CPU settings with the same block layout (module docstring)."""
     config.model.hidden = tuple(min(w, 64) for w in config.model.hidden)
     config.data.n_train, config.data.n_val, config.data.n_test = 2_000, 500, 500
-    config.lfm.steps_per_block = 60
-    config.lfm.n_val = 250
-    config.lfm.chunk_size = 2_000
-    config.lfm.push_ode.rtol = config.lfm.push_ode.atol = 1e-3
+    config.lfm.steps_per_block = 40
     config.train.batch_size = min(config.train.batch_size, 256)
     config.train.steps_per_call = 20
-    config.train.checkpoint_every = 60
+    config.train.checkpoint_every = 40
     config.train.lr = max(config.train.lr, 2e-3)
     config.train.decay_every = 20
+    # One chunk shape and one set of ODE options for pushes, per-block val log-dets,
+    # the test NLL and sampling: the compiled solves are shared (compile time dominates).
+    config.lfm.n_val = config.eval.nll_examples = config.eval.n_samples = 500
+    config.lfm.chunk_size = config.eval.chunk_size = 500
+    config.lfm.push_ode.rtol = config.lfm.push_ode.atol = 1e-3
     config.eval.ode.rtol = config.eval.ode.atol = 1e-3
-    config.eval.n_samples = 500
-    config.eval.nll_examples = 500
-    config.eval.chunk_size = 500
 
 
 def _standin(config) -> None:
