@@ -64,7 +64,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval.n_samples = 5_000
     config.eval.nll_examples = 2_000
     # Split scored by the NLL: "test" (default) or "val" (the MAF validation split, the
-    # split the LFM paper reports on tabular data; README "Experiments and configs").
+    # split the LFM paper reports on tabular data; see the paper_nll variant of
+    # configs/lfm_official.py).
     config.eval.split = "test"
     # ODE of the test NLL and sampling (lfm_jax.ode.options_from_config).
     config.eval.ode = ode_defaults.get_config()

@@ -4,7 +4,7 @@ h = 0.025 ... 0.119 (0.025 * 1.25^k) + a free block, 3x256 Softplus(beta=20), ba
 10,000, 50,000 iterations per block, lr 2e-4 x0.99 every 1k.
 
     --config configs/lfm_8gaussians.py          the official layout (a GPU run)
-    --config configs/lfm_8gaussians.py:quick    the same layout, tiny: seconds on a CPU
+    --config configs/lfm_8gaussians.py:quick    the same layout, tiny: under a minute on a CPU
 """
 
 from configs import lfm_official

@@ -5,7 +5,7 @@ h = 0.025 ... 0.119 (0.025 * 1.25^k) + a free block, 3x256 Softplus(beta=20), ba
 configs/lfm_checkerboard.py, is our tuned CPU setting instead.
 
     --config configs/lfm_checkerboard_official.py          the official layout (a GPU run)
-    --config configs/lfm_checkerboard_official.py:quick    the same layout, tiny: seconds on a CPU
+    --config configs/lfm_checkerboard_official.py:quick    the same layout, tiny: under a minute on a CPU
 """
 
 from configs import lfm_official

@@ -14,7 +14,7 @@ rtol = atol = 1e-5.
 Variants (`--config configs/lfm_<data>.py:<variant>[,<variant>]`):
   quick:     the same block layout (L OU + free), tiny networks of the same depth, a
              few steps per block, small batches and evaluation sets, loose ODE
-             tolerances: trains end to end on a CPU (2-D: seconds; tabular: see standin).
+             tolerances: trains end to end on a CPU (2-D: under a minute; tabular: see standin).
   standin:   tabular only: the Gaussian-mixture stand-in of the data set's dimension
              (`<name>_gmm`, 50,000 rows, exact density, no download) instead of the MAF
              files. `quick` on the full MAF files pushes the whole training split through

@@ -4,7 +4,7 @@ lfm_jax.data.sample_rose), the official 2-D layout (configs/lfm_official.toy_2d)
 Softplus(beta=20), batch 10,000, 50,000 iterations per block, lr 2e-4 x0.99 every 1k.
 
     --config configs/lfm_rose.py          the official layout (a GPU run)
-    --config configs/lfm_rose.py:quick    the same layout, tiny: seconds on a CPU
+    --config configs/lfm_rose.py:quick    the same layout, tiny: under a minute on a CPU
 """
 
 from configs import lfm_official
