@@ -30,6 +30,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.activation = "silu"
     config.model.num_frequencies = 8
     config.model.max_frequency = 64.0
+    # "fourier": [Fourier features of t, x]; "raw": [t, x] (the official LFM networks)
+    config.model.time_embedding = "fourier"
+    config.model.softplus_beta = 1.0  # activation "softplus": log(1 + exp(beta h)) / beta
+    config.model.weight_init = "lecun"  # lecun | torch (torch.nn.Linear's uniform init)
 
     config.fm = ml_collections.ConfigDict()
     config.fm.interpolant = "linear"  # linear | trig
@@ -43,7 +47,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.train.batch_size = 256
     config.train.steps_per_call = 50
     config.train.lr = 1e-3
-    config.train.schedule = "cosine"  # constant | cosine | linear
+    config.train.schedule = "cosine"  # constant | cosine | linear | step
+    # schedule "step": lr * decay_rate ** floor(step / decay_every) (torch StepLR)
+    config.train.decay_rate = 1.0
+    config.train.decay_every = 1_000
     config.train.warmup_steps = 100
     config.train.grad_clip = 1.0
     config.train.weight_decay = 0.0
@@ -56,6 +63,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval.use_ema = True
     config.eval.n_samples = 5_000
     config.eval.nll_examples = 2_000
+    # Split scored by the NLL: "test" (default) or "val" (the MAF validation split, the
+    # split the LFM paper reports on tabular data; see the paper_nll variant of
+    # configs/lfm_official.py).
+    config.eval.split = "test"
     # ODE of the test NLL and sampling (lfm_jax.ode.options_from_config).
     config.eval.ode = ode_defaults.get_config()
     config.eval.divergence = "exact"  # exact | hutchinson

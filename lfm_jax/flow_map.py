@@ -175,10 +175,12 @@ class FlowMap:
 
 def make_flow_map(example_shape, hidden=(256, 256, 256, 256), activation="silu",
                   num_frequencies=8, max_frequency=64.0, zero_init_output=False,
-                  learned_weighting: bool = False, weighting_hidden=(64,)) -> FlowMap:
-    """`FlowMap` over a `networks.two_time_mlp`, optionally with a learned lv(s, t)."""
+                  learned_weighting: bool = False, weighting_hidden=(64,),
+                  **network_kwargs) -> FlowMap:
+    """`FlowMap` over a `networks.two_time_mlp`, optionally with a learned lv(s, t).
+    network_kwargs (time_embedding, softplus_beta, weight_init, ...) go to the MLP."""
     net = networks.two_time_mlp(example_shape, hidden, activation, num_frequencies,
-                                max_frequency, zero_init_output)
+                                max_frequency, zero_init_output, **network_kwargs)
     weighting = loss_weighting(weighting_hidden) if learned_weighting else None
     return FlowMap(network=net, weighting=weighting)
 

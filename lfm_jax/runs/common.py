@@ -55,19 +55,27 @@ def make_mesh(config):
 
 
 def velocity_network(config, example_shape):
-    """The config.model MLP as a velocity `Network` for examples of example_shape."""
+    """The config.model MLP as a velocity `Network` for examples of example_shape
+    (time_embedding, softplus_beta, weight_init default to fourier, 1, lecun when a
+    config lacks them)."""
     m = config.model
     return networks.velocity_mlp(example_shape, hidden=tuple(m.hidden), activation=m.activation,
                                  num_frequencies=m.num_frequencies,
-                                 max_frequency=m.max_frequency)
+                                 max_frequency=m.max_frequency,
+                                 time_embedding=m.get("time_embedding", "fourier"),
+                                 softplus_beta=m.get("softplus_beta", 1.0),
+                                 weight_init=m.get("weight_init", "lecun"))
 
 
 def optimizer(config, total_steps=None):
-    """The config.train optimiser; its schedule spans total_steps (default train.steps)."""
+    """The config.train optimiser; its schedule spans total_steps (default train.steps).
+    Schedule "step" decays by train.decay_rate every train.decay_every steps."""
     t = config.train
     return train.make_optimizer(lr=t.lr, schedule=t.schedule, warmup_steps=t.warmup_steps,
                                 total_steps=total_steps or t.steps, grad_clip=t.grad_clip,
-                                weight_decay=t.weight_decay)
+                                weight_decay=t.weight_decay,
+                                decay_rate=t.get("decay_rate", 1.0),
+                                decay_every=t.get("decay_every", 0))
 
 
 def resumable_fit(config, state, step_fn, train_data, workdir: str, desc: str):

@@ -75,7 +75,8 @@ def log_prob_rows(net, params, x, key, *, options: ode.Options, divergence: str 
 
 
 def evaluate(config, net, state, dataset, key, workdir) -> dict:
-    """Test NLL (nats, exact or Hutchinson divergence), sample quality, samples.png."""
+    """Test NLL (nats, exact or Hutchinson divergence) on the config.eval.split split,
+    sample quality, samples.png."""
     e = config.eval
     params = state.ema_params if e.use_ema else state.params
     k_sample, k_metric, k_div = jax.random.split(key, 3)
@@ -89,11 +90,13 @@ def evaluate(config, net, state, dataset, key, workdir) -> dict:
 
     samples = distributed.sharded_map(sample_rows, params, noise, mesh=mesh,
                                       chunk_size=e.chunk_size)
-    test = np.asarray(dataset.test[: e.nll_examples])
+    split = e.get("split", "test")  # "val": the MAF validation split (the paper's)
+    test = np.asarray(getattr(dataset, split)[: e.nll_examples])
     lp = log_prob_rows(net, params, test, k_div, options=options, divergence=e.divergence,
                        chunk_size=e.chunk_size, mesh=mesh)
     results, good = common.evaluation_summary(k_metric, lp, samples, dataset, workdir,
                                               f"{config.method} samples")
+    results["eval_split"] = split
     if dataset.dim == 2 and len(good):
         times = np.linspace(0.0, 1.0, 33)
         paths = jax.jit(lambda p, z: ode.integrate(

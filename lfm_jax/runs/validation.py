@@ -115,6 +115,10 @@ RULES = _rules(
     ("flow_map.teacher_substeps", at_least(1)),
     ("flow_map.teacher_steps", at_least(1)),
     ("flow_map.sample_steps", each(at_least(1), non_empty=True)),
+    ("model.softplus_beta", positive()),
+    ("train.decay_rate", ((lambda v: _is_real(v) and 0 < v <= 1), "in (0, 1]")),
+    ("train.decay_every", at_least(1)),
+    ("eval.split", one_of("test", "val")),
 )
 
 
