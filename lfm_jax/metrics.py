@@ -64,7 +64,7 @@ def _check_pair(x, y):
         raise ValueError(f"need at least 2 samples each, got {x.shape[0]} and {y.shape[0]}")
 
 
-@partial(jax.jit, static_argnames=("chunk_size", "biased"))
+@partial(jax.jit, static_argnames=("chunk_size",))
 def energy_distance(x: jax.Array, y: jax.Array, chunk_size: int = 1024,
                     biased: bool = False) -> jax.Array:
     """Squared energy distance D^2 = 2 E|X - Y| - E|X - X'| - E|Y - Y'|.
@@ -82,9 +82,9 @@ def energy_distance(x: jax.Array, y: jax.Array, chunk_size: int = 1024,
     n, m = x.shape[0], y.shape[0]
     dist = jnp.sqrt
     exy = _pair_sum(x, y, dist, chunk_size, False) / (n * m)
-    nx, ny = (n * n, m * m) if biased else (n * (n - 1), m * (m - 1))
-    exx = _pair_sum(x, x, dist, chunk_size, True) / nx
-    eyy = _pair_sum(y, y, dist, chunk_size, True) / ny
+    # biased may be traced: both estimates share one compiled function
+    exx = _pair_sum(x, x, dist, chunk_size, True) / jnp.where(biased, n * n, n * (n - 1))
+    eyy = _pair_sum(y, y, dist, chunk_size, True) / jnp.where(biased, m * m, m * (m - 1))
     return 2.0 * exy - exx - eyy
 
 

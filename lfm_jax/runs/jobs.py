@@ -25,7 +25,8 @@ from lfm_jax.runs import provenance, validation
 
 RESTART_ADVICE = ("re-run the same command with a lower --config.train.lr (or "
                   "--config.train.grad_clip / --config.train.warmup_steps): it resumes "
-                  "from the kept checkpoint; other training settings may not change.")
+                  "from the kept checkpoint (step 0 if none was kept); other training "
+                  "settings may not change.")
 
 
 def job(run):
