@@ -40,7 +40,7 @@ def main(argv):
         jax.distributed.initialize()
     from lfm_jax import runs
 
-    from lfm_jax import train
+    from lfm_jax import checkpoint, files, train
     from lfm_jax.runs import jobs, provenance, validation
 
     config = FLAGS.config
@@ -52,6 +52,9 @@ def main(argv):
         sys.exit(2)
     except train.NonFiniteLossError as e:
         sys.stderr.write(f"error: training diverged: {e}\nTo restart: {jobs.RESTART_ADVICE}\n")
+        sys.exit(1)
+    except (files.DamagedFileError, checkpoint.CheckpointError) as e:  # messages name the file
+        sys.stderr.write(f"error: {e}\n")
         sys.exit(1)
     for k, v in sorted(results.items()):
         if isinstance(v, (dict, list, tuple)) and len(str(v)) > 100:
