@@ -149,6 +149,7 @@ def test_lfm_damaged_block_files_are_rebuilt_with_a_warning(interrupted_lfm):
     assert [b["val_nll"] for b in again["blocks"]] == [b["val_nll"] for b in results["blocks"]]
 
 
+@pytest.mark.filterwarnings("ignore:overflow encountered")  # chi2 of a broken model
 def test_lfm_warns_when_a_block_makes_the_model_worse(tmp_path, monkeypatch):
     """A block whose field is broken on purpose (trained params scaled up) leaves the
     validation NLL worse than before it: the job says so, in the log and metrics.json."""
