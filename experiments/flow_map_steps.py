@@ -15,7 +15,9 @@
    (best of 3, after compilation), the teacher's test NLL, and for every method the
    mean squared distance of its samples to the adaptive teacher's from the same noise
    (how well the teacher's coupling is reproduced).
-Writes results.json, table.md, teacher.msgpack, samples_<name>.png.
+Writes results.json, table.md, teacher.msgpack ({"params", "ema_params"}; a damaged
+one in the workdir is set aside with a warning and retrained), samples_<name>.png.
+Every model is used with its EMA weights if config.eval.use_ema, else its raw ones.
 """
 
 import os
@@ -37,17 +39,20 @@ flags.DEFINE_integer("n_samples", 0, "Samples per method (0: config.eval.n_sampl
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    import flax.serialization
     import jax
     import numpy as np
 
-    from lfm_jax import distill, distributed, flow_map, flow_matching, interpolants, losses
+    from lfm_jax import distill, distributed, files, flow_map, flow_matching, interpolants
+    from lfm_jax import losses
     from lfm_jax import logging as log_lib
     from lfm_jax import ode, plots, time_sampling, timing, train
     from lfm_jax.runs import common
     from lfm_jax.runs import flow_map as flow_map_run
+    from lfm_jax.runs import validation
 
     config = FLAGS.config
+    validation.validate_config(config)
+    weights = "ema_params" if config.eval.use_ema else "params"
     fcfg, tcfg, ecfg = config.flow_map, config.train, config.eval
     n_samples = FLAGS.n_samples or ecfg.n_samples
     workdir = common.check_workdir(FLAGS.workdir)
@@ -71,10 +76,15 @@ def main(argv):
     net = common.velocity_network(config, example_shape)
     teacher_path = os.path.join(fcfg.teacher_workdir or workdir, "teacher.msgpack")
     template = net.init(k_teacher)
-    if os.path.exists(teacher_path):
-        with open(teacher_path, "rb") as f:
-            teacher_params = flax.serialization.from_bytes(template, f.read())
-        print(f"loaded teacher from {teacher_path}")
+    pair = {"params": template, "ema_params": template}
+    if fcfg.teacher_workdir and os.path.exists(teacher_path):
+        # not ours to rebuild: a damaged file is an error naming it
+        saved = files.load_msgpack(teacher_path, pair)
+    else:  # derived: a damaged one is set aside with a warning and retrained
+        saved = files.load_or_none(files.load_msgpack, teacher_path, pair)
+    if saved is not None:
+        teacher_params = saved[weights]
+        print(f"loaded teacher ({weights}) from {teacher_path}")
         teacher_train_time = None
     else:
         opt = common.optimizer(config, fcfg.teacher_steps)
@@ -89,14 +99,15 @@ def main(argv):
         state, _ = train.fit(state, step_fn, distributed.replicate(dataset.train, mesh),
                              fcfg.teacher_steps, steps_per_call=spc)
         teacher_train_time = time.perf_counter() - t0
-        teacher_params = jax.device_get(state.ema_params)
-        with open(os.path.join(workdir, "teacher.msgpack"), "wb") as f:
-            f.write(flax.serialization.to_bytes(teacher_params))
+        saved = jax.device_get({"params": state.params, "ema_params": state.ema_params})
+        files.save_msgpack(os.path.join(workdir, "teacher.msgpack"), saved)
+        teacher_params = saved[weights]
         print(f"teacher trained in {teacher_train_time:.1f}s")
     teacher_b = distill.velocity_teacher(net, teacher_params)
 
     z = jax.random.normal(k_z, (n_samples, *example_shape))
     results = {"config": config.to_dict(), "n_samples": n_samples, "rows": [],
+               "weights": weights,
                "teacher_train_time_s": teacher_train_time}
 
     reference = {}
@@ -153,7 +164,7 @@ def main(argv):
         tail = losses_[-max(len(losses_) // 10, 1):]
         extra = {"train_time_s": train_time, "final_loss": float(tail.mean()),
                  "loss_tail_std": float(tail.std())}
-        X = fmap.bind(jax.device_get(state.ema_params))
+        X = fmap.bind(jax.device_get(getattr(state, weights)))
         for k in fcfg.sample_steps:
             sampler = jax.jit(lambda zz, k=k: flow_map.sample(X, zz, flow_map.uniform_grid(k)))
             samples, seconds = timing.timed(sampler, z)

@@ -6,7 +6,13 @@
 `--config` takes a file or, from any directory once installed, a config name such as
 `lfm_checkerboard` (`experiments.config_path.resolve`).
 
-Re-running the same command on a workdir that holds a checkpoint resumes it.
+Re-running the same command on a workdir that holds a checkpoint resumes it; the
+config is validated and recorded (config.json, runs.jsonl) before any work, and a
+resume with settings that change training is refused with the changed keys. A run
+whose loss becomes NaN / inf stops (exit status 1) naming the checkpoint it kept; the
+same command with a lower --config.train.lr resumes from it. Exit status 2: the config
+is invalid or changes a recorded run's training settings.
+
 Several processes (hosts, or processes on one machine): pass --distributed, which
 calls jax.distributed.initialize() (with --coordinator_address, --num_processes and
 --process_id, or from the cluster's environment), and run the same command in every
@@ -46,13 +52,29 @@ def main(argv):
                                    FLAGS.process_id)
     from lfm_jax import runs
 
+    from lfm_jax import checkpoint, files, train
+    from lfm_jax.runs import jobs, provenance, validation
+
     config = FLAGS.config
     print(f"devices: {jax.devices()}  method: {config.method}")
-    results = runs.get(config.method)(config, FLAGS.workdir)
+    try:
+        results = runs.get(config.method)(config, FLAGS.workdir, argv=sys.argv)
+    except (validation.InvalidConfigError, provenance.ConfigChangedError) as e:
+        sys.stderr.write(f"error: {e}\n")
+        sys.exit(2)
+    except train.NonFiniteLossError as e:
+        sys.stderr.write(f"error: training diverged: {e}\nTo restart: {jobs.RESTART_ADVICE}\n")
+        sys.exit(1)
+    except (files.DamagedFileError, checkpoint.CheckpointError) as e:  # messages name the file
+        sys.stderr.write(f"error: {e}\n")
+        sys.exit(1)
     for k, v in sorted(results.items()):
         if isinstance(v, (dict, list, tuple)) and len(str(v)) > 100:
             v = f"({type(v).__name__} of {len(v)}; see {FLAGS.workdir}/metrics.json)"
         print(f"{k:>24s}: {v}")
+    if "energy_distance" in results:
+        print("(energy_distance is an unbiased estimate and can be negative; "
+              "energy_distance_biased is never negative)")
 
 
 if __name__ == "__main__":

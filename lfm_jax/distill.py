@@ -53,10 +53,10 @@ def load_velocity_params(directory: str, template_state, use_ema: bool = True):
     """
     from lfm_jax import checkpoint
 
-    ckpt = checkpoint.Checkpointer(directory, async_save=False)
-    if ckpt.latest_step() is None:
-        raise FileNotFoundError(f"no checkpoint in {directory}")
-    state = ckpt.restore(template_state)
+    with checkpoint.Checkpointer(directory, async_save=False) as ckpt:
+        if ckpt.latest_step() is None:
+            raise FileNotFoundError(f"no checkpoint in {directory}")
+        state = ckpt.restore(template_state)
     return state.ema_params if use_ema else state.params
 
 

@@ -65,21 +65,26 @@ def _check_pair(x, y):
 
 
 @partial(jax.jit, static_argnames=("chunk_size",))
-def energy_distance(x: jax.Array, y: jax.Array, chunk_size: int = 1024) -> jax.Array:
+def energy_distance(x: jax.Array, y: jax.Array, chunk_size: int = 1024,
+                    biased: bool = False) -> jax.Array:
     """Squared energy distance D^2 = 2 E|X - Y| - E|X - X'| - E|Y - Y'|.
 
-    x (n, d), y (m, d) -> scalar. The cross term is the mean over all n m pairs; the
-    within-sample terms are unbiased U-statistics (mean over i != j), so the estimate
-    is unbiased and fluctuates around 0 (may be slightly negative) when X and Y have
-    the same law. D^2 = 0 iff the laws are equal.
+    x (n, d), y (m, d) -> scalar. The cross term is the mean over all n m pairs.
+    biased=False: the within-sample terms are unbiased U-statistics (mean over
+    i != j), so the estimate is unbiased and fluctuates around 0 (CAN BE NEGATIVE)
+    when X and Y have the same law. biased=True: the V-statistic (mean over all
+    i, j, self-pairs included), the energy distance between the two empirical
+    laws: never negative, biased upwards by about (E|X - X'|/n + E|Y - Y'|/m).
+    D^2 = 0 iff the laws are equal.
     """
     _check_pair(x, y)
     x, y = _centre(x, y)
     n, m = x.shape[0], y.shape[0]
     dist = jnp.sqrt
     exy = _pair_sum(x, y, dist, chunk_size, False) / (n * m)
-    exx = _pair_sum(x, x, dist, chunk_size, True) / (n * (n - 1))
-    eyy = _pair_sum(y, y, dist, chunk_size, True) / (m * (m - 1))
+    # biased may be traced: both estimates share one compiled function
+    exx = _pair_sum(x, x, dist, chunk_size, True) / jnp.where(biased, n * n, n * (n - 1))
+    eyy = _pair_sum(y, y, dist, chunk_size, True) / jnp.where(biased, m * m, m * (m - 1))
     return 2.0 * exy - exx - eyy
 
 

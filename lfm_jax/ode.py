@@ -25,6 +25,13 @@ examples whose solve failed (``sol.result != diffrax.RESULTS.successful``), or w
 start state is not finite, come back as NaN while the others keep their values:
 evaluation code can then drop or count them (``jnp.isnan``).
 
+A "raise" failure is reported by a host callback (``equinox.error_if``); JAX keeps
+that callback's failed runtime token after the error has reached the caller and, at
+interpreter exit, raises it again from its own exit hook (``jax._src.api.clean_up``,
+which equinox's fix for diffrax issue 506 does not cover), printing "Exception
+ignored in atexit callback". ``_drop_reported_callback_errors`` (registered at
+import, so it runs before JAX's hook) waits on those tokens and drops them.
+
 Solvers and divergence estimators are chosen by name from the registries ``SOLVERS``,
 ``DIVERGENCES`` and ``PROBES`` in Python, outside any traced code. Every function works
 inside ``jax.jit`` / ``vmap`` / ``grad`` (``Options``, ``chunk_size`` and ``n_probes``
@@ -38,6 +45,7 @@ velocity) are traced; callables are static, keyed by identity. A fresh closure
 or call from inside your own ``jax.jit``, to reuse one compiled solve across parameter
 values.
 """
+import atexit
 import dataclasses
 import math
 from typing import Callable, Optional
@@ -48,6 +56,29 @@ import jax
 import jax.numpy as jnp
 
 from lfm_jax import distributed
+
+
+def _drop_reported_callback_errors() -> None:
+    """At exit, wait on JAX's pending runtime tokens and drop them, ignoring the
+    errors of failed host callbacks (a failed "raise" solve: its error was already
+    raised to the caller when its result was read). Runs before JAX's own exit hook,
+    which would otherwise raise the same error again as an ignored-exception
+    traceback."""
+    try:
+        from jax._src import dispatch
+        tokens = dispatch.runtime_tokens
+        pending = [*tokens.current_tokens.values(), *tokens.output_runtime_tokens.values()]
+    except Exception:  # noqa: BLE001 - private JAX API moved: nothing to drop
+        return
+    for token in pending:
+        try:
+            token.block_until_ready()
+        except Exception:  # noqa: BLE001 - already reported when the result was read
+            pass
+    tokens.clear()
+
+
+atexit.register(_drop_reported_callback_errors)
 
 Velocity = Callable[[jax.Array, jax.Array], jax.Array]
 

@@ -86,3 +86,20 @@ def test_entropy_floor():
     assert metrics.entropy_floor(data.make_dataset("moons", 10, 10, 10)) is None
     ds = data.make_dataset("gmm", 4000, 1000, 1000, dim=2, n_components=1)
     assert math.isfinite(metrics.entropy_floor(ds))
+
+
+def test_biased_energy_distance_is_non_negative_v_statistic():
+    """Same law: the unbiased estimate can be < 0; the biased one is the V-statistic
+    (self-pairs in the within-sample means), never negative, and equals the unbiased
+    one plus E|X-X'|/n + E|Y-Y'|/m (within-sample means over i != j)."""
+    import numpy as np
+
+    for seed in range(4):
+        x, y = _normal(10 + seed, 40, 2), _normal(20 + seed, 50, 2)
+        u = float(metrics.energy_distance(x, y))
+        b = float(metrics.energy_distance(x, y, biased=True))
+        assert b >= 0
+        xn, yn = np.asarray(x, np.float64), np.asarray(y, np.float64)
+        exx = np.linalg.norm(xn[:, None] - xn[None], axis=-1).sum() / (40 * 39)
+        eyy = np.linalg.norm(yn[:, None] - yn[None], axis=-1).sum() / (50 * 49)
+        assert b == pytest.approx(u + exx / 40 + eyy / 50, rel=1e-4, abs=1e-5)

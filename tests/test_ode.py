@@ -366,3 +366,34 @@ def test_on_failure_raise_still_raises_and_names_are_checked(x64):
         ode.Options(on_failure="ignore")
     with pytest.raises(ValueError, match="raise"):
         dataclasses.replace(RATE, on_failure="skip")
+
+
+_FAILED_RAISE_SCRIPT = '''
+import jax, jax.numpy as jnp, numpy as np
+from lfm_jax import lfm, ode
+def v(params, t, x):
+    return jnp.concatenate([jnp.zeros(1, x.dtype), -x[0] * x[1:]])
+model = lfm.LocalFlow(v, lfm.step_sizes(1, c=0.2, rho=1.0), (3,),
+                      ode=ode.Options(rtol=1e-4, atol=1e-4, max_steps=16), chunk_size=4)
+try:
+    model.log_prob([jnp.float32(1.0)], np.array([[0.0, 1.0, 2.0], [1e4, 1.0, 1.0]], np.float32))
+except Exception as e:
+    print("raised", type(e).__name__)
+'''
+
+
+def test_failed_raise_solve_leaves_no_traceback_at_exit(tmp_path):
+    """A sharded solve failing with on_failure="raise" raises to the caller once; at
+    exit JAX's own hook used to raise it again ("Exception ignored in atexit")."""
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "fail.py"
+    script.write_text(_FAILED_RAISE_SCRIPT)
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": os.getcwd(),
+           "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    proc = subprocess.run([sys.executable, str(script)], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0 and "raised" in proc.stdout, proc.stderr[-2000:]
+    assert "Exception ignored" not in proc.stderr, proc.stderr[-2000:]

@@ -19,6 +19,7 @@ energy distance and sliced W2 (`lfm_jax.metrics`, same keys for all).
   K > 1: the library's `slow_sample` takes Euler steps with the instantaneous velocity
   (interval 0); we report both it ("meanflow_lib") and mean-velocity steps
   z <- z - h u(z, t, h) ("meanflow"), which is what the MeanFlow paper does.
+Ours are sampled with raw weights, as the peers, unless --use_ema.
 Writes few_step.json and few_step.md in --out.
 """
 
@@ -50,6 +51,8 @@ flags.DEFINE_integer("batch", 256, "Batch size.")
 flags.DEFINE_integer("width", 256, "Hidden width (4 layers).")
 flags.DEFINE_integer("fused", 50, "Steps fused per call (ours).")
 flags.DEFINE_integer("n_samples", 2000, "Samples scored per K.")
+flags.DEFINE_bool("use_ema", False, "Sample our flow maps with their EMA weights (warmed-up "
+                  "decay 0.999) instead of the raw ones (the peers use raw weights).")
 flags.DEFINE_string("torch_threads", "1", "torch CPU threads ('default' or an integer).")
 flags.DEFINE_string("out", "benchmark_results", "Output directory.")
 FLAGS = flags.FLAGS
@@ -80,7 +83,7 @@ def run_ours(name, seed, data, test, ks):
     tr = ours.JaxTrainer(2, None, data, FLAGS.batch, steps_per_call=FLAGS.fused, seed=seed,
                          loss=lambda p, k, b: loss(p, k, b), init=fmap.init)
     elapsed = train_for(tr, FLAGS.fused, FLAGS.seconds)
-    params = tr.params()
+    params = tr.params(ema=FLAGS.use_ema)
     z = jax.random.normal(jax.random.PRNGKey(1000 + seed), (FLAGS.n_samples, 2))
     out = []
     for k in ks:
@@ -215,7 +218,7 @@ def main(argv):
     result = {"benchmark": "few_step", **ours.device_info(), **peers.versions(),
               "torch_device": torch_device(),
               "seconds": FLAGS.seconds, "seeds": seeds, "sampling_steps": ks,
-              "batch": FLAGS.batch, "n_samples": n, "reference": reference,
+              "batch": FLAGS.batch, "n_samples": n, "use_ema": FLAGS.use_ema, "reference": reference,
               "summary": summarize(rows), "rows": rows}
     os.makedirs(FLAGS.out, exist_ok=True)
     with open(os.path.join(FLAGS.out, "few_step.json"), "w") as f:

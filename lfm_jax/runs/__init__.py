@@ -1,6 +1,8 @@
 """Full jobs (train, evaluate, write artefacts) chosen by `config.method`.
 
-Each method module exposes `run(config, workdir) -> dict of final metrics`.
+Each method module exposes `run(config, workdir) -> dict of final metrics`, wrapped by
+`jobs.job`: the config is validated and recorded in the workdir before any work, and a
+diverged run is marked so that a lower lr may resume it.
 Modules are imported lazily so that one method's dependencies never slow another.
 """
 

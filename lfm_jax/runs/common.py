@@ -7,7 +7,6 @@ import contextlib
 import json
 import math
 import os
-import time
 
 import jax.numpy as jnp
 import numpy as np
@@ -82,32 +81,40 @@ def resumable_fit(config, state, step_fn, train_data, workdir: str, desc: str):
     """Train to config.train.steps, resuming from `<workdir>/ckpt` if it holds a
     checkpoint; log mean loss and grad norm per call to `<workdir>/metrics.jsonl`
     (records past the restored step are dropped first, so each step is logged once).
+    The checkpointer is closed (saves in flight finished) on any exit.
 
-    Returns (state, training wall-clock seconds, metrics.jsonl path)."""
+    Returns (state, training wall-clock seconds summed over every start of the run
+    (`provenance.TrainClock`, `<workdir>/train_clock.json`), metrics.jsonl path)."""
+    from lfm_jax.runs import provenance
+
     t_cfg = config.train
+    clock = provenance.TrainClock(os.path.join(workdir, "train_clock.json"))
     ckpt = checkpoint.Checkpointer(os.path.join(workdir, "ckpt"),
                                    save_every=t_cfg.checkpoint_every,
                                    keep=t_cfg.keep_checkpoints)
-    state = ckpt.restore(state)
-    start = int(state.step)
-    writer = log_lib.MetricsWriter(os.path.join(workdir, "metrics.jsonl"))
-    log_lib.truncate_jsonl(writer.path, start)
-    if start:
-        print(f"resuming from step {start} in {ckpt.directory}")
+    try:
+        state = ckpt.restore(state)
+        start = int(state.step)
+        writer = log_lib.MetricsWriter(os.path.join(workdir, "metrics.jsonl"))
+        log_lib.truncate_jsonl(writer.path, start)
+        if start:
+            print(f"resuming from step {start} in {ckpt.directory}")
 
-    def callback(step, m):
-        writer.write(step, loss=float(np.mean(m["loss"])),
-                     grad_norm=float(np.mean(m["grad_norm"])))
+        def callback(step, m):
+            writer.write(step, loss=float(np.mean(m["loss"])),
+                         grad_norm=float(np.mean(m["grad_norm"])))
+            clock.save(step)
 
-    progress = log_lib.Progress(t_cfg.steps, initial=start, desc=desc)
-    t0 = time.perf_counter()
-    state, _ = train.fit(state, step_fn, train_data, t_cfg.steps,
-                         steps_per_call=t_cfg.steps_per_call, callback=callback,
-                         checkpointer=ckpt, progress=progress)
-    progress.close()
-    train_time = time.perf_counter() - t0
-    ckpt.close()
-    return state, train_time, writer.path
+        progress = log_lib.Progress(t_cfg.steps, initial=start, desc=desc)
+        try:
+            state, _ = train.fit(state, step_fn, train_data, t_cfg.steps,
+                                 steps_per_call=t_cfg.steps_per_call, callback=callback,
+                                 checkpointer=ckpt, progress=progress)
+        finally:
+            progress.close()
+    finally:
+        ckpt.close()
+    return state, clock.save(int(state.step)), writer.path
 
 
 def eval_ode_options(config) -> ode.Options:
@@ -116,13 +123,20 @@ def eval_ode_options(config) -> ode.Options:
     return ode.options_from_config(config.eval.ode, on_failure="nan")
 
 
+ENERGY_DISTANCE_NOTE = ("energy_distance is an unbiased estimate: it fluctuates around 0 "
+                        "and can be negative for a good model; energy_distance_biased is "
+                        "the non-negative V-statistic (biased upwards)")
+
+
 def sample_metrics(key, samples, reference, max_points: int = 2000) -> dict:
-    """Energy distance, MMD and sliced W2 between samples and held-out data."""
+    """Energy distance (unbiased, can be < 0, and the biased non-negative one), MMD and
+    sliced W2 between samples and held-out data (`ENERGY_DISTANCE_NOTE`)."""
     n = min(len(samples), len(reference), max_points)
     x = jnp.asarray(samples[:n], jnp.float32)
     y = jnp.asarray(reference[:n], jnp.float32)
     return {
         "energy_distance": float(metrics.energy_distance(x, y)),
+        "energy_distance_biased": float(metrics.energy_distance(x, y, biased=True)),
         "mmd": float(metrics.mmd(x, y)),
         "sliced_w2": float(metrics.sliced_wasserstein(key, x, y)),
     }
@@ -159,7 +173,8 @@ def evaluation_summary(key, log_q, samples, dataset, workdir: str, title: str):
     samples = samples[~bad]
     if len(samples):  # else nothing to measure or plot; the NLL metrics still count
         test = np.asarray(dataset.test)
-        results.update(sample_metrics(key, samples, test))
+        results.update(sample_metrics(key, samples, test),
+                       notes={"energy_distance": ENERGY_DISTANCE_NOTE})
         plots.plot_samples(os.path.join(workdir, "samples.png"), samples, data=test,
                            title=title.format(**results))
     return results, samples

@@ -23,7 +23,7 @@ from lfm_jax import data as data_lib
 from lfm_jax import distill, distributed, flow_map, interpolants, losses
 from lfm_jax import logging as log_lib
 from lfm_jax import networks, plots, timing, train
-from lfm_jax.runs import common
+from lfm_jax.runs import common, jobs
 
 
 def _teacher(config, workdir, example_shape):
@@ -33,7 +33,7 @@ def _teacher(config, workdir, example_shape):
     fcfg = config.flow_map
     tdir = fcfg.teacher_workdir or os.path.join(workdir, "teacher")
     net = common.velocity_network(config, example_shape)
-    if not fcfg.teacher_workdir:
+    if not fcfg.teacher_workdir and not _finished(tdir):
         tconfig = copy.deepcopy(config)
         with tconfig.unlocked():
             tconfig.method = "fm"
@@ -50,6 +50,12 @@ def _teacher(config, workdir, example_shape):
     params = distill.load_velocity_params(os.path.join(tdir, "ckpt"), template,
                                           use_ema=config.eval.use_ema)
     return distill.velocity_teacher(net, params)
+
+
+def _finished(tdir) -> bool:
+    """The teacher job in tdir ran to its end (metrics.json written), so it is not run
+    again (a restart after the flow map diverged may change train.lr)."""
+    return os.path.exists(os.path.join(tdir, "metrics.json"))
 
 
 def sampler_kwargs(section, sampler: str, total_steps: int) -> dict:
@@ -94,9 +100,10 @@ def make_flow_map_and_loss(config, objective: str, example_shape, teacher=None):
     return fmap, loss_fn
 
 
+@jobs.job
 def run(config, workdir: str) -> dict:
-    """Teacher (if needed), flow-map training (resumable) and few-step evaluation; returns the final metrics."""
-    workdir = common.check_workdir(workdir)
+    """Teacher (if needed), flow-map training (resumable) and few-step evaluation;
+    returns the final metrics (`jobs.job`: the config is validated and recorded first)."""
     fcfg, tcfg, ecfg = config.flow_map, config.train, config.eval
     dataset = common.load_data(config)
     example_shape = dataset.train.shape[1:]
@@ -125,7 +132,7 @@ def run(config, workdir: str) -> dict:
     z = jax.random.normal(k_eval, (ecfg.n_samples, *example_shape))
     results = {"method": "flow_map", "objective": name, "steps": int(state.step),
                "train_time_s": train_time, "num_params": networks.count_params(params),
-               "sampling": []}
+               "sampling": [], "notes": {"energy_distance": common.ENERGY_DISTANCE_NOTE}}
     best = None
     for k in fcfg.sample_steps:
         sampler = jax.jit(lambda zz, k=k: flow_map.sample(X, zz, flow_map.uniform_grid(k)))
@@ -134,7 +141,8 @@ def run(config, workdir: str) -> dict:
         row = {"steps": int(k), "time_s": seconds,
                **common.sample_metrics(jax.random.fold_in(k_eval, k), samples, test)}
         results["sampling"].append(row)
-        print(f"K={k}: energy distance {row['energy_distance']:.4f}  sliced W2 "
+        print(f"K={k}: energy distance {row['energy_distance']:.4f} (unbiased, can be < 0; "
+              f"biased {row['energy_distance_biased']:.4f})  sliced W2 "
               f"{row['sliced_w2']:.4f}  {1e3 * seconds:.2f} ms")
         if k <= 4:
             best = (k, samples)

@@ -1,7 +1,9 @@
 """Plain flow matching job (method "fm"): train (resumable), evaluate, write artefacts.
 
-Writes to the workdir: ckpt/ (orbax), metrics.jsonl (training curve),
-metrics.json (final metrics), samples.png, loss.png.
+Writes to the workdir: config.json and runs.jsonl (`provenance`), ckpt/ (orbax),
+metrics.jsonl (training curve), train_clock.json (training time over all starts),
+metrics.json (final metrics; "warnings" lists e.g. a test NLL worse than the base
+N(0, I)'s), samples.png, loss.png.
 
 Evaluation solves with config.eval.ode and `on_failure="nan"`: test points (samples)
 whose ODE solve fails are left out of the NLL (sample metrics) and counted as
@@ -19,13 +21,13 @@ import numpy as np
 from lfm_jax import couplings, distributed, flow_matching, interpolants
 from lfm_jax import logging as log_lib
 from lfm_jax import ode, plots, train
-from lfm_jax.runs import common
+from lfm_jax.runs import common, jobs
 
 
+@jobs.job
 def run(config, workdir: str) -> dict:
     """Train (resumably), evaluate and write the artefacts of a plain FM run; returns
-    the final metrics."""
-    workdir = common.check_workdir(workdir)
+    the final metrics (`jobs.job`: the config is validated and recorded first)."""
     dataset = common.load_data(config)
     mesh = common.make_mesh(config)
     t_cfg = config.train
@@ -49,6 +51,10 @@ def run(config, workdir: str) -> dict:
                                                        workdir, "fm")
 
     results = evaluate(config, net, state, dataset, eval_key, workdir)
+    base = jobs.gaussian_nll(dataset.test[: config.eval.nll_examples])
+    results["base_test_nll"] = base
+    jobs.report_warnings(results, jobs.worse_than_base(results["test_nll"], base,
+                                                       "the final model's test"))
     results.update(method="fm", steps=int(state.step), train_time_s=train_time,
                    num_params=net.num_params(state.params))
     curve = log_lib.read_jsonl(log_path)

@@ -1,10 +1,14 @@
 """Local Flow Matching job: train the blocks (resumable), evaluate, write artefacts.
 
-`run(config, workdir)` is the `experiments.train` entry: trains the blocks
-(`lfm_blocks.train_blocks`, resumable), then writes metrics.json (test NLL in nats and
-bits/dim, the NLL floor where known, energy distance / MMD / sliced W2 of samples
-against test data, per-block reports), samples.png, loss.png, block_nll.png and,
-where the data density is known, chi_square.png.
+`run(config, workdir)` is the `experiments.train` entry: validates and records the
+config (`jobs.job`), trains the blocks (`lfm_blocks.train_blocks`, resumable), then
+writes metrics.json (test NLL in nats and bits/dim, the NLL floor where known, energy
+distance / MMD / sliced W2 of samples against test data, per-block reports,
+train_time_s summed over every start, and "warnings": a block that left the
+validation NLL worse than before it, a final model worse than the base N(0, I)),
+metrics.jsonl (every block's training losses, one after another: "step" counts over
+all blocks, "block" and "block_step" say where), samples.png, loss.png,
+block_nll.png and, where the data density is known, chi_square.png.
 
 Evaluation solves with config.eval.ode and on_failure="nan": test points and samples
 whose solve fails (e.g. an adaptive solve exhausting max_steps on a stiff stretch of a
@@ -16,6 +20,7 @@ not end a run.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import time
@@ -23,9 +28,9 @@ import time
 import jax
 import numpy as np
 
-from lfm_jax import lfm, networks, plots
+from lfm_jax import files, lfm, networks, plots
 from lfm_jax import logging as log_lib
-from lfm_jax.runs import common, lfm_blocks
+from lfm_jax.runs import common, jobs, lfm_blocks
 
 
 def eval_model(config, model: lfm.LocalFlow) -> lfm.LocalFlow:
@@ -35,18 +40,27 @@ def eval_model(config, model: lfm.LocalFlow) -> lfm.LocalFlow:
                                chunk_size=config.eval.chunk_size)
 
 
+@jobs.job
 def run(config, workdir: str) -> dict:
     """Train (resumable), evaluate, and write metrics.json and plots to workdir."""
-    workdir = common.check_workdir(workdir)
     dataset = common.load_data(config)
     mesh = common.make_mesh(config)
-    t0 = time.perf_counter()
     model, params_list, reports = lfm_blocks.train_blocks(config, dataset, workdir,
                                                          mesh=mesh)
-    train_time = time.perf_counter() - t0
+    # training time over every start: each block's training plus its training-set push
+    train_time = sum((r.get("train_time_s") or 0.0) + (r.get("push_time_s") or 0.0)
+                     for r in reports[1:])
+    found = block_warnings(reports)
+    for w in found:
+        print(f"WARNING: {w}", flush=True)
     results = evaluate(config, model, params_list, dataset,
                        jax.random.fold_in(jax.random.PRNGKey(config.seed), 99), workdir,
                        mesh=mesh)
+    base = jobs.gaussian_nll(dataset.test[: config.eval.nll_examples])
+    results["base_test_nll"] = base
+    results["warnings"] = found
+    jobs.report_warnings(results, jobs.worse_than_base(results["test_nll"], base,
+                                                       "the final model's test"))
     n_params = sum(networks.count_params(p) for p in params_list)
     results.update(method="lfm", num_blocks=model.num_blocks,
                    step_sizes=[None if math.isinf(h) else h for h in model.step_sizes],
@@ -55,6 +69,22 @@ def run(config, workdir: str) -> dict:
     _write_curves(workdir, model, reports, results.get("nll_floor"))
     log_lib.write_json(os.path.join(workdir, "metrics.json"), results)
     return results
+
+
+def block_warnings(reports) -> list:
+    """A warning for each block n >= 1 whose validation NLL is worse than block
+    n - 1's (reports[0]: the base N(0, I) alone), and for a last block worse than the
+    base; the val NLLs of consecutive blocks are of the same validation points."""
+    found = []
+    for prev, r in zip(reports, reports[1:]):
+        if not r["val_nll"] <= prev["val_nll"]:
+            found.append(f"block {r['block']} left the validation NLL worse than before "
+                         f"it: {prev['val_nll']:.4f} -> {r['val_nll']:.4f} nats")
+    if len(reports) > 1 and not reports[-1]["val_nll"] <= reports[0]["val_nll"]:
+        found.append(f"after {reports[-1]['block']} blocks the validation NLL "
+                     f"{reports[-1]['val_nll']:.4f} is worse than the base N(0, I)'s "
+                     f"{reports[0]['val_nll']:.4f}")
+    return found
 
 
 def evaluate(config, model, params_list, dataset, key, workdir, *, mesh=None) -> dict:
@@ -83,14 +113,20 @@ def evaluate(config, model, params_list, dataset, key, workdir, *, mesh=None) ->
 
 
 def _write_curves(workdir, model, reports, floor) -> None:
-    """loss.png (all blocks, one after another), block_nll.png and chi_square.png."""
-    steps, losses, offset = [], [], 0
+    """metrics.jsonl and loss.png (all blocks' losses, one after another),
+    block_nll.png and chi_square.png."""
+    steps, losses, offset, lines = [], [], 0, []
     for n in range(1, model.num_blocks + 1):
         path = lfm_blocks.BlockFiles(workdir, n).loss
         recs = log_lib.read_jsonl(path) if os.path.exists(path) else []
         steps += [offset + r["step"] for r in recs]
         losses += [r["loss"] for r in recs]
+        lines += [json.dumps({**r, "step": offset + r["step"], "block": n,
+                              "block_step": r["step"]}) for r in recs]
         offset = steps[-1] if steps else offset
+    if jax.process_index() == 0:
+        files.atomic_write_bytes(os.path.join(workdir, "metrics.jsonl"),
+                                 "".join(line + "\n" for line in lines).encode())
     if steps:
         plots.plot_loss(os.path.join(workdir, "loss.png"), steps, losses,
                         title="LFM training loss (blocks in turn)")

@@ -10,10 +10,17 @@
      training set and the validation subset are pushed through it (chunks sharded over
      the mesh) and saved, with the cumulative log-determinant of the validation points,
      as .npy files; then blocks/<n>/report.json (`lfm_reports.block_report`).
-Every file is written atomically (`common.atomic_open`), so a run killed at any moment
+Every file is written atomically (`lfm_jax.files`), so a run killed at any moment
 and restarted with the same command restores blocks < n with their pushed data (only
 what is missing is recomputed) and resumes inside block n from its latest checkpoint,
-ending with the same params as an uninterrupted run.
+ending with the same params as an uninterrupted run. A file damaged afterwards is set
+aside as `<path>.damaged` with a warning naming it (`files.load_or_none`) and rebuilt:
+pushed data and reports are recomputed, a block's params.msgpack is restored from the
+block's checkpoint (or, without one, the block is retrained).
+
+Each block's training time and steps add up across restarts
+(`provenance.TrainClock`, blocks/<n>/train_clock.json): its report's `train_time_s`
+is the total over every start and `steps_trained` its final step.
 
 Failed ODE solves: the training-set push must be complete, so a failure there raises
 `PushFailedError` naming the block and how many points failed; the validation points
@@ -24,19 +31,18 @@ validation NLL and counted (`val_n_failed`).
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 from typing import Callable, NamedTuple
 
-import flax.serialization
 import jax
 import numpy as np
 
 from lfm_jax import checkpoint, distributed, flow_matching, interpolants, lfm, networks, ode
+from lfm_jax import files as file_io
 from lfm_jax import logging as log_lib
 from lfm_jax import train
-from lfm_jax.runs import common, lfm_reports
+from lfm_jax.runs import common, lfm_reports, provenance
 
 
 class PushFailedError(RuntimeError):
@@ -101,13 +107,23 @@ class BlockFiles:
         self.val_logdet = os.path.join(self.dir, "val_logdet.npy")
         self.report = os.path.join(self.dir, "report.json")
         self.loss = os.path.join(self.dir, "loss.jsonl")
+        self.clock = os.path.join(self.dir, "train_clock.json")
 
 
 def load_params(path, template) -> dict:
-    """{"params", "ema_params"} of a block saved at path (structure of template)."""
-    with open(path, "rb") as f:
-        return flax.serialization.from_bytes(
-            {"params": template, "ema_params": template}, f.read())
+    """{"params", "ema_params"} of a block saved at path (structure of template).
+
+    Raises FileNotFoundError, or `files.DamagedFileError` naming the path."""
+    return file_io.load_msgpack(path, {"params": template, "ema_params": template})
+
+
+def block_timing(files) -> dict:
+    """{"train_time_s", "steps_trained"} of a block over all starts (its train clock;
+    {} if it has none)."""
+    clock = file_io.load_or_none(file_io.load_json, files.clock) or {}
+    if "train_time_s" not in clock:
+        return {}
+    return {"train_time_s": clock["train_time_s"], "steps_trained": clock.get("step")}
 
 
 def push_training_data(model, params, x, n: int, *, mesh=None) -> np.ndarray:
@@ -173,34 +189,34 @@ def train_blocks(config, dataset, workdir: str, *, mesh=None, trainer=None, call
 
     for n in range(1, model.num_blocks + 1):
         files = BlockFiles(workdir, n)
-        timing = {}
-        if os.path.exists(files.params):
-            saved = load_params(files.params, template)
-        else:
+        # a damaged params.msgpack is set aside (warning) and restored from the
+        # block's checkpoint (its final step), or retrained without one
+        saved = file_io.load_or_none(load_params, files.params, template)
+        if saved is None:
             if c.warm_start and raw_prev is not None:
                 init = raw_prev
             else:
                 init = network.init(jax.random.fold_in(init_key, n))
-            t0 = time.perf_counter()
-            saved, steps_run = _train_one_block(
+            saved, _ = _train_one_block(
                 n, hs[n - 1], x_train, init, trainer, files, config,
                 jax.random.fold_in(train_key, n), mesh, callback, verbose,
                 block_train_budget_s)
-            timing["train_time_s"] = time.perf_counter() - t0
-            timing["steps_trained"] = steps_run
-            common.save_bytes(files.params, flax.serialization.to_bytes(saved))
+            file_io.save_msgpack(files.params, saved)
+        timing = block_timing(files)
         raw_prev = saved["params"]
         params = saved["ema_params"] if config.eval.use_ema else saved["params"]
         params_list.append(params)
 
         t0 = time.perf_counter()
-        x_next = common.load_npy(files.train)
+        x_next = file_io.load_or_none(file_io.load_npy, files.train, shape=x_train.shape)
         if x_next is None:
             x_next = push_training_data(model, params, x_train, n, mesh=mesh)
-            common.save_npy(files.train, x_next)
+            file_io.save_npy(files.train, x_next)
         push_time = time.perf_counter() - t0
         t0 = time.perf_counter()
-        v_next, v_logdet = common.load_npy(files.val), common.load_npy(files.val_logdet)
+        v_next = file_io.load_or_none(file_io.load_npy, files.val, shape=x_val.shape)
+        v_logdet = file_io.load_or_none(file_io.load_npy, files.val_logdet,
+                                        shape=(len(x_val),))
         if v_next is None or v_logdet is None:
             # a failed validation point is NaN (left out of the val NLL and counted as
             # val_n_failed), not the end of the run.
@@ -208,14 +224,12 @@ def train_blocks(config, dataset, workdir: str, *, mesh=None, trainer=None, call
                 params, x_val, method=c.divergence, n_probes=c.n_probes,
                 key=jax.random.fold_in(div_key, n), mesh=mesh)
             v_logdet = val_logdet + delta
-            common.save_npy(files.val, v_next)
-            common.save_npy(files.val_logdet, v_logdet)
+            file_io.save_npy(files.val, v_next)
+            file_io.save_npy(files.val_logdet, v_logdet)
         val_time = time.perf_counter() - t0
 
-        if os.path.exists(files.report):
-            with open(files.report) as f:
-                report = json.load(f)
-        else:
+        report = file_io.load_or_none(file_io.load_json, files.report)
+        if report is None:
             losses = log_lib.read_jsonl(files.loss) if os.path.exists(files.loss) else []
             report = lfm_reports.block_report(
                 model, n, cum_h[n], x_train, x_next, v_next, v_logdet, log_p_val, losses,
@@ -223,7 +237,7 @@ def train_blocks(config, dataset, workdir: str, *, mesh=None, trainer=None, call
             # push_time_s: the training set through the block (part of LFM training);
             # val_logdet_time_s: the validation points and their log-det (evaluation).
             report.update(timing, push_time_s=push_time, val_logdet_time_s=val_time)
-            common.save_json(files.report, report)
+            file_io.save_json(files.report, log_lib.to_python(report))
         reports.append(report)
         if verbose:
             print(lfm_reports.format_report(report), flush=True)
@@ -234,13 +248,15 @@ def train_blocks(config, dataset, workdir: str, *, mesh=None, trainer=None, call
 def _train_one_block(n, h, x_l, init_params, trainer, files, config, key, mesh,
                      user_callback, verbose, budget_s=None):
     """Train block n from init_params (or its latest checkpoint); returns
-    ({"params", "ema_params"} on the host, steps run). With budget_s, stops after the
-    first fused call that ends past budget_s seconds."""
+    ({"params", "ema_params"} on the host, final step). With budget_s, stops after the
+    first fused call that ends past budget_s seconds. The block's train clock
+    (files.clock) is saved after every fused call and at the end."""
     t_cfg = config.train
     steps = config.lfm.steps_per_block
     step_fn = trainer.step_fn
     state = train.create_train_state(key, init_params, trainer.optimizer)
     state = distributed.replicate(state, mesh)
+    clock = provenance.TrainClock(files.clock)
     ckpt = checkpoint.Checkpointer(files.ckpt, save_every=t_cfg.checkpoint_every,
                                    keep=t_cfg.keep_checkpoints)
     try:
@@ -254,6 +270,7 @@ def _train_one_block(n, h, x_l, init_params, trainer, files, config, key, mesh,
         def callback(step, m):
             writer.write(step, loss=float(np.mean(m["loss"])),
                          grad_norm=float(np.mean(m["grad_norm"])))
+            clock.save(step)
             if user_callback is not None:
                 user_callback(n, step, m)
 
@@ -280,5 +297,6 @@ def _train_one_block(n, h, x_l, init_params, trainer, files, config, key, mesh,
             progress.close()
     finally:
         ckpt.close()
+    clock.save(int(state.step))
     return (jax.device_get({"params": state.params, "ema_params": state.ema_params}),
-            int(state.step) - start)
+            int(state.step))

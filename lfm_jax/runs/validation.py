@@ -22,6 +22,10 @@ import numbers
 from typing import Any, Callable, NamedTuple
 
 
+class InvalidConfigError(ValueError):
+    """A config value breaks a rule; the message names the key."""
+
+
 class Rule(NamedTuple):
     path: str                       # dotted key path below `config`
     check: Callable[[Any], bool]    # value -> ok
@@ -176,7 +180,7 @@ def validate_config(config) -> None:
     key is skipped. Costs microseconds: call it before any data is loaded.
 
     Raises:
-      ValueError: "config.<key> must be <requirement>, got <value>" (cross rules
+      InvalidConfigError (a ValueError): "config.<key> must be <requirement>, got <value>" (cross rules
         also give the other values involved).
     """
     for rule in RULES:
@@ -184,7 +188,8 @@ def validate_config(config) -> None:
         if value is _MISSING:
             continue
         if not rule.check(value):
-            raise ValueError(f"config.{rule.path} must be {rule.requirement}, got {value!r}")
+            raise InvalidConfigError(
+                f"config.{rule.path} must be {rule.requirement}, got {value!r}")
     method = get_path(config, "method", None)
     for rule in CROSS_RULES:
         if method not in rule.methods:
@@ -194,5 +199,5 @@ def validate_config(config) -> None:
             continue
         if not rule.check(config):
             others = ", ".join(f"config.{p}={v!r}" for p, v in values.items() if p != rule.path)
-            raise ValueError(f"config.{rule.path} must be {rule.requirement}, got "
+            raise InvalidConfigError(f"config.{rule.path} must be {rule.requirement}, got "
                              f"{values[rule.path]!r} ({others})")
