@@ -16,8 +16,10 @@ is invalid or changes a recorded run's training settings.
 Several processes (hosts, or processes on one machine): pass --distributed, which
 calls jax.distributed.initialize() (with --coordinator_address, --num_processes and
 --process_id, or from the cluster's environment), and run the same command in every
-process; each loads its slice of every batch, all take part in checkpoints, and only
-process 0 writes logs, metrics and plots.
+process. Every process holds the (small) training set and draws the same batches on
+device, each device computing its shard of the batch; all processes take part in the
+orbax checkpoints and the sharded ODE solves, and only process 0 writes logs, metrics
+and plots.
 """
 
 import sys
