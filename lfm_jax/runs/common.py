@@ -61,11 +61,13 @@ def optimizer(config, total_steps=None):
                                 weight_decay=t.weight_decay)
 
 
-def resumable_fit(config, state, step_fn, train_data, workdir: str, desc: str):
+def resumable_fit(config, state, step_fn, train_data, workdir: str, desc: str,
+                  keep_best=None):
     """Train to config.train.steps, resuming from `<workdir>/ckpt` if it holds a
     checkpoint; log mean loss and grad norm per call to `<workdir>/metrics.jsonl`
     (records past the restored step are dropped first, so each step is logged once).
 
+    With keep_best (`train.KeepBest`), the returned state holds its best params.
     Returns (state, training wall-clock seconds, metrics.jsonl path)."""
     t_cfg = config.train
     ckpt = checkpoint.Checkpointer(os.path.join(workdir, "ckpt"),
@@ -86,9 +88,10 @@ def resumable_fit(config, state, step_fn, train_data, workdir: str, desc: str):
     t0 = time.perf_counter()
     state, _ = train.fit(state, step_fn, train_data, t_cfg.steps,
                          steps_per_call=t_cfg.steps_per_call, callback=callback,
-                         checkpointer=ckpt, progress=progress)
+                         checkpointer=ckpt, progress=progress, keep_best=keep_best)
     progress.close()
     train_time = time.perf_counter() - t0
+    state = keep_best.apply(state) if keep_best is not None else state
     ckpt.close()
     return state, train_time, writer.path
 
