@@ -384,7 +384,7 @@ def fmt(values, digits=3):
     m, se = mean_se(values)
     if not math.isfinite(m):
         return "-"
-    text = f"{m:.{digits}g}" if abs(m) >= 1e4 else f"{m:.{digits}f}"
+    text = f"{m:.{digits}g}" if abs(m) >= 1e4 and digits else f"{m:.{digits}f}"
     return text if not math.isfinite(se) else f"{text} ± {se:.{digits}f}"
 
 
