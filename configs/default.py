@@ -24,6 +24,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.dim = 2  # gmm only
     config.data.n_components = 8  # gmm only
     config.data.path = ""  # data.name="file": a .npy/.npz/.csv table; tabular: data root
+    # Draw a fresh training batch from the data's known sampler every step (toys, gmm;
+    # LFM: block 1 only): lfm_jax.runs.data_feed.
+    config.data.fresh_samples = False
 
     config.model = ml_collections.ConfigDict()
     config.model.hidden = (256, 256, 256)
@@ -58,6 +61,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.train.checkpoint_every = 1_000
     config.train.keep_checkpoints = 3
     config.train.num_devices = 0  # 0: all devices
+    # Keep the params of the lowest validation loss (fixed batch and key) of each LFM
+    # block / of FM, scored after every fused call: lfm_jax.runs.data_feed.
+    config.train.keep_best = False
 
     config.eval = ml_collections.ConfigDict()
     config.eval.use_ema = True

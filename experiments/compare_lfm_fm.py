@@ -1,87 +1,146 @@
-"""LFM vs one global flow-matching model at equal parameters and wall-clock budget.
+"""LFM vs one flow-matching (FM) model under two protocols, side by side (SPEC 3).
 
-    python -m experiments.compare_lfm_fm --workdir runs/compare [--budget_s 60]
-        [--datasets checkerboard,gmm43] [--quick]
+    python -m experiments.compare_lfm_fm --workdir W [--datasets checkerboard,rose,...]
+        [--seeds 0,1,2] [--iters 1000] [--budgets 15,30] [--protocols paper,equal_compute]
 
-For each data set, LFM (configs/lfm_<name>.py) and plain FM get the same training
-wall-clock budget (seconds of training, pushes of the training set included for LFM,
-evaluation and compilation excluded) and the same total parameter count (the FM MLP's
-width is chosen so that its parameter count matches the sum over LFM's blocks).
-Training stops by elapsed time: FM after the first fused call past the budget; LFM
-gives each of its N blocks budget/N seconds, its training stopping by time so that
-training plus the (estimated) push fit in it. The lr schedules span the steps expected
-from the measured speed of one fused call. Test NLL (nats, exact divergence) is
-measured over training time: for LFM after every block (the truncated model q_n is a
-normalised density), for FM at `--fm_evals` evenly spaced times. Writes compare.json,
-compare.md (table), nll_<data>.png (NLL against training time with the entropy floor)
-and samples_<data>_<method>.png.
+- paper: every LFM block and the FM model are the SAME network (--hidden); LFM trains
+  --iters iterations per block, FM the same total (iters * number of blocks). Reported:
+  test NLL, excess over the entropy floor, wall time (LFM: training plus the pushes of
+  the training set that train the next blocks; FM: training), parameters.
+- equal_compute: equal total parameters (FM's width chosen so that its count is closest
+  to the sum over LFM's blocks, same depth) and equal training wall-clock B for each
+  budget in --budgets. LFM: each block trains for (B - (N - 1) * push) / N seconds,
+  push = the measured time of pushing the training set through one block (from the
+  paper run of the same data and seed when there is one, else measured once), so that
+  training plus the N - 1 needed pushes is about B; FM trains until B. Both stop after
+  the first fused call past their time and their lr schedules span the steps expected
+  from the measured speed of one call. The full model only (no truncated LFM).
+
+Compilation, evaluation and the per-block validation reports are not timed. Every
+number is a mean over --seeds with its standard error (std / sqrt(seeds)); the data
+(distribution, splits) are fixed by --data_seed, the seed changes initialisation and
+training randomness. Test NLL in nats, exact divergence, adaptive solver; test points
+whose solve fails are left out and counted (n_failed in the JSON).
+
+Data are drawn FRESH every step from the known sampler (--fresh_samples, default on):
+FM and LFM's block 1; LFM's later blocks train on the fixed training set pushed through
+the earlier blocks (--n_train points). Block layouts (OU step sizes, then a free block):
+2-D sets --layout quick: 0.15, 0.3, 0.6 + free; official: 0.025 * 1.25^k, k = 0..7 +
+free; gmm6: 0.15, 0.225, 0.3375 + free (configs/lfm_gmm6.py); gmm43: 0.35, 0.35 + free
+(configs/lfm_gmm43.py). Writes <workdir>/compare.json, compare.md (both tables) and
+prints the tables; finished runs are cached in <workdir>/results/ (a rerun skips them).
 """
 
 from __future__ import annotations
 
+import json
+import math
 import os
+import shutil
 import time
 
 from absl import app, flags
 
-from experiments import timing
-
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Output directory.")
-flags.DEFINE_string("datasets", "checkerboard,gmm43", "Comma-separated: checkerboard, gmm43.")
-flags.DEFINE_float("budget_s", 60.0, "Training wall-clock budget per method and data set.")
-flags.DEFINE_integer("fm_evals", 6, "Number of NLL evaluations along FM training.")
-flags.DEFINE_integer("nll_examples", 1000, "Test points for every NLL evaluation.")
-flags.DEFINE_bool("quick", False, "Smaller models and data (a few CPU minutes in all).")
+flags.DEFINE_list("datasets", ["checkerboard", "rose", "8gaussians", "gmm6", "gmm43"],
+                  "Data sets: checkerboard, rose, 8gaussians, gmm6, gmm43.")
+flags.DEFINE_list("seeds", ["0", "1", "2"], "Training seeds.")
+flags.DEFINE_list("protocols", ["paper", "equal_compute"], "paper and/or equal_compute.")
+flags.DEFINE_integer("iters", 1000, "paper: iterations per LFM block (FM: times blocks).")
+flags.DEFINE_list("budgets", ["15", "30"], "equal_compute: training seconds per method.")
+flags.DEFINE_list("hidden", ["128", "128", "128"], "Hidden widths of an LFM block (and "
+                  "of FM in the paper protocol).")
+flags.DEFINE_enum("layout", "quick", ["quick", "official"], "Block layout of 2-D sets.")
+flags.DEFINE_integer("batch_size", 256, "Batch size.")
+flags.DEFINE_float("lr", 1e-3, "Peak lr (cosine schedule, 100 warm-up steps).")
+flags.DEFINE_integer("steps_per_call", 50, "Steps fused per compiled call.")
+flags.DEFINE_integer("n_train", 20_000, "Training set (LFM pushes it for blocks >= 2).")
+flags.DEFINE_integer("nll_examples", 1000, "Test points of every NLL.")
+flags.DEFINE_integer("data_seed", 0, "Seed of the data distribution and splits.")
+flags.DEFINE_bool("fresh_samples", True, "Fresh data every step (config.data.fresh_samples).")
+flags.DEFINE_bool("keep_best", False, "Keep the params of the best validation loss.")
+flags.DEFINE_float("rtol", 1e-4, "rtol = atol of the pushes and of the test NLL.")
 flags.mark_flags_as_required(["workdir"])
 
+# name -> (config.data fields, OU step sizes or None for the 2-D --layout)
+DATASETS = {
+    "checkerboard": ({"name": "checkerboard"}, None),
+    "rose": ({"name": "rose"}, None),
+    "8gaussians": ({"name": "eight_gaussians"}, None),
+    "gmm6": ({"name": "gmm", "dim": 6, "n_components": 8}, (0.15, 0.225, 0.3375)),
+    "gmm43": ({"name": "gmm", "dim": 43, "n_components": 10}, (0.35, 0.35)),
+}
+LAYOUTS_2D = {"quick": (0.15, 0.3, 0.6),
+              "official": tuple(0.025 * 1.25 ** k for k in range(8))}
 
-def _config(name):
-    from configs import lfm_checkerboard, lfm_gmm43
 
-    config = {"checkerboard": lfm_checkerboard, "gmm43": lfm_gmm43}[name].get_config()
+def make_config(name, seed):
+    """The study's LFM config for data set `name` (FM reuses its train/eval fields)."""
+    from configs import default
+
+    fields, hs = DATASETS[name]
+    c = default.get_config()
+    c.method = "lfm"
+    c.seed = int(seed)
+    for k, v in fields.items():
+        setattr(c.data, k, v)
+    c.data.n_train = FLAGS.n_train
+    c.data.n_val = c.data.n_test = max(FLAGS.nll_examples, 1000)
+    c.data.fresh_samples = FLAGS.fresh_samples
+    c.model.hidden = tuple(int(w) for w in FLAGS.hidden)
+    c.lfm.step_sizes = hs if hs is not None else LAYOUTS_2D[FLAGS.layout]
+    c.lfm.num_blocks = 0
+    c.lfm.free_last_block = True
+    c.lfm.steps_per_block = FLAGS.iters
+    c.lfm.push_ode.rtol = c.lfm.push_ode.atol = FLAGS.rtol
+    c.lfm.n_val = 500
+    c.train.batch_size = FLAGS.batch_size
+    c.train.steps_per_call = FLAGS.steps_per_call
+    c.train.lr = FLAGS.lr
+    c.train.ema_decay = 0.99
+    c.train.checkpoint_every = 10**9
+    c.train.keep_checkpoints = 1
+    c.train.keep_best = FLAGS.keep_best
+    c.eval.ode.rtol = c.eval.ode.atol = FLAGS.rtol
+    c.eval.nll_examples = FLAGS.nll_examples
+    return default.locked(c)
+
+
+def load_dataset(name):
+    from lfm_jax.runs import common
+
+    config = make_config(name, FLAGS.data_seed)
     config.unlock()
-    if FLAGS.quick:
-        config.data.n_train = min(config.data.n_train, 20_000)
-        if name == "gmm43":
-            config.model.hidden = (128, 128, 128)
-    config.eval.nll_examples = FLAGS.nll_examples
-    config.eval.n_samples = 2_000
-    return config
+    config.seed = FLAGS.data_seed
+    return common.load_data(config)
 
 
-def _median_and_runaways(log_q, margin: float = 1e3):
-    """Median NLL over the finite points, and how many points exceed it by `margin`.
+# ------------------------------------------------------------------------------ FM
 
-    A long-trained model can send the backward flows of a few low-density test points
-    off to huge |x|, where the Gaussian base term dominates the MEAN NLL while the
-    median barely moves; both are reported so that such runaways are visible."""
-    import numpy as np
+def fm_network(config, dim, hidden):
+    from lfm_jax import networks
 
-    nll = -np.asarray(log_q, np.float64)
-    nll = nll[np.isfinite(nll)]
-    if not len(nll):
-        return float("nan"), 0
-    med = float(np.median(nll))
-    return med, int(np.sum(nll > med + margin))
+    m = config.model
+    return networks.velocity_mlp((dim,), hidden=tuple(hidden), activation=m.activation,
+                                 num_frequencies=m.num_frequencies,
+                                 max_frequency=m.max_frequency)
 
 
-def _fm_width(config, n_params_target, dim):
-    """Width w of an FM MLP with LFM's depth whose parameter count is closest to the
-    target."""
+def fm_width(config, dim, n_params_target):
+    """Width w (depth of config.model.hidden) whose FM parameter count is closest to
+    n_params_target; returns (w, count)."""
+    import jax
+
     from lfm_jax import networks
 
     depth = len(config.model.hidden)
 
     def count(w):
-        net = networks.velocity_mlp((dim,), hidden=(w,) * depth,
-                                    num_frequencies=config.model.num_frequencies)
-        import jax
+        net = fm_network(config, dim, (w,) * depth)
+        return networks.count_params(jax.eval_shape(net.init, jax.random.PRNGKey(0)))
 
-        shapes = jax.eval_shape(net.init, jax.random.PRNGKey(0))
-        return networks.count_params(shapes)
-
-    lo, hi = 8, 8192
+    lo, hi = 4, 8192
     while hi - lo > 1:
         mid = (lo + hi) // 2
         lo, hi = (mid, hi) if count(mid) <= n_params_target else (lo, mid)
@@ -89,168 +148,294 @@ def _fm_width(config, n_params_target, dim):
     return w, count(w)
 
 
-def run_lfm(config, dataset, workdir, budget_s):
-    """LFM under a wall-clock budget: budget_s / N per block, covering the block's
-    training and the push of the training set through it (the push is part of LFM
-    training); each block's training stops by elapsed time (`block_train_budget_s`).
-    Test NLL of the truncated model after every block; evaluation time excluded."""
+def train_fm(config, dataset, hidden, mesh, *, steps=None, budget_s=None):
+    """Train one FM model (LFM's interpolant and time law, noise at t = 0) for `steps`
+    steps, or until `budget_s` seconds of training (its schedule then spans the steps
+    expected from the measured speed). Returns (net, params for evaluation, info)."""
+    import jax
+    import numpy as np
+
+    from experiments import timing
+    from lfm_jax import distributed, flow_matching, interpolants, train
+    from lfm_jax.runs import common, data_feed
+
+    t, spc = config.train, config.train.steps_per_call
+    net = fm_network(config, dataset.dim, hidden)
+    loss_fn = flow_matching.make_loss(net.apply, interpolants.get(config.lfm.interpolant),
+                                      common.make_time_sampler(config.lfm))
+    sample_batch = data_feed.fm_sample_batch(config, dataset)
+    data = distributed.replicate(np.asarray(dataset.train), mesh)
+    init_key, state_key = jax.random.split(jax.random.PRNGKey(config.seed))
+
+    def make(total):
+        opt = common.optimizer(config, total_steps=total)
+        step_fn = train.make_train_step(loss_fn, opt, sample_batch=sample_batch,
+                                        steps_per_call=spc, ema_decay=t.ema_decay,
+                                        mesh=mesh)
+        return opt, step_fn
+
+    def fresh(opt):
+        return train.create_train_state(state_key, net.init(init_key), opt, mesh=mesh)
+
+    sec_per_step = None
+    if steps is None:
+        opt, step_fn = make(10**6)
+        sec_per_step = timing.seconds_per_step(step_fn, fresh(opt), data, spc,
+                                               seconds=1.0)
+        steps = max(spc, -(-int(budget_s / sec_per_step) // spc) * spc)
+    opt, step_fn = make(steps)
+    jax.block_until_ready(step_fn(fresh(opt), data)[1])  # compile outside the timing
+    state = fresh(opt)
+    keeper = data_feed.make_keep_best(config, loss_fn, np.asarray(dataset.val[:2000]))
+    t0 = time.perf_counter()
+    if budget_s is None:
+        state, _ = train.fit(state, step_fn, data, steps, steps_per_call=spc,
+                             keep_best=keeper)
+    else:
+        while int(state.step) < steps and time.perf_counter() - t0 < budget_s:
+            state, _ = train.fit(state, step_fn, data, int(state.step) + spc,
+                                 steps_per_call=spc, keep_best=keeper)
+    train_s = time.perf_counter() - t0
+    steps_run = int(state.step)
+    state = keeper.apply(state) if keeper is not None else state
+    params = state.ema_params if config.eval.use_ema else state.params
+    return net, params, {"steps": steps_run, "scheduled_steps": steps, "train_s": train_s,
+                         "num_params": int(net.num_params(params)), "hidden": list(hidden),
+                         "sec_per_step": sec_per_step}
+
+
+def fm_test_log_prob(config, net, params, dataset, mesh):
+    import jax
+    import numpy as np
+
+    from lfm_jax.runs import common
+    from lfm_jax.runs import flow_matching as fm_run
+
+    test = np.asarray(dataset.test[: config.eval.nll_examples])
+    return fm_run.log_prob_rows(net, params, test, jax.random.PRNGKey(0),
+                                options=common.eval_ode_options(config),
+                                chunk_size=config.eval.chunk_size, mesh=mesh)
+
+
+# ----------------------------------------------------------------------------- LFM
+
+def lfm_trainer(config, dataset, mesh):
+    """The LFM trainer with its steps and push compiled (outside any timing)."""
     import jax
     import numpy as np
 
     from lfm_jax import distributed, train
-    from lfm_jax.runs import common, lfm_blocks
-    from lfm_jax.runs import lfm as lfm_run
+    from lfm_jax.runs import data_feed, lfm_blocks
 
-    mesh = common.make_mesh(config)
-    example_shape = tuple(dataset.train.shape[1:])
-    network, model, opt, step_fn = lfm_blocks.make_trainer(config, example_shape, mesh)
-    state = train.create_train_state(jax.random.PRNGKey(0), network.init(jax.random.PRNGKey(0)),
-                                     opt, mesh=mesh)
-    data = distributed.replicate({"x": np.asarray(dataset.train), "h": np.float32(0.1)}, mesh)
-    tps = timing.seconds_per_step(step_fn, state, data, config.train.steps_per_call)
-    # Push time of a block, estimated from one call of the (compiled) sharded push; the
-    # push is compiled per chunk shape, so this also compiles it outside the budget.
-    chunk = np.asarray(dataset.train[: config.lfm.chunk_size * len(jax.devices())])
-    p0 = network.init(jax.random.PRNGKey(0))
-    model.block_map(p0, chunk, mesh=mesh)
-    t0 = time.perf_counter()
-    model.block_map(p0, chunk, mesh=mesh)
-    push_s = (time.perf_counter() - t0) * len(dataset.train) / len(chunk)
-    spc = config.train.steps_per_call
-    per_block = budget_s / model.num_blocks
-    train_budget = max(per_block - 1.5 * push_s, 0.25 * per_block)
-    # The lr schedule spans the steps expected in the budget; training stops by time.
-    config.lfm.steps_per_block = max(spc, -(-int(train_budget / tps) // spc) * spc)
-    config.train.checkpoint_every = 10**9
-    # Compile the step and the validation log-det outside the timed region (as for FM).
-    trainer = lfm_blocks.make_trainer(config, example_shape, mesh)
-    network, model, opt, step_fn = trainer
-    state = train.create_train_state(jax.random.PRNGKey(0), network.init(jax.random.PRNGKey(0)),
-                                     opt, mesh=mesh)
-    jax.block_until_ready(step_fn(state, data)[1])
-    x_val = np.asarray(dataset.val[: config.lfm.n_val])
-    model.block_log_det(p0, x_val, method=config.lfm.divergence,
-                        key=jax.random.PRNGKey(0), n_probes=config.lfm.n_probes, mesh=mesh)
-    _, params_list, reports = lfm_blocks.train_blocks(config, dataset, workdir, mesh=mesh,
-                                                      trainer=trainer, verbose=True,
-                                                      block_train_budget_s=train_budget)
-    emodel = lfm_run.eval_model(config, model)
-    test = np.asarray(dataset.test[: config.eval.nll_examples])
-    # Failed solves (max_steps, non-finite velocity) come back NaN and are counted.
-    per_block_lp = emodel.log_prob(params_list, test, per_block=True, mesh=mesh)
-    n_failed = [int(np.sum(~np.isfinite(row))) for row in per_block_lp]
-    common.warn_failed(n_failed[-1], len(test), "LFM test points")
-    train_s = [r.get("train_time_s", 0.0) for r in reports[1:]]
-    push = [r.get("push_time_s", 0.0) for r in reports[1:]]
-    times = np.cumsum([0.0] + [t + p for t, p in zip(train_s, push)])
-    nll = [common.finite_nll(row)[0] for row in per_block_lp]
-    z = jax.random.normal(jax.random.PRNGKey(1), (config.eval.n_samples,) + example_shape)
-    samples = emodel.generate(params_list, z, mesh=mesh)
-    samples = samples[np.all(np.isfinite(samples.reshape(len(samples), -1)), axis=1)]
-    n_params = sum(network.num_params(p) for p in params_list)
-    med_run = [_median_and_runaways(row) for row in per_block_lp]
-    return {"time_s": times.tolist(), "test_nll": nll, "num_params": int(n_params),
-            "test_nll_median": [m for m, _ in med_run],
-            "test_n_runaway": [r for _, r in med_run],
-            "steps_per_block": [r.get("steps_trained") for r in reports[1:]],
-            "block_train_budget_s": train_budget, "push_time_s": push,
-            "train_time_s": train_s, "estimated_push_s": push_s,
-            "blocks": model.num_blocks, "hidden": list(config.model.hidden),
-            "sec_per_step": tps, "test_n_failed": n_failed}, samples
+    trainer = lfm_blocks.make_trainer(config, (dataset.dim,), mesh,
+                                      data_feed.fresh_sampler(config, dataset))
+    data = distributed.replicate({"x": np.asarray(dataset.train), "h": np.float32(0.1)},
+                                 mesh)
+    p0 = trainer.network.init(jax.random.PRNGKey(0))
+    for fn in (trainer.step_fn, trainer.first_step_fn):
+        if fn is not None:
+            state = train.create_train_state(jax.random.PRNGKey(0), p0, trainer.optimizer,
+                                             mesh=mesh)
+            jax.block_until_ready(fn(state, data)[1])
+    n_chunk = min(len(dataset.train), config.lfm.chunk_size * len(jax.devices()))
+    trainer.model.block_map(p0, np.asarray(dataset.train[:n_chunk]), mesh=mesh)
+    return trainer
 
 
-def run_fm(config, dataset, workdir, budget_s, n_params_target):
-    """One global FM model (same depth, width matched to LFM's total parameter count)
-    trained until `budget_s` seconds of training have elapsed (measured per fused call,
-    evaluation excluded); test NLL at `--fm_evals` evenly spaced times."""
+def measure_lfm(config, dataset, mesh):
+    """(seconds per LFM step, seconds to push the training set through one block),
+    measured with an untrained block."""
     import jax
     import numpy as np
 
-    from lfm_jax import distributed, flow_matching, interpolants, networks, ode, train
+    from experiments import timing
+    from lfm_jax import distributed, train
+    from lfm_jax.runs import lfm_blocks
+
+    trainer = lfm_blocks.make_trainer(config, (dataset.dim,), mesh)
+    p0 = trainer.network.init(jax.random.PRNGKey(0))
+    state = train.create_train_state(jax.random.PRNGKey(0), p0, trainer.optimizer,
+                                     mesh=mesh)
+    data = distributed.replicate({"x": np.asarray(dataset.train), "h": np.float32(0.1)},
+                                 mesh)
+    tps = timing.seconds_per_step(trainer.step_fn, state, data,
+                                  config.train.steps_per_call)
+    n_chunk = min(len(dataset.train), config.lfm.chunk_size * len(jax.devices()))
+    trainer.model.block_map(p0, np.asarray(dataset.train[:n_chunk]), mesh=mesh)
+    t0 = time.perf_counter()
+    trainer.model.block_map(p0, np.asarray(dataset.train), mesh=mesh)
+    return tps, time.perf_counter() - t0
+
+
+def train_lfm(config, dataset, mesh, workdir, *, block_budget_s=None):
+    """Train all blocks from scratch in workdir (`lfm_blocks.train_blocks`). Returns
+    (model, params_list, info); info's train_s = block training + the pushes of
+    blocks 1..N-1 (the last block's push trains nothing and is not counted)."""
+    from lfm_jax.runs import lfm_blocks
+
+    shutil.rmtree(workdir, ignore_errors=True)
+    trainer = lfm_trainer(config, dataset, mesh)
+    model, params_list, reports = lfm_blocks.train_blocks(
+        config, dataset, workdir, mesh=mesh, trainer=trainer, verbose=False,
+        block_train_budget_s=block_budget_s)
+    blocks = reports[1:]
+    train_s = [r["train_time_s"] for r in blocks]
+    push_s = [r["push_time_s"] for r in blocks]
+    return model, params_list, {
+        "train_s": sum(train_s) + sum(push_s[:-1]), "block_train_s": train_s,
+        "push_s": push_s, "steps": sum(r["steps_trained"] for r in blocks),
+        "steps_per_block": [r["steps_trained"] for r in blocks],
+        "blocks": len(blocks), "hidden": list(config.model.hidden),
+        "num_params": int(sum(trainer.network.num_params(p) for p in params_list)),
+        "block_budget_s": block_budget_s}
+
+
+def lfm_test_log_prob(config, model, params_list, dataset, mesh):
+    import numpy as np
+
+    from lfm_jax.runs import lfm as lfm_run
+
+    test = np.asarray(dataset.test[: config.eval.nll_examples])
+    return lfm_run.eval_model(config, model).log_prob(params_list, test, mesh=mesh)
+
+
+# ---------------------------------------------------------------------------- runs
+
+def scores(log_q, floor):
+    """Mean and median test NLL over the finite points, failures, excess over floor."""
+    import numpy as np
+
     from lfm_jax.runs import common
 
-    mesh = common.make_mesh(config)
-    dim = dataset.dim
-    width, n_params = _fm_width(config, n_params_target, dim)
-    hidden = (width,) * len(config.model.hidden)
-    net = networks.velocity_mlp((dim,), hidden=hidden, activation=config.model.activation,
-                                num_frequencies=config.model.num_frequencies,
-                                max_frequency=config.model.max_frequency)
-    t = config.train
-    spc = t.steps_per_call
-    loss_fn = flow_matching.make_loss(net.apply, interpolants.get(config.lfm.interpolant),
-                                      lambda k, n: jax.random.uniform(k, (n,)))
-    sample_batch = flow_matching.make_sample_batch(t.batch_size)
-    data = distributed.replicate(np.asarray(dataset.train), mesh)
-
-    def fresh(opt):
-        return distributed.replicate(train.create_train_state(
-            jax.random.PRNGKey(0), net.init(jax.random.PRNGKey(1)), opt), mesh)
-
-    # The lr schedule spans the steps expected in the budget (from the measured speed);
-    # training itself stops by elapsed time.
-    probe_opt = common.optimizer(config, total_steps=10**6)
-    probe = train.make_train_step(loss_fn, probe_opt, sample_batch=sample_batch,
-                                  steps_per_call=spc, ema_decay=t.ema_decay, mesh=mesh)
-    tps = timing.seconds_per_step(probe, fresh(probe_opt), data, spc)
-    total = max(spc, -(-int(budget_s / tps) // spc) * spc)
-    opt = common.optimizer(config, total_steps=total)
-    step_fn = train.make_train_step(loss_fn, opt, sample_batch=sample_batch,
-                                    steps_per_call=spc, ema_decay=t.ema_decay, mesh=mesh)
-    e = config.eval
-    test = np.asarray(dataset.test[: e.nll_examples])
-    # A failed solve (a half-trained 43-D field can be stiff) is NaN, counted, and left
-    # out, as for LFM; it does not end the comparison.
-    options = common.eval_ode_options(config)
-    logp = jax.jit(lambda p, x: flow_matching.log_prob(net.apply, p, x, options=options,
-                                                        chunk_size=500))
-
-    medians, runaways = [], []
-
-    def test_nll(params):
-        lp = np.asarray(logp(params, test))
-        nll_, _, n_failed = common.finite_nll(lp)
-        common.warn_failed(n_failed, len(lp), "FM test points")
-        med, n_runaway = _median_and_runaways(lp)
-        if n_runaway:
-            print(f"warning: {n_runaway} FM test points with NLL > median + 1e3 (mean "
-                  f"{nll_:.4g}, median {med:.4f}): their backward flows escaped", flush=True)
-        medians.append(med)
-        runaways.append(n_runaway)
-        return nll_
-
-    state = fresh(opt)
-    times, nll, steps, elapsed = [0.0], [test_nll(state.ema_params)], [0], 0.0
-    jax.block_until_ready(step_fn(state, data)[1])  # compile outside the budget (donated)
-    state = fresh(opt)
-    marks = [budget_s * k / FLAGS.fm_evals for k in range(1, FLAGS.fm_evals + 1)]
-    step = 0
-    while elapsed < budget_s:
-        t0 = time.perf_counter()
-        state, m = step_fn(state, data)
-        jax.block_until_ready(m)
-        elapsed += time.perf_counter() - t0
-        step += spc
-        if (marks and elapsed >= marks[0]) or elapsed >= budget_s:
-            while marks and elapsed >= marks[0]:
-                marks.pop(0)
-            times.append(elapsed)
-            steps.append(step)
-            nll.append(test_nll(state.ema_params))
-            print(f"fm step {step}: {elapsed:.1f}s test NLL {nll[-1]:.4f}", flush=True)
-    z = jax.random.normal(jax.random.PRNGKey(1), (e.n_samples, dim))
-    samples = flow_matching.sample(net.apply, state.ema_params, z,
-                                   options=ode.options_from_config(e.ode))
-    return {"time_s": times, "test_nll": nll, "test_nll_median": medians,
-            "test_n_runaway": runaways, "steps_at_eval": steps,
-            "num_params": int(n_params), "steps": step, "scheduled_steps": total,
-            "hidden": list(hidden), "sec_per_step": tps}, np.asarray(samples)
+    nll, _, n_failed = common.finite_nll(log_q)
+    common.warn_failed(n_failed, len(log_q), "test points")
+    finite = -np.asarray(log_q, np.float64)
+    finite = finite[np.isfinite(finite)]
+    med = float(np.median(finite)) if len(finite) else float("nan")
+    out = {"test_nll": nll, "test_nll_median": med, "n_failed": n_failed}
+    if floor is not None:
+        out["excess_nll"] = nll - floor
+    return out
 
 
-def _nll_at(res, t):
-    """Test NLL of the latest evaluation at or before training time t (None if none)."""
-    vals = [v for s, v in zip(res["time_s"], res["test_nll"]) if s <= t * 1.02 + 1e-9]
-    return vals[-1] if vals else None
+def run_paper(name, seed, dataset, floor, mesh, workdir):
+    config = make_config(name, seed)
+    model, params_list, lfm_info = train_lfm(config, dataset, mesh,
+                                             os.path.join(workdir, "lfm"))
+    lfm_info.update(scores(lfm_test_log_prob(config, model, params_list, dataset, mesh),
+                           floor))
+    net, params, fm_info = train_fm(config, dataset, config.model.hidden, mesh,
+                                    steps=FLAGS.iters * lfm_info["blocks"])
+    fm_info.update(scores(fm_test_log_prob(config, net, params, dataset, mesh), floor))
+    return {"lfm": lfm_info, "fm": fm_info}
+
+
+def run_equal_compute(name, seed, budget, dataset, floor, mesh, workdir, paper=None):
+    config = make_config(name, seed)
+    config.unlock()
+    n_blocks = len(config.lfm.step_sizes) + 1
+    if paper is not None:  # measured on trained blocks of the same data and seed
+        p = paper["lfm"]
+        tps = sum(p["block_train_s"]) / p["steps"]
+        push = sum(p["push_s"][:-1]) / max(n_blocks - 1, 1)
+    else:
+        tps, push = measure_lfm(config, dataset, mesh)
+    block_budget = max((budget - (n_blocks - 1) * push) / n_blocks, 0.05 * budget / n_blocks)
+    spc = config.train.steps_per_call
+    config.lfm.steps_per_block = max(spc, -(-int(block_budget / tps) // spc) * spc)
+    model, params_list, lfm_info = train_lfm(config, dataset, mesh,
+                                             os.path.join(workdir, "lfm"),
+                                             block_budget_s=block_budget)
+    lfm_info.update(scores(lfm_test_log_prob(config, model, params_list, dataset, mesh),
+                           floor), sec_per_step=tps, estimated_push_s=push)
+    width, _ = fm_width(config, dataset.dim, lfm_info["num_params"])
+    net, params, fm_info = train_fm(config, dataset, (width,) * len(config.model.hidden),
+                                    mesh, budget_s=budget)
+    fm_info.update(scores(fm_test_log_prob(config, net, params, dataset, mesh), floor))
+    return {"lfm": lfm_info, "fm": fm_info}
+
+
+def cached(path, fn):
+    """fn()'s result, cached as JSON at path (a rerun of the study skips it)."""
+    from lfm_jax import logging as log_lib
+
+    if os.path.exists(path):
+        with open(path) as f:
+            return json.load(f)
+    result = log_lib.to_python(fn())
+    log_lib.write_json(path, result)
+    return result
+
+
+# -------------------------------------------------------------------------- tables
+
+def mean_se(values):
+    """(mean, standard error) of the finite values; se nan with fewer than two."""
+    import numpy as np
+
+    v = np.asarray([x for x in values if x is not None and np.isfinite(x)], np.float64)
+    if not len(v):
+        return float("nan"), float("nan")
+    se = float(np.std(v, ddof=1) / math.sqrt(len(v))) if len(v) > 1 else float("nan")
+    return float(v.mean()), se
+
+
+def fmt(values, digits=3):
+    m, se = mean_se(values)
+    if not math.isfinite(m):
+        return "-"
+    text = f"{m:.{digits}g}" if abs(m) >= 1e4 and digits else f"{m:.{digits}f}"
+    return text if not math.isfinite(se) else f"{text} ± {se:.{digits}f}"
+
+
+def summarise(runs, key):
+    """Per-method lists over seeds of `key` from runs = [{"lfm": ..., "fm": ...}]."""
+    return {m: [r[m].get(key) for r in runs] for m in ("lfm", "fm")}
+
+
+def method_rows(prefix, runs, floor):
+    rows = []
+    for m, label in (("lfm", "LFM"), ("fm", "FM")):
+        rs = [r[m] for r in runs]
+        hidden = "x".join(map(str, rs[0]["hidden"])) if rs else "-"
+        if m == "lfm" and rs:
+            hidden = f"{rs[0]['blocks']} x [{hidden}]"
+        rows.append(f"| {prefix} | {label} | {hidden} | {rs[0]['num_params']} | "
+                    f"{fmt([r['steps'] for r in rs], 0)} | {fmt([r['train_s'] for r in rs], 1)} | "
+                    f"{fmt([r['test_nll'] for r in rs])} | "
+                    f"{fmt([r.get('excess_nll') for r in rs]) if floor is not None else '-'} | "
+                    f"{sum(r['n_failed'] for r in rs)} |")
+    return rows
+
+
+def tables(results, n_seeds):
+    head = ("| method | network | params | steps | train s | test NLL | excess NLL | "
+            "failed |")
+    sep = "|---|---|---|---|---|---|---|---|---|"
+    paper, equal = [], []
+    for name, res in results.items():
+        floor = res["nll_floor"]
+        if res.get("paper"):
+            paper += method_rows(name, res["paper"], floor)
+        for b, runs in res.get("equal_compute", {}).items():
+            equal += method_rows(f"{name} | {b}", runs, floor)
+    out = [f"NLL in nats on {FLAGS.nll_examples} test points (mean over {n_seeds} seeds ± "
+           f"standard error); excess = NLL - entropy of the data (floor); failed = test "
+           f"points whose ODE solve failed, summed over seeds (left out). train s: LFM = "
+           f"block training + pushes of blocks 1..N-1; compilation and evaluation "
+           f"excluded. Steps: LFM summed over blocks."]
+    if paper:
+        out += ["", f"### Paper protocol: same network per LFM block and for FM, "
+                f"{FLAGS.iters} iterations per LFM block, FM the same total", "",
+                "| data " + head, sep] + paper
+    if equal:
+        out += ["", "### Equal compute: equal total parameters and equal training "
+                "wall-clock (s), full model", "", "| data | budget s " + head,
+                sep + "---|"] + equal
+    floors = ", ".join(f"{n} {r['nll_floor']:.4f}" for n, r in results.items()
+                       if r["nll_floor"] is not None)
+    out += ["", f"Entropy floors (nats): {floors}."]
+    return "\n".join(out)
 
 
 def main(argv):
@@ -258,49 +443,59 @@ def main(argv):
     from absl import logging
 
     logging.set_verbosity(logging.WARNING)
-    import numpy as np
-
+    from lfm_jax import compilation_cache, metrics
     from lfm_jax import logging as log_lib
-    from lfm_jax import metrics, plots
     from lfm_jax.runs import common
 
+    for p in FLAGS.protocols:
+        if p not in ("paper", "equal_compute"):
+            raise app.UsageError(f"unknown protocol {p!r}: use paper, equal_compute")
+    for name in FLAGS.datasets:
+        if name not in DATASETS:
+            raise app.UsageError(f"unknown data set {name!r}; known: {', '.join(DATASETS)}")
     workdir = common.check_workdir(FLAGS.workdir)
-    results, rows = {}, []
-    for name in FLAGS.datasets.split(","):
-        config = _config(name)
-        dataset = common.load_data(config)
+    # Every run recompiles the same pushes and likelihood solves: cache them on disk.
+    compilation_cache.enable(os.path.join(workdir, "jax_cache"))
+    results = {}
+    for name in FLAGS.datasets:
+        dataset = load_dataset(name)
+        mesh = common.make_mesh(make_config(name, 0))
         floor = metrics.entropy_floor(dataset)
-        lfm_res, lfm_samples = run_lfm(config, dataset, os.path.join(workdir, f"lfm_{name}"),
-                                       FLAGS.budget_s)
-        fm_res, fm_samples = run_fm(config, dataset, workdir, FLAGS.budget_s,
-                                    lfm_res["num_params"])
-        results[name] = {"nll_floor": floor, "lfm": lfm_res, "fm": fm_res}
-        curves = {"LFM (after each block)": (lfm_res["time_s"], lfm_res["test_nll"]),
-                  "FM": (fm_res["time_s"], fm_res["test_nll"])}
-        plots.plot_curves(os.path.join(workdir, f"nll_{name}.png"), curves,
-                          xlabel="training wall-clock (s)", ylabel="test NLL (nats)",
-                          hline=floor, hline_label="entropy (floor)",
-                          title=f"{name}: LFM vs FM, equal params and budget")
-        for method, s in (("lfm", lfm_samples), ("fm", fm_samples)):
-            plots.plot_samples(os.path.join(workdir, f"samples_{name}_{method}.png"), s,
-                               data=np.asarray(dataset.test), title=f"{name} {method}")
-        fracs = (0.25, 0.5, 0.75, 1.0)
-        for method, r in (("LFM", lfm_res), ("FM", fm_res)):
-            at = [_nll_at(r, f * FLAGS.budget_s) for f in fracs]
-            cells = " | ".join("-" if v is None else f"{v:.4f}" for v in at)
-            rows.append(f"| {name} | {method} | {r['num_params']} | {r['time_s'][-1]:.1f} | "
-                        f"{cells} | {r['test_nll'][-1]:.4f} | "
-                        f"{r['test_nll_median'][-1]:.4f} ({r['test_n_runaway'][-1]}) | "
-                        f"{floor:.4f} |")
-            r["test_nll_at_budget_fraction"] = dict(zip(map(str, fracs), at))
-        log_lib.write_json(os.path.join(workdir, "compare.json"), results)
-    table = "\n".join([f"budget {FLAGS.budget_s:.0f}s of training per method (pushes "
-                       f"included for LFM, evaluation excluded); NLL in nats on "
-                       f"{FLAGS.nll_examples} test points, latest evaluation at or before "
-                       f"each fraction of the budget ('-': none yet)\n",
-                       "| data | method | params | train s | NLL@25% | NLL@50% | NLL@75% | "
-                       "NLL@100% | final NLL | final median NLL (runaway points) | floor |",
-                       "|---|---|---|---|---|---|---|---|---|---|---|"] + rows)
+        res = results[name] = {"nll_floor": floor, "paper": [], "equal_compute": {}}
+        for seed in FLAGS.seeds:
+            run_dir = os.path.join(workdir, "runs", name, f"seed{seed}")
+            rdir = os.path.join(workdir, "results")
+            paper = None
+            if "paper" in FLAGS.protocols:
+                t0 = time.perf_counter()
+                paper = cached(os.path.join(rdir, f"{name}_s{seed}_paper.json"),
+                               lambda: run_paper(name, seed, dataset, floor, mesh,
+                                                 os.path.join(run_dir, "paper")))
+                res["paper"].append(paper)
+                print(f"{name} seed {seed} paper: LFM {paper['lfm']['test_nll']:.4f} "
+                      f"({paper['lfm']['train_s']:.1f}s) FM {paper['fm']['test_nll']:.4f} "
+                      f"({paper['fm']['train_s']:.1f}s) [{time.perf_counter() - t0:.0f}s]",
+                      flush=True)
+            if "equal_compute" in FLAGS.protocols:
+                for b in FLAGS.budgets:
+                    t0 = time.perf_counter()
+                    r = cached(os.path.join(rdir, f"{name}_s{seed}_equal{b}.json"),
+                               lambda: run_equal_compute(name, seed, float(b), dataset,
+                                                         floor, mesh,
+                                                         os.path.join(run_dir, f"eq{b}"),
+                                                         paper))
+                    res["equal_compute"].setdefault(b, []).append(r)
+                    print(f"{name} seed {seed} equal {b}s: LFM {r['lfm']['test_nll']:.4f} "
+                          f"({r['lfm']['train_s']:.1f}s) FM {r['fm']['test_nll']:.4f} "
+                          f"({r['fm']['train_s']:.1f}s) [{time.perf_counter() - t0:.0f}s]",
+                          flush=True)
+        log_lib.write_json(os.path.join(workdir, "compare.json"),
+                           {"flags": {k: FLAGS[k].value for k in (
+                               "datasets", "seeds", "protocols", "iters", "budgets",
+                               "hidden", "layout", "batch_size", "lr", "n_train",
+                               "nll_examples", "fresh_samples", "keep_best", "rtol")},
+                            "results": results})
+    table = tables(results, len(FLAGS.seeds))
     with open(os.path.join(workdir, "compare.md"), "w") as f:
         f.write(table + "\n")
     print(table)

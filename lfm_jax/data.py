@@ -53,6 +53,7 @@ __all__ = [
     "load_npy",
     "read_csv",
     "sample_batch",
+    "fresh_sample_batch",
 ]
 
 
@@ -474,6 +475,10 @@ class Dataset:
             None when the density is unknown.
         name: data set name.
         entropy: closed-form entropy in nats where known (else None).
+        sampler: (key, n) -> (n, D) float32 fresh draws from the same distribution,
+            jax-traceable, where it is known (toys, "gmm"), else None; training can
+            then draw a new batch every step instead of indexing `train`
+            (`fresh_sample_batch`, config key data.fresh_samples).
     """
 
     train: np.ndarray
@@ -483,6 +488,7 @@ class Dataset:
     log_prob: Optional[Callable] = None
     name: str = "data"
     entropy: Optional[float] = None
+    sampler: Optional[Callable] = None
 
 
 def make_dataset(
@@ -515,11 +521,13 @@ def make_dataset(
         mixture = make_gaussian_mixture(keys[0], dim, n_components, **kw)
         splits = [mixture.sample(k, m) for k, m in zip(keys[1:], sizes)]
         log_prob = mixture.log_prob
+        sampler = mixture.sample
         name = f"gmm{dim}d"
     elif name in TOY_2D:
         dim = 2
         splits = [sample_toy(name, k, m, **kw) for k, m in zip(keys[1:], sizes)]
         log_prob = _toy_log_density(name, **kw)
+        sampler = partial(TOY_2D[name], **kw)
         if name == "checkerboard":
             entropy = checkerboard_entropy(kw.get("scale", CHECKERBOARD_SCALE))
     else:
@@ -528,7 +536,7 @@ def make_dataset(
         validate(s, dim, f"{name}/{split}") for s, split in zip(splits, ("train", "val", "test"))
     )
     return Dataset(train=train, val=val, test=test, dim=dim, log_prob=log_prob,
-                   name=name, entropy=entropy)
+                   name=name, entropy=entropy, sampler=sampler)
 
 
 def load_array(path, dim: Optional[int] = None, key: Optional[str] = None) -> np.ndarray:
@@ -626,3 +634,20 @@ def sample_batch(key: jax.Array, data, batch_size: int):
     n = jax.tree_util.tree_leaves(data)[0].shape[0]
     idx = jax.random.randint(key, (batch_size,), 0, n)
     return jax.tree_util.tree_map(lambda a: jnp.asarray(a)[idx], data)
+
+
+def fresh_sample_batch(sampler: Callable, batch_size: int) -> Callable:
+    """Device-side batch sampler drawing NEW examples: (key, data) -> sampler(key, B).
+
+    For `train.make_train_step(sample_batch=...)` when the data distribution has a
+    known sampler (`Dataset.sampler`): `data` is ignored, so every step sees a fresh
+    batch of batch_size examples and there is no finite training set to over-fit.
+    The key is the step's fold_in(state.key, step) split, so a resumed run draws the
+    same batches as an uninterrupted one.
+    """
+
+    def sample(key, data):
+        del data
+        return sampler(key, batch_size)
+
+    return sample

@@ -138,16 +138,24 @@ def cumulative_ou_time(hs: Sequence[float]) -> np.ndarray:
 
 # ------------------------------------------------------------------ pairs and batches
 
-def make_sample_batch(batch_size: int) -> Callable:
+def make_sample_batch(batch_size: int, sampler: Optional[Callable] = None) -> Callable:
     """Device-side batch sampler for `train.make_train_step`.
 
     data = {"x": (n, ...) pushed data q_{n-1}, "h": scalar step size} (replicated).
     Returns batch = {"x": (B, ...) rows drawn with replacement, "h": (B,) the step
     size repeated}, so every leaf shards on its leading (batch) axis.
+
+    With `sampler` ((key, n) -> (n, ...), `data.Dataset.sampler`), "x" is instead a
+    fresh draw from the data distribution and data["x"] is ignored: only block 1 can
+    use it (q_0 = data), since later blocks need data pushed through the earlier ones
+    and keep the fixed pushed training set.
     """
 
     def sample_batch(key, data):
-        x = data_lib.sample_batch(key, data["x"], batch_size)
+        if sampler is None:
+            x = data_lib.sample_batch(key, data["x"], batch_size)
+        else:
+            x = sampler(key, batch_size)
         return {"x": x, "h": jnp.full((batch_size,), data["h"], x.dtype)}
 
     return sample_batch

@@ -238,8 +238,53 @@ def _copy(tree):
     return jax.tree_util.tree_map(lambda a: a.copy() if isinstance(a, jax.Array) else a, tree)
 
 
+class KeepBest:
+    """Keeps the train state's parameters of the lowest validation loss seen.
+
+    The validation loss is the training loss itself, `loss_fn(params, key, batch)[0]`,
+    on ONE fixed validation batch with ONE fixed key (so it is a deterministic function
+    of the params and two evaluations are comparable), of `state.ema_params` if
+    `use_ema` else `state.params`. `update(step, state)` (called by `fit` after every
+    fused call, before the next call may donate the state) evaluates it and, when it
+    is strictly lower than the best so far, copies params and ema_params to the host.
+    It costs one forward pass on the batch and one host sync per call.
+
+    Attributes after updates: best_loss (inf before any), best_step (None before any),
+    params, ema_params (host pytrees of the best state, None before any), history
+    (list of (step, validation loss)).
+    """
+
+    def __init__(self, loss_fn: Callable, batch, key, *, use_ema: bool = True):
+        self.use_ema = bool(use_ema)
+        self._loss = jax.jit(lambda p: loss_fn(p, key, batch)[0])
+        self.best_loss, self.best_step = float("inf"), None
+        self.params = self.ema_params = None
+        self.history = []
+
+    def validation_loss(self, params) -> float:
+        return float(self._loss(params))
+
+    def update(self, step: int, state: TrainState) -> bool:
+        """Score `state` (at `step`); returns True when it is the new best."""
+        loss = self.validation_loss(state.ema_params if self.use_ema else state.params)
+        self.history.append((int(step), loss))
+        if not loss < self.best_loss:  # NaN never wins
+            return False
+        self.best_loss, self.best_step = loss, int(step)
+        self.params, self.ema_params = jax.device_get((state.params, state.ema_params))
+        return True
+
+    def apply(self, state: TrainState) -> TrainState:
+        """`state` with params and ema_params replaced by the best ones (unchanged if
+        nothing was scored)."""
+        if self.best_step is None:
+            return state
+        return state.replace(params=self.params, ema_params=self.ema_params)
+
+
 def fit(state: TrainState, step_fn, data, num_steps: int, *, steps_per_call: int = 1,
-        callback: Callable | None = None, checkpointer=None, progress=None):
+        callback: Callable | None = None, checkpointer=None, progress=None,
+        keep_best: KeepBest | None = None):
     """Host loop: run `step_fn` until `state.step == num_steps`.
 
     Every checkpoint this writes holds parameters that produced a finite loss: a
@@ -259,6 +304,9 @@ def fit(state: TrainState, step_fn, data, num_steps: int, *, steps_per_call: int
       checkpointer: optional `lfm_jax.checkpoint.Checkpointer`; saves on its
         interval (checked after each call) and at the end.
       progress: optional `lfm_jax.logging.Progress`.
+      keep_best: optional `KeepBest`, updated after every call (the train state that
+        comes back is still the last one: apply `keep_best.apply(state)`). It is not
+        checkpointed: after a resume it only knows the steps run since.
     Returns:
       (state, history) with history a dict of lists (step, loss, time).
     """
@@ -293,6 +341,8 @@ def fit(state: TrainState, step_fn, data, num_steps: int, *, steps_per_call: int
         while step < num_steps:
             state, metrics = step_fn(state, data)
             step += steps_per_call
+            if keep_best is not None:
+                keep_best.update(step, state)
             if pending is not None:
                 consume(pending)
             pending = (step, metrics)

@@ -29,7 +29,7 @@ python -m experiments.benchmarks.throughput --seconds=1.5 --repeats=3 --out=expe
 bash experiments/benchmarks/run_gpu_throughput.sh all experiments/benchmarks/results_gpu
 python -m experiments.benchmarks.time_to_quality --budgets=15,30,60,120 --seeds=0,1,2 --n_eval=1000 --out=experiments/benchmarks/results
 python -m experiments.benchmarks.few_step --seconds=30 --seeds=0 --out=experiments/benchmarks/results
-python -m experiments.compare_lfm_fm --workdir experiments/benchmarks/results/lfm_vs_fm --budget_s 30 --datasets checkerboard
+python -m experiments.compare_lfm_fm --workdir experiments/benchmarks/results/lfm_vs_fm --datasets=checkerboard,rose,8gaussians --seeds=0,1,2 --iters=1000 --budgets=10,20 --n_train=10000 --nll_examples=500
 python -m experiments.benchmarks.report --results=experiments/benchmarks/results --out=BENCHMARKS.md
 ```"""
 
@@ -251,10 +251,10 @@ def main(argv):
         parts.append(section(r, md) if r and md else f"## {name}\n\nNot run yet.")
         parts.append("")
     lfm = _load(os.path.join("lfm_vs_fm", "compare.md"))
-    parts.append("## 4. LFM vs one flow-matching model at equal time")
+    parts.append("## 4. LFM vs one flow-matching model: paper protocol and equal compute")
     parts.append("")
-    parts.append("From `experiments/compare_lfm_fm.py` (equal parameters and training "
-                 "wall-clock; see its docstring).")
+    parts.append("From `experiments/compare_lfm_fm.py` (both protocols of SPEC 3; see "
+                 "its docstring).")
     parts.append("")
     parts.append(lfm.strip() if lfm else "Not run yet.")
     parts.append("")

@@ -49,18 +49,18 @@ if [ "$QUICK" = "1" ]; then
   TP=(--seconds=0.5 --repeats=1)
   TTQ=(--budgets=5,10 --seeds=0,1,2 --n_eval=300)
   FS=(--seconds=5 --n_samples=1000)
-  LFM=(--budget_s 10 --quick --nll_examples 300)
+  LFM=(--seeds=0 --iters=200 --budgets=5 --nll_examples=300)
 else
   TP=(--seconds=1.5 --repeats=3)
   TTQ=(--budgets=15,30,60,120 --seeds=0,1,2 --n_eval=1000)
   FS=(--seconds=30 --seeds=0)
-  LFM=(--budget_s 30)
+  LFM=(--seeds=0,1,2 --iters=1000 --budgets=10,20 --n_train=10000 --nll_examples=500)
 fi
 set -x
 "$PY" -m experiments.benchmarks.throughput "${TP[@]}" --out="$OUT"
 "$PY" -m experiments.benchmarks.time_to_quality "${TTQ[@]}" --out="$OUT"
 "$PY" -m experiments.benchmarks.few_step "${FS[@]}" --out="$OUT"
 if [ -f experiments/compare_lfm_fm.py ]; then
-  "$PY" -m experiments.compare_lfm_fm --workdir "$OUT/lfm_vs_fm" --datasets checkerboard "${LFM[@]}"
+  "$PY" -m experiments.compare_lfm_fm --workdir "$OUT/lfm_vs_fm" --datasets=checkerboard,rose,8gaussians "${LFM[@]}"
 fi
 "$PY" -m experiments.benchmarks.report --results="$OUT" --out=BENCHMARKS.md

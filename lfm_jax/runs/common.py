@@ -77,14 +77,16 @@ def optimizer(config, total_steps=None):
                                 decay_every=t.get("decay_every", 0))
 
 
-def resumable_fit(config, state, step_fn, train_data, workdir: str, desc: str):
+def resumable_fit(config, state, step_fn, train_data, workdir: str, desc: str,
+                  keep_best=None):
     """Train to config.train.steps, resuming from `<workdir>/ckpt` if it holds a
     checkpoint; log mean loss and grad norm per call to `<workdir>/metrics.jsonl`
     (records past the restored step are dropped first, so each step is logged once).
     The checkpointer is closed (saves in flight finished) on any exit.
 
     Returns (state, training wall-clock seconds summed over every start of the run
-    (`provenance.TrainClock`, `<workdir>/train_clock.json`), metrics.jsonl path)."""
+    (`provenance.TrainClock`, `<workdir>/train_clock.json`), metrics.jsonl path).
+    With keep_best (`train.KeepBest`), the returned state holds its best params."""
     from lfm_jax.runs import provenance
 
     t_cfg = config.train
@@ -109,11 +111,12 @@ def resumable_fit(config, state, step_fn, train_data, workdir: str, desc: str):
         try:
             state, _ = train.fit(state, step_fn, train_data, t_cfg.steps,
                                  steps_per_call=t_cfg.steps_per_call, callback=callback,
-                                 checkpointer=ckpt, progress=progress)
+                                 checkpointer=ckpt, progress=progress, keep_best=keep_best)
         finally:
             progress.close()
     finally:
         ckpt.close()
+    state = keep_best.apply(state) if keep_best is not None else state
     return state, clock.save(int(state.step)), writer.path
 
 

@@ -21,7 +21,7 @@ import numpy as np
 from lfm_jax import couplings, distributed, flow_matching, interpolants
 from lfm_jax import logging as log_lib
 from lfm_jax import ode, plots, train
-from lfm_jax.runs import common, jobs
+from lfm_jax.runs import common, data_feed, jobs
 
 
 @jobs.job
@@ -39,7 +39,7 @@ def run(config, workdir: str) -> dict:
         common.make_time_sampler(config.fm),
         flow_matching.gaussian_pairs(couplings.get(config.fm.coupling)))
     step_fn = train.make_train_step(
-        loss_fn, opt, sample_batch=flow_matching.make_sample_batch(t_cfg.batch_size),
+        loss_fn, opt, sample_batch=data_feed.fm_sample_batch(config, dataset),
         steps_per_call=t_cfg.steps_per_call, ema_decay=t_cfg.ema_decay, mesh=mesh)
 
     key = jax.random.PRNGKey(config.seed)
@@ -47,8 +47,9 @@ def run(config, workdir: str) -> dict:
     state = train.create_train_state(state_key, net.init(init_key), opt)
     state = distributed.replicate(state, mesh)
     train_data = distributed.replicate(np.asarray(dataset.train), mesh)
+    keeper = data_feed.make_keep_best(config, loss_fn, np.asarray(dataset.val[:2_000]))
     state, train_time, log_path = common.resumable_fit(config, state, step_fn, train_data,
-                                                       workdir, "fm")
+                                                       workdir, "fm", keep_best=keeper)
 
     results = evaluate(config, net, state, dataset, eval_key, workdir)
     base = jobs.gaussian_nll(dataset.test[: config.eval.nll_examples])

@@ -42,7 +42,7 @@ from lfm_jax import checkpoint, distributed, flow_matching, interpolants, lfm, n
 from lfm_jax import files as file_io
 from lfm_jax import logging as log_lib
 from lfm_jax import train
-from lfm_jax.runs import common, lfm_reports, provenance
+from lfm_jax.runs import common, data_feed, lfm_reports, provenance
 
 
 class PushFailedError(RuntimeError):
@@ -75,21 +75,26 @@ class Trainer(NamedTuple):
     model: lfm.LocalFlow
     optimizer: object
     step_fn: Callable
+    loss_fn: Callable = None  # the block loss (data_feed.make_keep_best)
+    first_step_fn: Callable = None  # block 1's step drawing fresh data (data_feed)
 
 
-def make_trainer(config, example_shape, mesh) -> Trainer:
+def make_trainer(config, example_shape, mesh, sampler=None) -> Trainer:
     """The network, the model, the optimiser (its schedule spans steps_per_block) and
-    the jitted fused training step of one block for config."""
+    the jitted fused training step of one block for config; with `sampler`
+    (`data_feed.fresh_sampler`), also block 1's step drawing fresh data."""
     c, t_cfg = config.lfm, config.train
     network = common.velocity_network(config, tuple(example_shape))
     opt = common.optimizer(config, total_steps=c.steps_per_block)
     loss_fn = flow_matching.make_loss(network.apply, interpolants.get(c.interpolant),
                                       common.make_time_sampler(c), lfm.ou_pairs,
                                       times_per_pair=c.times_per_pair)
-    step_fn = train.make_train_step(
-        loss_fn, opt, sample_batch=lfm.make_sample_batch(t_cfg.batch_size),
+    step_fns = [train.make_train_step(
+        loss_fn, opt, sample_batch=lfm.make_sample_batch(t_cfg.batch_size, s),
         steps_per_call=t_cfg.steps_per_call, ema_decay=t_cfg.ema_decay, mesh=mesh)
-    return Trainer(network, make_model(config, network, example_shape), opt, step_fn)
+        for s in ([None] if sampler is None else [None, sampler])]
+    return Trainer(network, make_model(config, network, example_shape), opt, step_fns[0],
+                   loss_fn, step_fns[1] if sampler is not None else None)
 
 
 # ------------------------------------------------------------------------- files
@@ -171,7 +176,8 @@ def train_blocks(config, dataset, workdir: str, *, mesh=None, trainer=None, call
     mesh = common.make_mesh(config) if mesh is None else mesh
     example_shape = tuple(dataset.train.shape[1:])
     if trainer is None:
-        trainer = make_trainer(config, example_shape, mesh)
+        trainer = make_trainer(config, example_shape, mesh,
+                               data_feed.fresh_sampler(config, dataset))
     network, model = trainer.network, trainer.model
     init_key, train_key, div_key = jax.random.split(jax.random.PRNGKey(config.seed), 3)
     template = network.init(init_key)
@@ -200,7 +206,7 @@ def train_blocks(config, dataset, workdir: str, *, mesh=None, trainer=None, call
             saved, _ = _train_one_block(
                 n, hs[n - 1], x_train, init, trainer, files, config,
                 jax.random.fold_in(train_key, n), mesh, callback, verbose,
-                block_train_budget_s)
+                block_train_budget_s, x_val)
             file_io.save_msgpack(files.params, saved)
         timing = block_timing(files)
         raw_prev = saved["params"]
@@ -246,14 +252,19 @@ def train_blocks(config, dataset, workdir: str, *, mesh=None, trainer=None, call
 
 
 def _train_one_block(n, h, x_l, init_params, trainer, files, config, key, mesh,
-                     user_callback, verbose, budget_s=None):
+                     user_callback, verbose, budget_s=None, x_val=None):
     """Train block n from init_params (or its latest checkpoint); returns
     ({"params", "ema_params"} on the host, final step). With budget_s, stops after the
     first fused call that ends past budget_s seconds. The block's train clock
-    (files.clock) is saved after every fused call and at the end."""
+    (files.clock) is saved after every fused call and at the end. Block 1 draws fresh
+    data when the trainer has a `first_step_fn`; with config.train.keep_best, the
+    params of the lowest validation loss on x_val (pushed validation points) are
+    returned."""
     t_cfg = config.train
     steps = config.lfm.steps_per_block
-    step_fn = trainer.step_fn
+    step_fn = trainer.first_step_fn if n == 1 and trainer.first_step_fn else trainer.step_fn
+    keeper = None if x_val is None else data_feed.make_keep_best(
+        config, trainer.loss_fn, data_feed.lfm_val_batch(x_val, h))
     state = train.create_train_state(key, init_params, trainer.optimizer)
     state = distributed.replicate(state, mesh)
     clock = provenance.TrainClock(files.clock)
@@ -283,14 +294,15 @@ def _train_one_block(n, h, x_l, init_params, trainer, files, config, key, mesh,
             if budget_s is None:
                 state, _ = train.fit(state, step_fn, data, steps, steps_per_call=spc,
                                      callback=callback, checkpointer=ckpt,
-                                     progress=progress)
+                                     progress=progress, keep_best=keeper)
             else:
                 t0 = time.perf_counter()
                 step = int(state.step)
                 while step < steps and time.perf_counter() - t0 < budget_s:
                     step = min(steps, step + spc)
                     state, _ = train.fit(state, step_fn, data, step, steps_per_call=spc,
-                                         callback=callback, progress=progress)
+                                         callback=callback, progress=progress,
+                                         keep_best=keeper)
                 ckpt.save(int(state.step), state, force=True)
                 ckpt.wait()
         finally:
@@ -298,5 +310,6 @@ def _train_one_block(n, h, x_l, init_params, trainer, files, config, key, mesh,
     finally:
         ckpt.close()
     clock.save(int(state.step))
+    state = keeper.apply(state) if keeper is not None else state
     return (jax.device_get({"params": state.params, "ema_params": state.ema_params}),
             int(state.step))
