@@ -78,6 +78,12 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval.divergence = "exact"  # exact | hutchinson
     config.eval.chunk_size = 1_000
 
+    config.log = ml_collections.ConfigDict()
+    # TensorBoard event files in the workdir (lfm_jax.tracking; tensorboardX, no
+    # TensorFlow): loss, grad norm, lr while training, per-block and final metrics and
+    # the figures at the end. View with `tensorboard --logdir <workdir or sweep dir>`.
+    config.log.tensorboard = True
+
     config.lfm = lfm_defaults.get_config()
     config.flow_map = flow_map_defaults.get_config()
     return config

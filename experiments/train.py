@@ -23,11 +23,14 @@ and plots.
 """
 
 import sys
+import time
 
-from absl import app, flags, logging
-from ml_collections import config_flags
+_START = time.perf_counter()  # start-up: everything before the job (imports, flags)
 
-from experiments import config_path
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from experiments import config_path  # noqa: E402
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file.",
@@ -40,6 +43,10 @@ flags.DEFINE_string("coordinator_address", None, "With --distributed: host:port 
                     "process 0 (e.g. localhost:12355 for processes on one machine).")
 flags.DEFINE_integer("num_processes", None, "With --distributed: number of processes.")
 flags.DEFINE_integer("process_id", None, "With --distributed: this process's id.")
+flags.DEFINE_bool("compilation_cache", True, "Keep JAX's persistent compilation cache "
+                  "(lfm_jax.compilation_cache: $LFM_JAX_CACHE_DIR, else "
+                  "~/.cache/lfm_jax/jax_cache), so a second run or a resume skips most "
+                  "compilation.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -52,13 +59,17 @@ def main(argv):
     if FLAGS.distributed:
         jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
                                    FLAGS.process_id)
-    from lfm_jax import runs
+    from lfm_jax import compilation_cache, runs
+
+    if FLAGS.compilation_cache:
+        compilation_cache.enable()
 
     from lfm_jax import checkpoint, files, train
     from lfm_jax.runs import jobs, provenance, validation
 
     config = FLAGS.config
-    print(f"devices: {jax.devices()}  method: {config.method}")
+    print(f"devices: {jax.devices()}  method: {config.method}  start-up (imports, "
+          f"flags, config): {time.perf_counter() - _START:.1f} s")
     try:
         results = runs.get(config.method)(config, FLAGS.workdir, argv=sys.argv)
     except (validation.InvalidConfigError, provenance.ConfigChangedError) as e:

@@ -27,7 +27,7 @@ from typing import Optional
 
 from jax import monitoring
 
-__all__ = ["PhaseClock"]
+__all__ = ["PhaseClock", "phase"]
 
 _COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration",
                    "/jax/core/compile/jaxpr_to_mlir_module_duration",
@@ -102,3 +102,8 @@ class PhaseClock:
             lines.append(f"{name:<22s}{r['seconds']:>10.2f}{r['compile_seconds']:>11.2f}"
                          f"{100 * r['seconds'] / total:>7.1f}%")
         return "\n".join(lines)
+
+
+def phase(clock: Optional[PhaseClock], name: str):
+    """`clock.phase(name)`, or a no-op context when clock is None (optional clocks)."""
+    return contextlib.nullcontext() if clock is None else clock.phase(name)

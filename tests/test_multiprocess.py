@@ -40,9 +40,10 @@ fm = tiny(fm_checkerboard.get_config())
 fm.train.steps = 40
 runs.get("fm")(fm, workdir + "/fm")
 lfm = tiny(lfm_checkerboard.get_config())
-lfm.lfm.num_blocks = 1
-lfm.lfm.free_last_block = False
-lfm.lfm.steps_per_block = 40
+lfm.lfm.num_blocks = 2          # an OU block, its push (all 2000 rows), a free block
+lfm.lfm.step_c = 0.3
+lfm.lfm.free_last_block = True
+lfm.lfm.steps_per_block = 20
 lfm.lfm.n_val = 64
 lfm.lfm.push_ode.num_steps = 8   # fixed steps: the push is compared to float rounding
 runs.get("lfm")(lfm, workdir + "/lfm")
@@ -89,8 +90,10 @@ def test_two_processes_train_as_one_process_with_four_devices(tmp_path):
 
     fm_multi, fm_single = _losses(multi / "fm/metrics.jsonl"), _losses(single / "fm/metrics.jsonl")
     assert len(fm_multi) == 4 and fm_multi == fm_single
+    for n in (1, 2):
+        block = f"lfm/blocks/{n}"
+        assert _losses(multi / block / "loss.jsonl") == _losses(single / block / "loss.jsonl")
     block = "lfm/blocks/1"
-    assert _losses(multi / block / "loss.jsonl") == _losses(single / block / "loss.jsonl")
     pushed_multi = np.load(multi / block / "train_pushed.npy")
     pushed_single = np.load(single / block / "train_pushed.npy")
     assert pushed_multi.shape == (2000, 2)

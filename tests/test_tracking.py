@@ -105,3 +105,43 @@ def test_disabled_or_not_process_zero_writes_nothing(tmp_path, monkeypatch):
     assert isinstance(other, tracking.NoOpTracker)
     other.write_scalars(0, {"loss": 1.0})
     assert not (tmp_path / "off").exists() and not (tmp_path / "p1").exists()
+
+
+def _tags(events):
+    return {v.tag for e in events for v in e.summary.value}
+
+
+def test_jobs_write_tensorboard_events_for_training_blocks_and_final_metrics(tmp_path):
+    from configs import lfm_checkerboard
+    from lfm_jax import runs
+
+    config = lfm_checkerboard.get_config()
+    config.lfm.num_blocks = 2
+    config.lfm.steps_per_block = 20
+    config.lfm.n_val = 64
+    config.lfm.push_ode.rtol = config.lfm.push_ode.atol = 1e-3
+    config.model.hidden = (16, 16)
+    config.data.n_train = 512
+    config.train.batch_size = 64
+    config.train.steps_per_call = 10
+    config.train.checkpoint_every = 20
+    config.eval.n_samples = 64
+    config.eval.nll_examples = 64
+    config.eval.ode.rtol = config.eval.ode.atol = 1e-3
+    workdir = tmp_path / "w"
+    results = runs.get("lfm")(config, str(workdir))
+    block1 = read_events(workdir / "blocks" / "1")
+    assert {"train/loss", "train/grad_norm", "train/lr"} <= _tags(block1)
+    steps = sorted({e.step for e in block1 if e.summary.value})
+    assert steps == [10, 20]
+    final = read_events(workdir / "final")
+    tags = _tags(final)
+    assert "final/test_nll" in tags and "blocks/val_nll" in tags and "samples" in tags
+    nll = [v.simple_value for e in final for v in e.summary.value if v.tag == "final/test_nll"]
+    assert nll == [pytest.approx(results["test_nll"], rel=1e-6)]
+    assert "phases" in results and results["phases"]["train"]["seconds"] > 0
+
+    config.log.tensorboard = False
+    results = runs.get("lfm")(config, str(tmp_path / "off"))
+    assert not glob.glob(str(tmp_path / "off" / "**" / "events.out.tfevents.*"),
+                         recursive=True)

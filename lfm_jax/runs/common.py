@@ -13,6 +13,7 @@ import numpy as np
 
 from lfm_jax import data as data_lib
 from lfm_jax import checkpoint, distributed, lfm, metrics, networks, ode, plots, time_sampling
+from lfm_jax import tracking
 from lfm_jax import train
 from lfm_jax import logging as log_lib
 
@@ -77,6 +78,22 @@ def optimizer(config, total_steps=None):
                                 decay_every=t.get("decay_every", 0))
 
 
+def lr_schedule(config, total_steps=None):
+    """The config.train learning-rate schedule (the one `optimizer` uses), k -> lr."""
+    t = config.train
+    return train.make_schedule(t.lr, t.schedule, t.warmup_steps, total_steps or t.steps,
+                               decay_rate=t.get("decay_rate", 1.0),
+                               decay_every=t.get("decay_every", 0))
+
+
+def tracker(config, workdir: str, purge_step=None, subdir: str = ""):
+    """The TensorBoard tracker of a job (`tracking.make`; no-op when config.log.tensorboard
+    is off, or on processes other than 0)."""
+    log = config.get("log")
+    enabled = bool(log.get("tensorboard", False)) if log is not None else False
+    return tracking.make(workdir, enabled=enabled, purge_step=purge_step, subdir=subdir)
+
+
 def resumable_fit(config, state, step_fn, train_data, workdir: str, desc: str,
                   keep_best=None):
     """Train to config.train.steps, resuming from `<workdir>/ckpt` if it holds a
@@ -102,9 +119,14 @@ def resumable_fit(config, state, step_fn, train_data, workdir: str, desc: str,
         if start:
             print(f"resuming from step {start} in {ckpt.directory}")
 
+        board = tracker(config, workdir, purge_step=start or None)
+        schedule = lr_schedule(config)
+
         def callback(step, m):
-            writer.write(step, loss=float(np.mean(m["loss"])),
-                         grad_norm=float(np.mean(m["grad_norm"])))
+            loss, gnorm = float(np.mean(m["loss"])), float(np.mean(m["grad_norm"]))
+            writer.write(step, loss=loss, grad_norm=gnorm)
+            board.write_scalars(step, {"train/loss": loss, "train/grad_norm": gnorm,
+                                       "train/lr": float(schedule(step - 1))})
             clock.save(step)
 
         progress = log_lib.Progress(t_cfg.steps, initial=start, desc=desc)
@@ -114,6 +136,7 @@ def resumable_fit(config, state, step_fn, train_data, workdir: str, desc: str,
                                  checkpointer=ckpt, progress=progress, keep_best=keep_best)
         finally:
             progress.close()
+            board.close()
     finally:
         ckpt.close()
     state = keep_best.apply(state) if keep_best is not None else state
@@ -154,7 +177,8 @@ def evaluation_summary(key, log_q, samples, dataset, workdir: str, title: str):
     finite samples): results hold test_nll, test_nll_stderr, test_bpd, n_failed,
     nll_examples, n_samples_failed, dim, nll_floor (where known) and, when any sample
     succeeded, the `sample_metrics` against dataset.test (then samples.png is drawn,
-    titled title.format(**results)).
+    titled title.format(**results), and for d > 2 pairs.png, a pair plot of the first
+    four coordinates).
     """
     nll, nll_se, n_failed = finite_nll(log_q)
     warn_failed(n_failed, len(log_q), "test points")
@@ -180,6 +204,9 @@ def evaluation_summary(key, log_q, samples, dataset, workdir: str, title: str):
                        notes={"energy_distance": ENERGY_DISTANCE_NOTE})
         plots.plot_samples(os.path.join(workdir, "samples.png"), samples, data=test,
                            title=title.format(**results))
+        if samples.ndim == 2 and samples.shape[1] > 2:  # d > 2: the first 4 coordinates
+            plots.plot_pairs(os.path.join(workdir, "pairs.png"), samples, data=test,
+                             title=title.format(**results))
     return results, samples
 
 

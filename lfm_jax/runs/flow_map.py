@@ -22,7 +22,7 @@ import numpy as np
 from lfm_jax import data as data_lib
 from lfm_jax import distill, distributed, flow_map, interpolants, losses
 from lfm_jax import logging as log_lib
-from lfm_jax import networks, plots, timing, train
+from lfm_jax import networks, phases, plots, timing, train
 from lfm_jax.runs import common, jobs
 
 
@@ -101,16 +101,19 @@ def make_flow_map_and_loss(config, objective: str, example_shape, teacher=None):
 
 
 @jobs.job
-def run(config, workdir: str) -> dict:
+def run(config, workdir: str, clock=None) -> dict:
     """Teacher (if needed), flow-map training (resumable) and few-step evaluation;
-    returns the final metrics (`jobs.job`: the config is validated and recorded first)."""
+    returns the final metrics (`jobs.job`: the config is validated and recorded first;
+    clock: the `phases.PhaseClock` of the run's phases)."""
     fcfg, tcfg, ecfg = config.flow_map, config.train, config.eval
-    dataset = common.load_data(config)
+    with phases.phase(clock, "data"):
+        dataset = common.load_data(config)
     example_shape = dataset.train.shape[1:]
     mesh = common.make_mesh(config)
     name = fcfg.objective
     record = losses.get_objective(name)
-    teacher = _teacher(config, workdir, example_shape) if record.needs_teacher else None
+    with phases.phase(clock, "teacher"):
+        teacher = _teacher(config, workdir, example_shape) if record.needs_teacher else None
 
     fmap, loss_fn = make_flow_map_and_loss(config, name, example_shape, teacher)
 
@@ -123,8 +126,9 @@ def run(config, workdir: str) -> dict:
     k_init, k_state, k_eval = jax.random.split(key, 3)
     state = train.create_train_state(k_state, fmap.init(k_init), opt, mesh=mesh)
     train_data = distributed.replicate(np.asarray(dataset.train), mesh)
-    state, train_time, _ = common.resumable_fit(config, state, step_fn, train_data, workdir,
-                                                name)
+    with phases.phase(clock, "train"):
+        state, train_time, _ = common.resumable_fit(config, state, step_fn, train_data,
+                                                    workdir, name)
 
     params = state.ema_params if ecfg.use_ema else state.params
     X = fmap.bind(distributed.to_host(params))
@@ -136,7 +140,8 @@ def run(config, workdir: str) -> dict:
     best = None
     for k in fcfg.sample_steps:
         sampler = jax.jit(lambda zz, k=k: flow_map.sample(X, zz, flow_map.uniform_grid(k)))
-        samples, seconds = timing.timed(sampler, z)
+        with phases.phase(clock, "sampling (timed, 4 calls per K)"):
+            samples, seconds = timing.timed(sampler, z)
         samples = common.to_numpy(samples)
         row = {"steps": int(k), "time_s": seconds,
                **common.sample_metrics(jax.random.fold_in(k_eval, k), samples, test)}
@@ -147,8 +152,11 @@ def run(config, workdir: str) -> dict:
         if k <= 4:
             best = (k, samples)
     if best is not None:
-        plots.plot_samples(os.path.join(workdir, "samples.png"), best[1], data=test,
-                           title=f"{name}, K={best[0]}")
+        with phases.phase(clock, "plots"):
+            plots.plot_samples(os.path.join(workdir, "samples.png"), best[1], data=test,
+                               title=f"{name}, K={best[0]}")
+    if clock is not None:
+        results["phases"] = clock.as_dict()
     log_lib.write_json(os.path.join(workdir, "metrics.json"), results)
     return {k: v for k, v in results.items() if k != "sampling"} | {
         f"energy_distance_K{r['steps']}": r["energy_distance"] for r in results["sampling"]}

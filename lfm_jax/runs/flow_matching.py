@@ -20,15 +20,17 @@ import numpy as np
 
 from lfm_jax import couplings, distributed, flow_matching, interpolants
 from lfm_jax import logging as log_lib
-from lfm_jax import ode, plots, train
+from lfm_jax import ode, phases, plots, train
 from lfm_jax.runs import common, data_feed, jobs
 
 
 @jobs.job
-def run(config, workdir: str) -> dict:
+def run(config, workdir: str, clock=None) -> dict:
     """Train (resumably), evaluate and write the artefacts of a plain FM run; returns
-    the final metrics (`jobs.job`: the config is validated and recorded first)."""
-    dataset = common.load_data(config)
+    the final metrics (`jobs.job`: the config is validated and recorded first; clock:
+    the `phases.PhaseClock` of the run's phases)."""
+    with phases.phase(clock, "data"):
+        dataset = common.load_data(config)
     mesh = common.make_mesh(config)
     t_cfg = config.train
     example_shape = dataset.train.shape[1:]
@@ -48,19 +50,23 @@ def run(config, workdir: str) -> dict:
     state = distributed.replicate(state, mesh)
     train_data = distributed.replicate(np.asarray(dataset.train), mesh)
     keeper = data_feed.make_keep_best(config, loss_fn, np.asarray(dataset.val[:2_000]))
-    state, train_time, log_path = common.resumable_fit(config, state, step_fn, train_data,
-                                                       workdir, "fm", keep_best=keeper)
+    with phases.phase(clock, "train"):
+        state, train_time, log_path = common.resumable_fit(
+            config, state, step_fn, train_data, workdir, "fm", keep_best=keeper)
 
-    results = evaluate(config, net, state, dataset, eval_key, workdir)
+    results = evaluate(config, net, state, dataset, eval_key, workdir, clock=clock)
     base = jobs.gaussian_nll(dataset.test[: config.eval.nll_examples])
     results["base_test_nll"] = base
     jobs.report_warnings(results, jobs.worse_than_base(results["test_nll"], base,
                                                        "the final model's test"))
     results.update(method="fm", steps=int(state.step), train_time_s=train_time,
                    num_params=net.num_params(state.params))
-    curve = log_lib.read_jsonl(log_path)
-    plots.plot_loss(os.path.join(workdir, "loss.png"), [r["step"] for r in curve],
-                    [r["loss"] for r in curve])
+    with phases.phase(clock, "plots"):
+        curve = log_lib.read_jsonl(log_path)
+        plots.plot_loss(os.path.join(workdir, "loss.png"), [r["step"] for r in curve],
+                        [r["loss"] for r in curve])
+    if clock is not None:
+        results["phases"] = clock.as_dict()
     log_lib.write_json(os.path.join(workdir, "metrics.json"), results)
     return results
 
@@ -81,9 +87,10 @@ def log_prob_rows(net, params, x, key, *, options: ode.Options, divergence: str 
                                    key=key)
 
 
-def evaluate(config, net, state, dataset, key, workdir) -> dict:
+def evaluate(config, net, state, dataset, key, workdir, *, clock=None) -> dict:
     """Test NLL (nats, exact or Hutchinson divergence) on the config.eval.split split,
-    sample quality, samples.png."""
+    sample quality, samples.png (phases "sampling", "NLL", "sample metrics and plots"
+    on the optional `phases.PhaseClock`)."""
     e = config.eval
     params = state.ema_params if e.use_ema else state.params
     k_sample, k_metric, k_div = jax.random.split(key, 3)
@@ -95,19 +102,24 @@ def evaluate(config, net, state, dataset, key, workdir) -> dict:
     def sample_rows(p, key, z, idx):
         return flow_matching.sample(net.apply, p, z, options=options)
 
-    samples = distributed.sharded_map(sample_rows, params, noise, mesh=mesh,
-                                      chunk_size=e.chunk_size)
+    with phases.phase(clock, "sampling"):
+        samples = distributed.sharded_map(sample_rows, params, noise, mesh=mesh,
+                                          chunk_size=e.chunk_size)
     split = e.get("split", "test")  # "val": the MAF validation split (the paper's)
     test = np.asarray(getattr(dataset, split)[: e.nll_examples])
-    lp = log_prob_rows(net, params, test, k_div, options=options, divergence=e.divergence,
-                       chunk_size=e.chunk_size, mesh=mesh)
-    results, good = common.evaluation_summary(k_metric, lp, samples, dataset, workdir,
-                                              f"{config.method} samples")
-    results["eval_split"] = split
-    if dataset.dim == 2 and len(good):
-        times = np.linspace(0.0, 1.0, 33)
-        paths = jax.jit(lambda p, z: ode.integrate(
-            jax.tree_util.Partial(net.apply, p), z, 0.0, 1.0, save_times=times,
-            options=options))(params, noise[:200])
-        plots.plot_trajectories(os.path.join(workdir, "trajectories.png"), common.to_numpy(paths))
+    with phases.phase(clock, "NLL"):
+        lp = log_prob_rows(net, params, test, k_div, options=options,
+                           divergence=e.divergence, chunk_size=e.chunk_size, mesh=mesh)
+    with phases.phase(clock, "sample metrics and plots"):
+        results, good = common.evaluation_summary(k_metric, lp, samples, dataset, workdir,
+                                                  f"{config.method} samples")
+        results["eval_split"] = split
+        if dataset.dim == 2 and len(good):
+            times = np.linspace(0.0, 1.0, 33)
+            paths = jax.jit(lambda p, z: ode.integrate(
+                jax.tree_util.Partial(net.apply, p), z, 0.0, 1.0, save_times=times,
+                options=options))(params, noise[:200])
+            plots.plot_trajectories(os.path.join(workdir, "trajectories.png"),
+                                    common.to_numpy(paths), noise_at="start",
+                                    title="FM sampling paths, t = 0 (noise) to 1 (data)")
     return results

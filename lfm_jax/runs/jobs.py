@@ -7,6 +7,8 @@ Before any work (data loading, compilation) a job
   2. records what produced the workdir (`provenance.record_run`: config.json, the
      command line in runs.jsonl) and refuses a resume whose settings change training,
      listing the changed keys.
+Every job times its phases (`phases.PhaseClock`: seconds and compile seconds per
+phase, printed as a table at the end and stored in metrics.json as "phases").
 When training stops on a non-finite loss (`train.NonFiniteLossError`, whose message
 names the kept checkpoint) the workdir is marked diverged
 (`provenance.mark_diverged`), so that the same command with a lower `train.lr` (or
@@ -18,9 +20,10 @@ from __future__ import annotations
 import functools
 import math
 
+import jax
 import numpy as np
 
-from lfm_jax import train
+from lfm_jax import phases, train
 from lfm_jax.runs import provenance, validation
 
 RESTART_ADVICE = ("re-run the same command with a lower --config.train.lr (or "
@@ -30,9 +33,12 @@ RESTART_ADVICE = ("re-run the same command with a lower --config.train.lr (or "
 
 
 def job(run):
-    """Decorate `run(config, workdir)`: validate, record, then run; mark the workdir
-    diverged on `train.NonFiniteLossError` (re-raised). The wrapped function takes an
-    optional `argv` (recorded command line, default sys.argv)."""
+    """Decorate `run(config, workdir, clock)`: validate, record, then run; mark the
+    workdir diverged on `train.NonFiniteLossError` (re-raised). `clock` is a
+    `phases.PhaseClock` the job times its phases with (data, training, pushes,
+    sampling, NLL, plots) and stores in metrics.json ("phases"); its table is printed
+    at the end. The wrapped function is `run(config, workdir, *, argv=None)` (argv:
+    the recorded command line, default sys.argv)."""
 
     @functools.wraps(run)
     def wrapped(config, workdir: str, *, argv=None):
@@ -41,11 +47,17 @@ def job(run):
         validation.validate_config(config)
         workdir = common.check_workdir(workdir)
         provenance.record_run(config, workdir, argv)
+        clock = phases.PhaseClock()
         try:
-            return run(config, workdir)
+            results = run(config, workdir, clock)
         except train.NonFiniteLossError as e:
             provenance.mark_diverged(workdir, str(e))
             raise
+        if jax.process_index() == 0:
+            print("where the time went (this start; compiling: JAX tracing, lowering, XLA)\n"
+                  + clock.table(), flush=True)
+        write_tensorboard(config, workdir, results)
+        return results
 
     return wrapped
 
@@ -71,3 +83,29 @@ def report_warnings(results: dict, found: list) -> None:
     for w in found:
         print(f"WARNING: {w}", flush=True)
     results["warnings"] = results.get("warnings", []) + list(found)
+
+
+def write_tensorboard(config, workdir: str, results: dict) -> None:
+    """The final metrics (numbers at the top level of results, "final/<key>"), the LFM
+    per-block reports ("blocks/<key>" at step = block) and the workdir's PNG figures,
+    as TensorBoard events in the workdir (`common.tracker`: off with
+    config.log.tensorboard = False)."""
+    import glob
+    import os
+
+    from lfm_jax.runs import common
+
+    step = int(results.get("steps") or 0)
+    with common.tracker(config, workdir, subdir="final") as board:
+        board.write_scalars(step, {f"final/{k}": v for k, v in results.items()
+                                   if _is_number(v)})
+        for r in results.get("blocks") or []:
+            board.write_scalars(int(r.get("block", 0)), {
+                f"blocks/{k}": v for k, v in r.items() if k != "block" and _is_number(v)})
+        board.write_image_files(step, {os.path.basename(p)[:-4]: p for p in
+                                       sorted(glob.glob(os.path.join(workdir, "*.png")))})
+
+
+def _is_number(v) -> bool:
+    return (isinstance(v, (int, float, np.number)) and not isinstance(v, bool)
+            and math.isfinite(float(v)))

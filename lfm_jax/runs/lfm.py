@@ -28,7 +28,7 @@ import time
 import jax
 import numpy as np
 
-from lfm_jax import files, lfm, networks, plots
+from lfm_jax import files, lfm, networks, phases, plots
 from lfm_jax import logging as log_lib
 from lfm_jax.runs import common, jobs, lfm_blocks
 
@@ -41,12 +41,14 @@ def eval_model(config, model: lfm.LocalFlow) -> lfm.LocalFlow:
 
 
 @jobs.job
-def run(config, workdir: str) -> dict:
-    """Train (resumable), evaluate, and write metrics.json and plots to workdir."""
-    dataset = common.load_data(config)
+def run(config, workdir: str, clock=None) -> dict:
+    """Train (resumable), evaluate, and write metrics.json and plots to workdir (clock:
+    the `phases.PhaseClock` of the run's phases)."""
+    with phases.phase(clock, "data"):
+        dataset = common.load_data(config)
     mesh = common.make_mesh(config)
     model, params_list, reports = lfm_blocks.train_blocks(config, dataset, workdir,
-                                                         mesh=mesh)
+                                                         mesh=mesh, clock=clock)
     # training time over every start: each block's training plus its training-set push
     train_time = sum((r.get("train_time_s") or 0.0) + (r.get("push_time_s") or 0.0)
                      for r in reports[1:])
@@ -55,7 +57,7 @@ def run(config, workdir: str) -> dict:
         print(f"WARNING: {w}", flush=True)
     results = evaluate(config, model, params_list, dataset,
                        jax.random.fold_in(jax.random.PRNGKey(config.seed), 99), workdir,
-                       mesh=mesh)
+                       mesh=mesh, clock=clock)
     base = jobs.gaussian_nll(dataset.test[: config.eval.nll_examples])
     results["base_test_nll"] = base
     results["warnings"] = found
@@ -66,7 +68,10 @@ def run(config, workdir: str) -> dict:
                    step_sizes=[None if math.isinf(h) else h for h in model.step_sizes],
                    steps=config.lfm.steps_per_block * model.num_blocks,
                    train_time_s=train_time, num_params=n_params, blocks=reports)
-    _write_curves(workdir, model, reports, results.get("nll_floor"))
+    with phases.phase(clock, "plots"):
+        _write_curves(workdir, model, reports, results.get("nll_floor"))
+    if clock is not None:
+        results["phases"] = clock.as_dict()
     log_lib.write_json(os.path.join(workdir, "metrics.json"), results)
     return results
 
@@ -87,7 +92,8 @@ def block_warnings(reports) -> list:
     return found
 
 
-def evaluate(config, model, params_list, dataset, key, workdir, *, mesh=None) -> dict:
+def evaluate(config, model, params_list, dataset, key, workdir, *, mesh=None,
+             clock=None) -> dict:
     """Test NLL (nats, bits/dim), NLL floor, sample metrics and samples.png. The NLL
     ("test_nll") is on the config.eval.split split ("test", or "val"; eval_split)."""
     e, c = config.eval, config.lfm
@@ -97,17 +103,20 @@ def evaluate(config, model, params_list, dataset, key, workdir, *, mesh=None) ->
     # n_samples_failed), instead of one of them ending the run.
     z = jax.random.normal(k_sample, (e.n_samples,) + tuple(model.example_shape))
     t0 = time.perf_counter()
-    samples = emodel.generate(params_list, z, mesh=mesh)
+    with phases.phase(clock, "sampling"):
+        samples = emodel.generate(params_list, z, mesh=mesh)
     sample_time = time.perf_counter() - t0
     split = e.get("split", "test")  # "val": the MAF validation split (the paper's)
     test = np.asarray(getattr(dataset, split)[: e.nll_examples])
     t0 = time.perf_counter()
-    lp = emodel.log_prob(params_list, test, method=e.divergence, n_probes=c.n_probes,
-                         key=k_div if e.divergence != "exact" else None, mesh=mesh)
+    with phases.phase(clock, "NLL"):
+        lp = emodel.log_prob(params_list, test, method=e.divergence, n_probes=c.n_probes,
+                             key=k_div if e.divergence != "exact" else None, mesh=mesh)
     nll_time = time.perf_counter() - t0
-    results, _ = common.evaluation_summary(
-        k_metric, lp, samples, dataset, workdir,
-        f"LFM, {model.num_blocks} blocks, test NLL {{test_nll:.3f}}")
+    with phases.phase(clock, "sample metrics and plots"):
+        results, _ = common.evaluation_summary(
+            k_metric, lp, samples, dataset, workdir,
+            f"LFM, {model.num_blocks} blocks, test NLL {{test_nll:.3f}}")
     results.update(sample_time_s=sample_time, nll_time_s=nll_time, eval_split=split)
     return results
 
@@ -115,8 +124,10 @@ def evaluate(config, model, params_list, dataset, key, workdir, *, mesh=None) ->
 def _write_curves(workdir, model, reports, floor) -> None:
     """metrics.jsonl and loss.png (all blocks' losses, one after another),
     block_nll.png and chi_square.png."""
-    steps, losses, offset, lines = [], [], 0, []
+    steps, losses, offset, lines, starts = [], [], 0, [], []
     for n in range(1, model.num_blocks + 1):
+        if n > 1:
+            starts.append(offset)
         path = lfm_blocks.BlockFiles(workdir, n).loss
         recs = log_lib.read_jsonl(path) if os.path.exists(path) else []
         steps += [offset + r["step"] for r in recs]
@@ -129,7 +140,7 @@ def _write_curves(workdir, model, reports, floor) -> None:
                                  "".join(line + "\n" for line in lines).encode())
     if steps:
         plots.plot_loss(os.path.join(workdir, "loss.png"), steps, losses,
-                        title="LFM training loss (blocks in turn)")
+                        title="LFM training loss (blocks in turn)", boundaries=starts)
     blocks = [r["block"] for r in reports]
     plots.plot_curves(os.path.join(workdir, "block_nll.png"),
                       {"val NLL of blocks 1..n": (blocks, [r["val_nll"] for r in reports])},

@@ -9,7 +9,9 @@
   3. its final params (raw and EMA) are saved to blocks/<n>/params.msgpack, then the
      training set and the validation subset are pushed through it (chunks sharded over
      the mesh) and saved, with the cumulative log-determinant of the validation points,
-     as .npy files; then blocks/<n>/report.json (`lfm_reports.block_report`).
+     as .npy files (the last block trains nothing after it, so only the first
+     lfm.n_val training rows go through it, for its report's moment check); then
+     blocks/<n>/report.json (`lfm_reports.block_report`).
 Every file is written atomically (`lfm_jax.files`), so a run killed at any moment
 and restarted with the same command restores blocks < n with their pushed data (only
 what is missing is recomputed) and resumes inside block n from its latest checkpoint,
@@ -39,6 +41,7 @@ import jax
 import numpy as np
 
 from lfm_jax import checkpoint, distributed, flow_matching, interpolants, lfm, networks, ode
+from lfm_jax import phases
 from lfm_jax import files as file_io
 from lfm_jax import logging as log_lib
 from lfm_jax import train
@@ -153,7 +156,7 @@ def push_training_data(model, params, x, n: int, *, mesh=None) -> np.ndarray:
 # ---------------------------------------------------------------------- training
 
 def train_blocks(config, dataset, workdir: str, *, mesh=None, trainer=None, callback=None,
-                 verbose: bool = True, block_train_budget_s=None):
+                 verbose: bool = True, block_train_budget_s=None, clock=None):
     """Train all blocks (resuming where the workdir left off).
 
     Args:
@@ -164,6 +167,8 @@ def train_blocks(config, dataset, workdir: str, *, mesh=None, trainer=None, call
       trainer: `make_trainer(config, ...)` (default: built here).
       callback: optional f(block, step, metrics) after every fused call (e.g. to
         stop a run for tests by raising).
+      clock: optional `phases.PhaseClock`: the phases "train", "push", "block val NLL"
+        and "block reports", summed over the blocks.
       block_train_budget_s: optional wall-clock limit (seconds) on each block's
         training (not its push): the block stops after the first fused call that ends
         past it, or at steps_per_block (the lr schedule spans steps_per_block). For
@@ -203,10 +208,11 @@ def train_blocks(config, dataset, workdir: str, *, mesh=None, trainer=None, call
                 init = raw_prev
             else:
                 init = network.init(jax.random.fold_in(init_key, n))
-            saved, _ = _train_one_block(
-                n, hs[n - 1], x_train, init, trainer, files, config,
-                jax.random.fold_in(train_key, n), mesh, callback, verbose,
-                block_train_budget_s, x_val)
+            with phases.phase(clock, "train"):
+                saved, _ = _train_one_block(
+                    n, hs[n - 1], x_train, init, trainer, files, config,
+                    jax.random.fold_in(train_key, n), mesh, callback, verbose,
+                    block_train_budget_s, x_val)
             file_io.save_msgpack(files.params, saved)
         timing = block_timing(files)
         raw_prev = saved["params"]
@@ -214,9 +220,12 @@ def train_blocks(config, dataset, workdir: str, *, mesh=None, trainer=None, call
         params_list.append(params)
 
         t0 = time.perf_counter()
-        x_next = file_io.load_or_none(file_io.load_npy, files.train, shape=x_train.shape)
+        # the last block's push trains nothing: only the rows its report checks
+        x_push = x_train if n < model.num_blocks else x_train[: c.n_val]
+        x_next = file_io.load_or_none(file_io.load_npy, files.train, shape=x_push.shape)
         if x_next is None:
-            x_next = push_training_data(model, params, x_train, n, mesh=mesh)
+            with phases.phase(clock, "push"):
+                x_next = push_training_data(model, params, x_push, n, mesh=mesh)
             file_io.save_npy(files.train, x_next)
         push_time = time.perf_counter() - t0
         t0 = time.perf_counter()
@@ -226,9 +235,10 @@ def train_blocks(config, dataset, workdir: str, *, mesh=None, trainer=None, call
         if v_next is None or v_logdet is None:
             # a failed validation point is NaN (left out of the val NLL and counted as
             # val_n_failed), not the end of the run.
-            v_next, delta = model.block_log_det(
-                params, x_val, method=c.divergence, n_probes=c.n_probes,
-                key=jax.random.fold_in(div_key, n), mesh=mesh)
+            with phases.phase(clock, "block val NLL"):
+                v_next, delta = model.block_log_det(
+                    params, x_val, method=c.divergence, n_probes=c.n_probes,
+                    key=jax.random.fold_in(div_key, n), mesh=mesh)
             v_logdet = val_logdet + delta
             file_io.save_npy(files.val, v_next)
             file_io.save_npy(files.val_logdet, v_logdet)
@@ -237,9 +247,10 @@ def train_blocks(config, dataset, workdir: str, *, mesh=None, trainer=None, call
         report = file_io.load_or_none(file_io.load_json, files.report)
         if report is None:
             losses = log_lib.read_jsonl(files.loss) if os.path.exists(files.loss) else []
-            report = lfm_reports.block_report(
-                model, n, cum_h[n], x_train, x_next, v_next, v_logdet, log_p_val, losses,
-                mesh)
+            with phases.phase(clock, "block reports"):
+                report = lfm_reports.block_report(
+                    model, n, cum_h[n], x_push, x_next, v_next, v_logdet, log_p_val,
+                    losses, mesh)
             # push_time_s: the training set through the block (part of LFM training);
             # val_logdet_time_s: the validation points and their log-det (evaluation).
             report.update(timing, push_time_s=push_time, val_logdet_time_s=val_time)
@@ -278,9 +289,14 @@ def _train_one_block(n, h, x_l, init_params, trainer, files, config, key, mesh,
         if start and verbose:
             print(f"block {n}: resuming from step {start} in {files.ckpt}", flush=True)
 
+        board = common.tracker(config, files.dir, purge_step=start or None)
+        schedule = common.lr_schedule(config, steps)
+
         def callback(step, m):
-            writer.write(step, loss=float(np.mean(m["loss"])),
-                         grad_norm=float(np.mean(m["grad_norm"])))
+            loss, gnorm = float(np.mean(m["loss"])), float(np.mean(m["grad_norm"]))
+            writer.write(step, loss=loss, grad_norm=gnorm)
+            board.write_scalars(step, {"train/loss": loss, "train/grad_norm": gnorm,
+                                       "train/lr": float(schedule(step - 1))})
             clock.save(step)
             if user_callback is not None:
                 user_callback(n, step, m)
@@ -307,6 +323,7 @@ def _train_one_block(n, h, x_l, init_params, trainer, files, config, key, mesh,
                 ckpt.wait()
         finally:
             progress.close()
+            board.close()
     finally:
         ckpt.close()
     clock.save(int(state.step))

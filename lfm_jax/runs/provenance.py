@@ -46,6 +46,7 @@ EVAL_ONLY_KEYS = (
     "lfm.divergence",
     "lfm.n_probes",
     "flow_map.sample_steps",
+    "log",
 )
 AFTER_DIVERGENCE_KEYS = ("train.lr", "train.grad_clip", "train.warmup_steps")
 
