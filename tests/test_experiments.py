@@ -38,12 +38,9 @@ def test_train_smoke_and_resume(tmp_path):
     assert (wd / "samples.png").stat().st_size > 1000
     steps = [json.loads(l)["step"] for l in (wd / "metrics.jsonl").read_text().splitlines()]
     assert steps == [10, 20, 30, 40]  # each step logged once across the restart
-
-    # an uninterrupted 40-step run logs the same losses
-    straight = tmp_path / "straight"
-    assert _train(straight).returncode == 0
-    read = lambda p: [json.loads(l)["loss"] for l in (p / "metrics.jsonl").read_text().splitlines()]
-    assert read(wd) == read(straight)
+    # (that a resumed run equals an uninterrupted one, bit for bit, is checked in
+    # process by test_train.test_kill_and_resume_is_exact and, through a killed
+    # subprocess, by test_trust.test_kill9_during_checkpoint_save_...)
 
 
 def test_unknown_config_key_is_rejected(tmp_path):
@@ -66,6 +63,7 @@ def test_missing_config_file(tmp_path):
     assert "does_not_exist" in proc.stderr
 
 
+@pytest.mark.slow  # the flow-map job runs in process in test_jobs (CI); this is the CLI
 def test_flow_map_job_smoke(tmp_path):
     wd = tmp_path / "fmap"
     proc = _train(wd, "--config.train.steps=20", "--config.flow_map.sample_steps=(1,2)",

@@ -179,6 +179,7 @@ def test_print_commands_skips_finished_runs(tmp_path):
     assert proc.returncode != 0 and "train.lrr" in proc.stderr
 
 
+@pytest.mark.slow  # 4 fresh job processes; the expansion and summary have unit tests
 def test_real_tiny_sweep_runs_skips_and_summarises(tmp_path):
     sweep_dir = tmp_path / "S"
     args = ["--config", "configs/fm_checkerboard.py", "--workdir", str(sweep_dir),

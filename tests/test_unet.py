@@ -61,7 +61,8 @@ def test_cifar10_preset_matches_torchcfm_size_without_running_it():
 
 
 @pytest.mark.parametrize("name,overrides", [
-    ("mnist", dict(channels=8, num_groups=8, num_head_channels=8)),
+    pytest.param("mnist", dict(channels=8, num_groups=8, num_head_channels=8),
+                 marks=pytest.mark.slow),
     ("digits8", {}),
 ])
 def test_small_presets_run_with_output_shape_and_dtype(name, overrides):
