@@ -66,6 +66,19 @@ def guided_solve(network, params, x, labels, w, t0, t1, *, options, chunk_size=N
     return distributed.sharded_map(fn, p, x, mesh=mesh, chunk_size=chunk_size)
 
 
+def lfm_generate(model, network, params_list, z, labels, w, *, mesh=None):
+    """LFM samples from noise z: T_1^{-1} ... T_N^{-1}(z), every block guided with
+    row i's label labels[i] and weight w (unguided `model.generate` when labels is
+    None)."""
+    if labels is None:
+        return model.generate(params_list, z, mesh=mesh)
+    x = np.asarray(z)
+    for params in reversed(list(params_list)):
+        x = guided_solve(network, params, x, labels, w, 1.0, 0.0, options=model.ode,
+                         chunk_size=model.chunk_size, mesh=mesh)
+    return x
+
+
 def summary(log_q, samples, dataset, workdir: str, title: str, labels=None) -> dict:
     """Results of an image model: NLL / bpd (`images.bits_per_dim`), failed counts,
     and samples_grid.png (one row per class when labels are given)."""
