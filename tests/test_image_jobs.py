@@ -158,3 +158,18 @@ def test_image_config_variants():
     assert fm_digits.get_config("mnist").model.unet_preset == "mnist"
     with pytest.raises(ValueError, match="variant"):
         fm_digits.get_config("cifar")
+
+
+def test_flow_map_student_is_a_two_time_unet():
+    """model.kind = "unet" gives the flow-map job a two-time U-Net student X(s, t, x) of
+    the image shape; a class-conditional flow map is refused with a clear error."""
+    from configs import flow_map as fm_config
+    from lfm_jax.runs import flow_map as fm_job
+
+    config = fm_config.get_config("lsd,quick")
+    config.model.kind, config.model.unet_channels = "unet", 8
+    fmap = fm_job.make_student(config, (8, 8, 1))
+    assert fmap.network.num_classes is None
+    config.model.num_classes = 10
+    with pytest.raises(NotImplementedError, match="num_classes"):
+        fm_job.make_student(config, (8, 8, 1))
