@@ -17,7 +17,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.seed = 0
 
     config.data = ml_collections.ConfigDict()
-    config.data.name = "checkerboard"  # a 2-D toy name, "gmm", "file", or a tabular name
+    # a 2-D toy name, "gmm", "file", a tabular name, or images: digits | mnist | cifar10
+    config.data.name = "checkerboard"
     config.data.n_train = 50_000
     config.data.n_val = 5_000
     config.data.n_test = 5_000
@@ -27,8 +28,21 @@ def get_config() -> ml_collections.ConfigDict:
     # Draw a fresh training batch from the data's known sampler every step (toys, gmm;
     # LFM: block 1 only): lfm_jax.runs.data_feed.
     config.data.fresh_samples = False
+    # Images (lfm_jax.runs.image_data): the file set read from data.path, "train" or
+    # "test" (mnist: {train,t10k}-*-ubyte; cifar10: data_batch_* or test_batch), split
+    # into train / n_val / n_test; random left-right flips of FM training batches.
+    config.data.source_split = "train"
+    config.data.random_flip = False
 
     config.model = ml_collections.ConfigDict()
+    config.model.kind = "mlp"  # mlp | unet (lfm_jax.runs.models)
+    config.model.unet_preset = "digits8"  # digits8 | mnist | cifar10 (lfm_jax.unet.PRESETS)
+    config.model.unet_channels = 0  # base width; 0: the preset's
+    config.model.unet_time_scale = 1000.0  # the U-Net embeds time_scale * t
+    # 0: unconditional; k > 0: class labels 0..k-1 plus a null class (classifier-free
+    # guidance; labels dropped with probability fm.p_uncond in training)
+    config.model.num_classes = 0
+    config.model.compute_dtype = "float32"  # float32 | bfloat16 (params stay float32)
     config.model.hidden = (256, 256, 256)
     config.model.activation = "silu"
     config.model.num_frequencies = 8
@@ -44,6 +58,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.fm.beta_a = 1.0
     config.fm.beta_b = 1.0
     config.fm.coupling = "independent"  # independent | ot | ot_exact | ot_sinkhorn
+    # class-conditional models (model.num_classes > 0): label dropout probability
+    # (FM and every LFM block)
+    config.fm.p_uncond = 0.1
 
     config.train = ml_collections.ConfigDict()
     config.train.steps = 5_000
@@ -77,6 +94,11 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval.ode = ode_defaults.get_config()
     config.eval.divergence = "exact"  # exact | hutchinson
     config.eval.chunk_size = 1_000
+    # Images: classifier-free guidance weight w of the samples of a class-conditional
+    # model (v_w = v(x, null) + w (v(x, y) - v(x, null)); FM and every LFM block) and
+    # the images per class (conditional) or in all (unconditional) of samples_grid.png.
+    config.eval.guidance_w = 1.0
+    config.eval.grid_per_class = 10
 
     config.log = ml_collections.ConfigDict()
     # TensorBoard event files in the workdir (lfm_jax.tracking; tensorboardX, no

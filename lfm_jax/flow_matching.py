@@ -33,9 +33,11 @@ def gaussian_pairs(coupling: Callable = couplings_lib.independent) -> PairSample
     """Pair sampler of plain flow matching: (key, x1 (B, ...)) -> (x0, x1).
 
     x0 ~ N(0, I) of x1's shape and dtype, then (x0, x1) = coupling(key, x0, x1)
-    (`lfm_jax.couplings`: independent, or a minibatch optimal-transport pairing)."""
+    (`lfm_jax.couplings`: independent, or a minibatch optimal-transport pairing).
+    A labelled batch {"x": x1, "y": labels} pairs its "x"."""
 
     def sample_pairs(key, x1):
+        x1 = x1["x"] if isinstance(x1, dict) else x1
         k_noise, k_couple = jax.random.split(key)
         x0 = jax.random.normal(k_noise, x1.shape, x1.dtype)
         return coupling(k_couple, x0, x1)
@@ -45,7 +47,7 @@ def gaussian_pairs(coupling: Callable = couplings_lib.independent) -> PairSample
 
 def make_loss(velocity: Callable, interp, time_sampler: Callable,
               pair_sampler: Optional[PairSampler] = None, *,
-              times_per_pair: int = 1) -> Callable:
+              times_per_pair: int = 1, labels: Optional[Callable] = None) -> Callable:
     """Batch loss (params, key, batch) -> (mean flow-matching loss, {}).
 
     With (x0, x1) = pair_sampler(k_pair, batch) (B pairs; default `gaussian_pairs()`)
@@ -63,17 +65,20 @@ def make_loss(velocity: Callable, interp, time_sampler: Callable,
     if k < 1:
         raise ValueError(f"times_per_pair must be >= 1, got {times_per_pair}")
 
+    def per_pair(params, ts, a, c, y=None):
+        b = functools.partial(velocity, params) if y is None else (
+            lambda t_, x_: velocity(params, t_, x_, y))
+        return jnp.mean(jax.vmap(lambda t_: losses.flow_matching(b, interp, t_, a, c))(ts))
+
     def loss_fn(params, key, batch):
         k_pair, k_time = jax.random.split(key)
         x0, x1 = pair_sampler(k_pair, batch)
         n = x0.shape[0]
         t = time_sampler(k_time, n * k).astype(x0.dtype).reshape(n, k)
-        b = functools.partial(velocity, params)
-
-        def per_pair(ts, a, c):
-            return jnp.mean(jax.vmap(lambda t_: losses.flow_matching(b, interp, t_, a, c))(ts))
-
-        return jnp.mean(jax.vmap(per_pair)(t, x0, x1)), {}
+        if labels is None:
+            return jnp.mean(jax.vmap(functools.partial(per_pair, params))(t, x0, x1)), {}
+        y = labels(jax.random.fold_in(key, 1), batch)
+        return jnp.mean(jax.vmap(functools.partial(per_pair, params))(t, x0, x1, y)), {}
 
     return loss_fn
 

@@ -18,7 +18,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 __all__ = ["plot_samples", "plot_pairs", "plot_trajectories", "plot_loss", "plot_curves",
-           "plot_chi_square"]
+           "plot_chi_square", "plot_image_grid"]
 
 
 def _new_figure(figsize) -> Figure:
@@ -336,4 +336,31 @@ def plot_chi_square(path, cum_time, excess_nll, *, initial_excess: Optional[floa
     ax.legend(fontsize=8)
     if title:
         ax.set_title(title)
+    return _save(fig, path)
+
+
+def plot_image_grid(path, images, nrow: int, title: Optional[str] = None,
+                    row_labels: Optional[Sequence[str]] = None) -> Path:
+    """A grid of images (n, H, W, C) in [-1, 1] (clipped), nrow rows filled row by
+    row (e.g. one class per row), with optional row labels; C = 1 in grey."""
+    x = np.clip((np.asarray(images, np.float64) + 1.0) / 2.0, 0.0, 1.0)
+    n, h, w, c = x.shape
+    ncol = -(-n // nrow)
+    canvas = np.ones((nrow * (h + 1) + 1, ncol * (w + 1) + 1, c))
+    for i in range(n):
+        r, k = divmod(i, ncol)
+        canvas[1 + r * (h + 1):1 + r * (h + 1) + h, 1 + k * (w + 1):1 + k * (w + 1) + w] = x[i]
+    scale = max(0.05, min(0.4, 8.0 / max(h, 1)) * 0.25)
+    fig = _new_figure((max(2.0, ncol * (w + 1) * scale + 1), max(2.0, nrow * (h + 1) * scale + 0.6)))
+    ax = fig.add_subplot(111)
+    ax.imshow(canvas[..., 0] if c == 1 else canvas, cmap="gray" if c == 1 else None,
+              vmin=0.0, vmax=1.0, interpolation="nearest")
+    ax.set_xticks([])
+    if row_labels is not None:
+        ax.set_yticks([1 + r * (h + 1) + h / 2 for r in range(len(row_labels))])
+        ax.set_yticklabels(list(row_labels))
+    else:
+        ax.set_yticks([])
+    if title:
+        ax.set_title(title, fontsize=9)
     return _save(fig, path)

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lfm_jax import data as data_lib
-from lfm_jax import checkpoint, distributed, lfm, metrics, networks, ode, plots, time_sampling
+from lfm_jax import checkpoint, distributed, lfm, metrics, ode, plots, time_sampling
 from lfm_jax import tracking
 from lfm_jax import train
 from lfm_jax import logging as log_lib
@@ -21,8 +21,13 @@ from lfm_jax import logging as log_lib
 def load_data(config):
     """The dataset named by config.data (validated): a 2-D toy name, "gmm", "file"
     (your own .npy / .npz / .csv table at data.path, `user_data.load`: split with
-    config.seed, standardised with the train statistics) or a MAF tabular name."""
+    config.seed, standardised with the train statistics), a MAF tabular name, or an
+    image set "digits" / "mnist" / "cifar10" (`image_data.load`)."""
+    from lfm_jax.runs import image_data
+
     d = config.data
+    if image_data.is_image_data(config):
+        return image_data.load(config)
     if d.name == "file":
         from lfm_jax import user_data
 
@@ -55,16 +60,12 @@ def make_mesh(config):
 
 
 def velocity_network(config, example_shape):
-    """The config.model MLP as a velocity `Network` for examples of example_shape
-    (time_embedding, softplus_beta, weight_init default to fourier, 1, lecun when a
-    config lacks them)."""
-    m = config.model
-    return networks.velocity_mlp(example_shape, hidden=tuple(m.hidden), activation=m.activation,
-                                 num_frequencies=m.num_frequencies,
-                                 max_frequency=m.max_frequency,
-                                 time_embedding=m.get("time_embedding", "fourier"),
-                                 softplus_beta=m.get("softplus_beta", 1.0),
-                                 weight_init=m.get("weight_init", "lecun"))
+    """The config.model velocity `Network` for examples of example_shape
+    (`models.network`: an MLP or a U-Net, class-conditional when
+    config.model.num_classes > 0; keys a config lacks take their defaults)."""
+    from lfm_jax.runs import models
+
+    return models.network(config, example_shape, num_times=1)
 
 
 def optimizer(config, total_steps=None):

@@ -81,15 +81,7 @@ def make_flow_map_and_loss(config, objective: str, example_shape, teacher=None):
     """
     fcfg = config.flow_map
     record = losses.get_objective(objective)
-    fmap = flow_map.make_flow_map(example_shape, hidden=tuple(config.model.hidden),
-                                  activation=config.model.activation,
-                                  num_frequencies=config.model.num_frequencies,
-                                  max_frequency=config.model.max_frequency,
-                                  time_embedding=config.model.get("time_embedding", "fourier"),
-                                  softplus_beta=config.model.get("softplus_beta", 1.0),
-                                  weight_init=config.model.get("weight_init", "lecun"),
-                                  zero_init_output=fcfg.zero_init_output,
-                                  learned_weighting=fcfg.learned_weighting)
+    fmap = make_student(config, example_shape)
     sampler = fcfg.time_sampler or record.time_sampler
     options = {k: fcfg[k] for k in record.options if k in fcfg}
     loss_fn = distill.make_loss(
@@ -98,6 +90,32 @@ def make_flow_map_and_loss(config, objective: str, example_shape, teacher=None):
         sampler_kwargs=sampler_kwargs(fcfg, sampler, config.train.steps),
         intermediate=fcfg.intermediate, teacher_substeps=fcfg.teacher_substeps, **options)
     return fmap, loss_fn
+
+
+def make_student(config, example_shape) -> flow_map.FlowMap:
+    """The student FlowMap of config.model: an MLP (`flow_map.make_flow_map`) or, with
+    model.kind "unet", `FlowMap(network=models.network(config, shape, num_times=2))`.
+    Class-conditional flow maps are not wired into the flow-map losses yet."""
+    from lfm_jax.runs import models
+
+    m, fcfg = config.model, config.flow_map
+    if int(m.get("num_classes", 0)) > 0:
+        raise NotImplementedError("the flow-map job trains unconditional maps only; set "
+                                  "config.model.num_classes=0")
+    if m.get("kind", "mlp") == "unet":
+        weighting = flow_map.loss_weighting() if fcfg.learned_weighting else None
+        return flow_map.FlowMap(network=models.network(config, example_shape, num_times=2),
+                                weighting=weighting)
+    return flow_map.make_flow_map(example_shape, hidden=tuple(m.hidden),
+                                  activation=m.activation,
+                                  num_frequencies=m.num_frequencies,
+                                  max_frequency=m.max_frequency,
+                                  time_embedding=m.get("time_embedding", "fourier"),
+                                  softplus_beta=m.get("softplus_beta", 1.0),
+                                  weight_init=m.get("weight_init", "lecun"),
+                                  compute_dtype=m.get("compute_dtype", "float32"),
+                                  zero_init_output=fcfg.zero_init_output,
+                                  learned_weighting=fcfg.learned_weighting)
 
 
 @jobs.job

@@ -3,7 +3,10 @@
 Writes to the workdir: config.json and runs.jsonl (`provenance`), ckpt/ (orbax),
 metrics.jsonl (training curve), train_clock.json (training time over all starts),
 metrics.json (final metrics; "warnings" lists e.g. a test NLL worse than the base
-N(0, I)'s), samples.png, loss.png.
+N(0, I)'s), samples.png, loss.png. Images (config.data.name digits / mnist / cifar10):
+batches dequantised afresh every step (`image_data.sample_batch`), labels dropped with
+probability fm.p_uncond for a class-conditional model, and samples_grid.png with
+bits per dimension instead of samples.png (`image_eval`).
 
 Evaluation solves with config.eval.ode and `on_failure="nan"`: test points (samples)
 whose ODE solve fails are left out of the NLL (sample metrics) and counted as
@@ -21,7 +24,7 @@ import numpy as np
 from lfm_jax import couplings, distributed, flow_matching, interpolants
 from lfm_jax import logging as log_lib
 from lfm_jax import ode, phases, plots, train
-from lfm_jax.runs import common, data_feed, jobs
+from lfm_jax.runs import common, data_feed, image_data, image_eval, jobs
 
 
 @jobs.job
@@ -35,21 +38,29 @@ def run(config, workdir: str, clock=None) -> dict:
     t_cfg = config.train
     example_shape = dataset.train.shape[1:]
     net = common.velocity_network(config, example_shape)
+    image_data.check_classes(config, dataset)
+    is_image = isinstance(dataset, image_data.ImageData)
     opt = common.optimizer(config)
     loss_fn = flow_matching.make_loss(
         net.apply, interpolants.get(config.fm.interpolant),
         common.make_time_sampler(config.fm),
-        flow_matching.gaussian_pairs(couplings.get(config.fm.coupling)))
+        flow_matching.gaussian_pairs(couplings.get(config.fm.coupling)),
+        labels=image_data.loss_labels(config, net))
+    sample_batch = (image_data.sample_batch(t_cfg.batch_size, config.data.random_flip)
+                    if is_image else data_feed.fm_sample_batch(config, dataset))
     step_fn = train.make_train_step(
-        loss_fn, opt, sample_batch=data_feed.fm_sample_batch(config, dataset),
+        loss_fn, opt, sample_batch=sample_batch,
         steps_per_call=t_cfg.steps_per_call, ema_decay=t_cfg.ema_decay, mesh=mesh)
 
     key = jax.random.PRNGKey(config.seed)
     init_key, state_key, eval_key = jax.random.split(key, 3)
     state = train.create_train_state(state_key, net.init(init_key), opt)
     state = distributed.replicate(state, mesh)
-    train_data = distributed.replicate(np.asarray(dataset.train), mesh)
-    keeper = data_feed.make_keep_best(config, loss_fn, np.asarray(dataset.val[:2_000]))
+    train_data = distributed.replicate(
+        image_data.train_data(dataset) if is_image else np.asarray(dataset.train), mesh)
+    keeper = data_feed.make_keep_best(
+        config, loss_fn, image_data.val_batch(dataset) if is_image
+        else np.asarray(dataset.val[:2_000]))
     with phases.phase(clock, "train"):
         state, train_time, log_path = common.resumable_fit(
             config, state, step_fn, train_data, workdir, "fm", keep_best=keeper)
@@ -102,14 +113,31 @@ def evaluate(config, net, state, dataset, key, workdir, *, clock=None) -> dict:
     def sample_rows(p, key, z, idx):
         return flow_matching.sample(net.apply, p, z, options=options)
 
+    is_image = isinstance(dataset, image_data.ImageData)
+    labels = None
+    if is_image:
+        n, labels = image_eval.sample_labels(net, e.grid_per_class)
+        noise = noise[:n] if n <= len(noise) else jax.random.normal(
+            k_sample, (n, *dataset.train.shape[1:]))
     with phases.phase(clock, "sampling"):
-        samples = distributed.sharded_map(sample_rows, params, noise, mesh=mesh,
-                                          chunk_size=e.chunk_size)
+        if labels is None:
+            samples = distributed.sharded_map(sample_rows, params, noise, mesh=mesh,
+                                              chunk_size=e.chunk_size)
+        else:  # classifier-free guidance, weight eval.guidance_w
+            samples = image_eval.guided_solve(net, params, noise, labels, e.guidance_w,
+                                              0.0, 1.0, options=options, mesh=mesh,
+                                              chunk_size=e.chunk_size)
     split = e.get("split", "test")  # "val": the MAF validation split (the paper's)
     test = np.asarray(getattr(dataset, split)[: e.nll_examples])
     with phases.phase(clock, "NLL"):
         lp = log_prob_rows(net, params, test, k_div, options=options,
                            divergence=e.divergence, chunk_size=e.chunk_size, mesh=mesh)
+    if is_image:  # NLL of the null-class (marginal) model of a conditional one
+        with phases.phase(clock, "sample metrics and plots"):
+            results = image_eval.summary(
+                lp, samples, dataset, workdir, f"{config.method} samples, test "
+                f"{{test_bpd:.3f}} bits/dim, w = {e.guidance_w:g}", labels=labels)
+        return {**results, "eval_split": split}
     with phases.phase(clock, "sample metrics and plots"):
         results, good = common.evaluation_summary(k_metric, lp, samples, dataset, workdir,
                                                   f"{config.method} samples")

@@ -30,7 +30,7 @@ import numpy as np
 
 from lfm_jax import files, lfm, networks, phases, plots
 from lfm_jax import logging as log_lib
-from lfm_jax.runs import common, jobs, lfm_blocks
+from lfm_jax.runs import common, image_data, image_eval, jobs, lfm_blocks
 
 
 def eval_model(config, model: lfm.LocalFlow) -> lfm.LocalFlow:
@@ -46,6 +46,7 @@ def run(config, workdir: str, clock=None) -> dict:
     the `phases.PhaseClock` of the run's phases)."""
     with phases.phase(clock, "data"):
         dataset = common.load_data(config)
+    image_data.check_classes(config, dataset)
     mesh = common.make_mesh(config)
     model, params_list, reports = lfm_blocks.train_blocks(config, dataset, workdir,
                                                          mesh=mesh, clock=clock)
@@ -101,10 +102,16 @@ def evaluate(config, model, params_list, dataset, key, workdir, *, mesh=None,
     k_sample, k_metric, k_div = jax.random.split(key, 3)
     # points / samples whose solve fails are NaN, counted and left out (n_failed,
     # n_samples_failed), instead of one of them ending the run.
-    z = jax.random.normal(k_sample, (e.n_samples,) + tuple(model.example_shape))
+    is_image = isinstance(dataset, image_data.ImageData)
+    network, labels, n = None, None, e.n_samples
+    if is_image:  # a grid: per class rows (guided, every block) for a conditional model
+        network = common.velocity_network(config, model.example_shape)
+        n, labels = image_eval.sample_labels(network, e.grid_per_class)
+    z = jax.random.normal(k_sample, (n,) + tuple(model.example_shape))
     t0 = time.perf_counter()
     with phases.phase(clock, "sampling"):
-        samples = emodel.generate(params_list, z, mesh=mesh)
+        samples = image_eval.lfm_generate(emodel, network, params_list, z, labels,
+                                          e.guidance_w, mesh=mesh)
     sample_time = time.perf_counter() - t0
     split = e.get("split", "test")  # "val": the MAF validation split (the paper's)
     test = np.asarray(getattr(dataset, split)[: e.nll_examples])
@@ -113,6 +120,18 @@ def evaluate(config, model, params_list, dataset, key, workdir, *, mesh=None,
         lp = emodel.log_prob(params_list, test, method=e.divergence, n_probes=c.n_probes,
                              key=k_div if e.divergence != "exact" else None, mesh=mesh)
     nll_time = time.perf_counter() - t0
+    if is_image:
+        with phases.phase(clock, "sample metrics and plots"):
+            results = image_eval.summary(
+                lp, samples, dataset, workdir, f"LFM, {model.num_blocks} blocks, test "
+                f"{{test_bpd:.3f}} bits/dim, w = {e.guidance_w:g}", labels=labels)
+            k = min(6, len(z))
+            image_eval.lfm_trajectory(emodel, params_list, z[::max(1, len(z) // k)][:k],
+                                      workdir, network=network, w=e.guidance_w, mesh=mesh,
+                                      labels=None if labels is None
+                                      else labels[::max(1, len(z) // k)][:k])
+        results.update(sample_time_s=sample_time, nll_time_s=nll_time, eval_split=split)
+        return results
     with phases.phase(clock, "sample metrics and plots"):
         results, _ = common.evaluation_summary(
             k_metric, lp, samples, dataset, workdir,

@@ -45,7 +45,7 @@ from lfm_jax import phases
 from lfm_jax import files as file_io
 from lfm_jax import logging as log_lib
 from lfm_jax import train
-from lfm_jax.runs import common, data_feed, lfm_reports, provenance
+from lfm_jax.runs import common, data_feed, image_data, image_eval, lfm_reports, provenance
 
 
 class PushFailedError(RuntimeError):
@@ -89,11 +89,14 @@ def make_trainer(config, example_shape, mesh, sampler=None) -> Trainer:
     c, t_cfg = config.lfm, config.train
     network = common.velocity_network(config, tuple(example_shape))
     opt = common.optimizer(config, total_steps=c.steps_per_block)
+    labels = image_data.loss_labels(config, network)  # class-conditional blocks
     loss_fn = flow_matching.make_loss(network.apply, interpolants.get(c.interpolant),
                                       common.make_time_sampler(c), lfm.ou_pairs,
-                                      times_per_pair=c.times_per_pair)
+                                      times_per_pair=c.times_per_pair, labels=labels)
+    batches = (lfm.make_sample_batch if labels is None else
+               lambda b, s: image_data.lfm_sample_batch(b))
     step_fns = [train.make_train_step(
-        loss_fn, opt, sample_batch=lfm.make_sample_batch(t_cfg.batch_size, s),
+        loss_fn, opt, sample_batch=batches(t_cfg.batch_size, s),
         steps_per_call=t_cfg.steps_per_call, ema_decay=t_cfg.ema_decay, mesh=mesh)
         for s in ([None] if sampler is None else [None, sampler])]
     return Trainer(network, make_model(config, network, example_shape), opt, step_fns[0],
@@ -134,14 +137,21 @@ def block_timing(files) -> dict:
     return {"train_time_s": clock["train_time_s"], "steps_trained": clock.get("step")}
 
 
-def push_training_data(model, params, x, n: int, *, mesh=None) -> np.ndarray:
-    """T_n(x) for the data that trains block n + 1; every point must succeed.
+def push_training_data(model, params, x, n: int, *, mesh=None, labels=None,
+                       network=None) -> np.ndarray:
+    """T_n(x) for the data that trains block n + 1; every point must succeed. With
+    labels (a class-conditional network), row i moves by the field of its label.
 
     Solved with on_failure="nan" so that a failure is counted rather than reported as
     diffrax's bare max-steps error; any failed point raises `PushFailedError` (a NaN
     in the pushed data would poison the next block)."""
     options = dataclasses.replace(model.ode, on_failure="nan")
-    x_next = dataclasses.replace(model, ode=options).block_map(params, x, mesh=mesh)
+    if labels is None:
+        x_next = dataclasses.replace(model, ode=options).block_map(params, x, mesh=mesh)
+    else:  # guidance weight 1: the conditional field v(t, x, y_i)
+        x_next = image_eval.guided_solve(network, params, x, labels, 1.0, 0.0, 1.0,
+                                         options=options, chunk_size=model.chunk_size,
+                                         mesh=mesh)
     failed = int(lfm.failed_rows(x_next).sum())
     if failed:
         raise PushFailedError(
@@ -188,6 +198,10 @@ def train_blocks(config, dataset, workdir: str, *, mesh=None, trainer=None, call
     template = network.init(init_key)
 
     x_train = np.asarray(dataset.train)
+    # class-conditional blocks: labels ride along (training batches, pushes); the
+    # validation points go through the null-class (marginal) field
+    y_train = (None if getattr(network, "num_classes", None) is None
+               else np.asarray(dataset.train_labels, np.int32))
     x_val = np.asarray(dataset.val[: c.n_val])
     val_logdet = np.zeros(len(x_val), np.float64)
     log_p_val = None
@@ -212,7 +226,7 @@ def train_blocks(config, dataset, workdir: str, *, mesh=None, trainer=None, call
                 saved, _ = _train_one_block(
                     n, hs[n - 1], x_train, init, trainer, files, config,
                     jax.random.fold_in(train_key, n), mesh, callback, verbose,
-                    block_train_budget_s, x_val)
+                    block_train_budget_s, x_val, y_train)
             file_io.save_msgpack(files.params, saved)
         timing = block_timing(files)
         raw_prev = saved["params"]
@@ -225,7 +239,9 @@ def train_blocks(config, dataset, workdir: str, *, mesh=None, trainer=None, call
         x_next = file_io.load_or_none(file_io.load_npy, files.train, shape=x_push.shape)
         if x_next is None:
             with phases.phase(clock, "push"):
-                x_next = push_training_data(model, params, x_push, n, mesh=mesh)
+                x_next = push_training_data(
+                    model, params, x_push, n, mesh=mesh, network=network,
+                    labels=None if y_train is None else y_train[: len(x_push)])
             file_io.save_npy(files.train, x_next)
         push_time = time.perf_counter() - t0
         t0 = time.perf_counter()
@@ -263,7 +279,7 @@ def train_blocks(config, dataset, workdir: str, *, mesh=None, trainer=None, call
 
 
 def _train_one_block(n, h, x_l, init_params, trainer, files, config, key, mesh,
-                     user_callback, verbose, budget_s=None, x_val=None):
+                     user_callback, verbose, budget_s=None, x_val=None, y=None):
     """Train block n from init_params (or its latest checkpoint); returns
     ({"params", "ema_params"} on the host, final step). With budget_s, stops after the
     first fused call that ends past budget_s seconds. The block's train clock
@@ -274,7 +290,7 @@ def _train_one_block(n, h, x_l, init_params, trainer, files, config, key, mesh,
     t_cfg = config.train
     steps = config.lfm.steps_per_block
     step_fn = trainer.first_step_fn if n == 1 and trainer.first_step_fn else trainer.step_fn
-    keeper = None if x_val is None else data_feed.make_keep_best(
+    keeper = None if x_val is None or y is not None else data_feed.make_keep_best(
         config, trainer.loss_fn, data_feed.lfm_val_batch(x_val, h))
     state = train.create_train_state(key, init_params, trainer.optimizer)
     state = distributed.replicate(state, mesh)
@@ -301,8 +317,8 @@ def _train_one_block(n, h, x_l, init_params, trainer, files, config, key, mesh,
             if user_callback is not None:
                 user_callback(n, step, m)
 
-        data = distributed.replicate(
-            {"x": np.asarray(x_l), "h": np.asarray(h, np.asarray(x_l).dtype)}, mesh)
+        data = {"x": np.asarray(x_l), "h": np.asarray(h, np.asarray(x_l).dtype)}
+        data = distributed.replicate(data if y is None else {**data, "y": y}, mesh)
         progress = log_lib.Progress(steps, initial=start, desc=f"lfm block {n}",
                                     disable=None if verbose else True)
         spc = t_cfg.steps_per_call

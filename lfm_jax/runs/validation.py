@@ -123,6 +123,12 @@ RULES = _rules(
     ("train.decay_rate", ((lambda v: _is_real(v) and 0 < v <= 1), "in (0, 1]")),
     ("train.decay_every", at_least(1)),
     ("eval.split", one_of("test", "val")),
+    ("model.kind", one_of("mlp", "unet")), ("model.num_classes", at_least(0)),
+    ("model.unet_channels", at_least(0)), ("model.unet_time_scale", positive()),
+    ("model.compute_dtype", one_of("float32", "bfloat16")),
+    ("fm.p_uncond", in_interval(0.0, 1.0)), ("eval.guidance_w", non_negative()),
+    ("eval.grid_per_class", at_least(1)),
+    ("data.source_split", one_of("train", "test")),
 )
 
 

@@ -1,0 +1,61 @@
+"""The network of config.model, chosen on the host: `network(config, example_shape,
+num_times)` gives the velocity field (num_times=1) or the flow-map network v_{s,t}
+(num_times=2) of config.model.kind:
+
+- "mlp": `networks.velocity_mlp` / `two_time_mlp` (config.model.hidden, ...,
+  compute_dtype), or `conditional.conditional_mlp` when config.model.num_classes > 0;
+- "unet": `unet.velocity_unet` / `two_time_unet` of the preset config.model.unet_preset
+  (digits8 / mnist / cifar10) with example_shape from the data, the overrides
+  unet_channels (0: the preset's), unet_time_scale, num_classes (0: unconditional; k:
+  labels 0..k-1 and the null class k) and compute_dtype ("float32" | "bfloat16";
+  parameters stay float32).
+
+Dropout: the training losses call the network without a dropout key, so U-Net dropout
+is off in training here (the presets' dropout rate is kept for when it is wired in).
+"""
+
+from __future__ import annotations
+
+from lfm_jax import conditional, networks, unet
+
+KINDS = ("mlp", "unet")
+
+
+def _num_classes(m):
+    k = int(m.get("num_classes", 0))
+    return k if k > 0 else None
+
+
+def unet_kwargs(config, example_shape) -> dict:
+    """Keyword arguments of `unet.velocity_unet` / `two_time_unet` for config.model."""
+    m = config.model
+    over = {"example_shape": tuple(example_shape), "num_classes": _num_classes(m),
+            "dtype": m.get("compute_dtype", "float32"),
+            "time_scale": float(m.get("unet_time_scale", 1000.0))}
+    if int(m.get("unet_channels", 0)) > 0:
+        over["channels"] = int(m.unet_channels)
+    return unet.preset(m.get("unet_preset", "digits8"), **over)
+
+
+def network(config, example_shape, num_times: int = 1):
+    """The config.model network for examples of example_shape (see the module doc)."""
+    m = config.model
+    kind = m.get("kind", "mlp")
+    if kind not in KINDS:
+        raise ValueError(f"unknown config.model.kind {kind!r}; known: {list(KINDS)}")
+    if kind == "unet":
+        make = unet.velocity_unet if num_times == 1 else unet.two_time_unet
+        return make(**unet_kwargs(config, example_shape))
+    k = _num_classes(m)
+    if k is not None:
+        return conditional.conditional_mlp(
+            example_shape, num_classes=k, num_times=num_times, hidden=tuple(m.hidden),
+            activation=m.activation, num_frequencies=m.num_frequencies,
+            max_frequency=m.max_frequency)
+    make = networks.velocity_mlp if num_times == 1 else networks.two_time_mlp
+    return make(example_shape, hidden=tuple(m.hidden), activation=m.activation,
+                num_frequencies=m.num_frequencies, max_frequency=m.max_frequency,
+                time_embedding=m.get("time_embedding", "fourier"),
+                softplus_beta=m.get("softplus_beta", 1.0),
+                weight_init=m.get("weight_init", "lecun"),
+                compute_dtype=m.get("compute_dtype", "float32"))
