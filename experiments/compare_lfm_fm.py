@@ -225,9 +225,9 @@ def lfm_trainer(config, dataset, mesh):
     import numpy as np
 
     from lfm_jax import distributed, train
-    from lfm_jax.runs import data_feed, lfm_blocks
+    from lfm_jax.runs import data_feed, lfm_parts
 
-    trainer = lfm_blocks.make_trainer(config, (dataset.dim,), mesh,
+    trainer = lfm_parts.make_trainer(config, (dataset.dim,), mesh,
                                       data_feed.fresh_sampler(config, dataset))
     data = distributed.replicate({"x": np.asarray(dataset.train), "h": np.float32(0.1)},
                                  mesh)
@@ -250,9 +250,9 @@ def measure_lfm(config, dataset, mesh):
 
     from experiments import timing
     from lfm_jax import distributed, train
-    from lfm_jax.runs import lfm_blocks
+    from lfm_jax.runs import lfm_parts
 
-    trainer = lfm_blocks.make_trainer(config, (dataset.dim,), mesh)
+    trainer = lfm_parts.make_trainer(config, (dataset.dim,), mesh)
     p0 = trainer.network.init(jax.random.PRNGKey(0))
     state = train.create_train_state(jax.random.PRNGKey(0), p0, trainer.optimizer,
                                      mesh=mesh)

@@ -246,7 +246,7 @@ def test_failed_solves_nan_in_evaluation_and_raise_in_training_push():
     """on_failure="nan": exactly the stiff rows are NaN through log_prob (every
     truncation after their failing block), block_log_det and generation-style pushes;
     "raise" (the default) and the training-data push still refuse them."""
-    from lfm_jax.runs import common, lfm_blocks
+    from lfm_jax.runs import common, lfm_parts
 
     hs = lfm.step_sizes(2, c=0.2, rho=1.0)
     options = ode.Options(rtol=1e-4, atol=1e-4, max_steps=16)
@@ -276,9 +276,9 @@ def test_failed_solves_nan_in_evaluation_and_raise_in_training_push():
 
     with pytest.raises(Exception, match="(?i)max"):
         model.log_prob(params, x)
-    with pytest.raises(lfm_blocks.PushFailedError, match="block 3: .* 2 of 5 training"):
-        lfm_blocks.push_training_data(model, params[0], x, 3)
-    np.testing.assert_allclose(lfm_blocks.push_training_data(model, params[0], x[ok], 1),
+    with pytest.raises(lfm_parts.PushFailedError, match="block 3: .* 2 of 5 training"):
+        lfm_parts.push_training_data(model, params[0], x, 3)
+    np.testing.assert_allclose(lfm_parts.push_training_data(model, params[0], x[ok], 1),
                                y[ok], atol=1e-3)  # y: from the augmented solve
     with pytest.raises(TypeError, match="ode.Options"):
         lfm.LocalFlow(_rate_velocity, hs, (3,), ode={"on_failure": "skip"})

@@ -12,7 +12,7 @@ import pytest
 
 from configs import lfm_official
 from lfm_jax import ode, plots, runs
-from lfm_jax.runs import common, lfm_blocks, validation
+from lfm_jax.runs import common, lfm_parts, validation
 
 TOY = lfm_official.TOY_2D_STEP_SIZES
 # config module: (data, OU step sizes, hidden, activation, batch, iterations per block,
@@ -56,7 +56,7 @@ def test_official_layout_matches_the_table(name):
         c = _config(name, arg)
         validation.validate_config(c)
         # L OU blocks with the table's step sizes, then exactly one free block
-        got = lfm_blocks.make_step_sizes(c)
+        got = lfm_parts.make_step_sizes(c)
         assert math.isinf(got[-1]) and all(math.isfinite(h) for h in got[:-1])
         np.testing.assert_array_equal(got[:-1], hs)
         assert (c.lfm.interpolant, c.model.time_embedding, c.model.weight_init) == (
@@ -145,7 +145,7 @@ def test_config_optimizer_is_adam_with_step_decay():
 
 
 def _check_job(results, workdir, config):
-    hs = lfm_blocks.make_step_sizes(config)
+    hs = lfm_parts.make_step_sizes(config)
     assert results["num_blocks"] == len(hs) and results["step_sizes"][-1] is None
     assert results["blocks"][-1]["free"] and not any(r.get("free") for r in
                                                      results["blocks"][:-1])

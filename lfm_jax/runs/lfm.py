@@ -30,7 +30,7 @@ import numpy as np
 
 from lfm_jax import files, lfm, networks, phases, plots
 from lfm_jax import logging as log_lib
-from lfm_jax.runs import common, image_data, image_eval, jobs, lfm_blocks
+from lfm_jax.runs import common, image_data, image_eval, jobs, lfm_blocks, lfm_parts
 
 
 def eval_model(config, model: lfm.LocalFlow) -> lfm.LocalFlow:
@@ -147,7 +147,7 @@ def _write_curves(workdir, model, reports, floor) -> None:
     for n in range(1, model.num_blocks + 1):
         if n > 1:
             starts.append(offset)
-        path = lfm_blocks.BlockFiles(workdir, n).loss
+        path = lfm_parts.BlockFiles(workdir, n).loss
         recs = log_lib.read_jsonl(path) if os.path.exists(path) else []
         steps += [offset + r["step"] for r in recs]
         losses += [r["loss"] for r in recs]

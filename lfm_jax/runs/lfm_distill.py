@@ -17,7 +17,7 @@ import jax
 import numpy as np
 
 from lfm_jax import interpolants, lfm
-from lfm_jax.runs import common, lfm_blocks
+from lfm_jax.runs import common, lfm_parts
 
 
 def load_trained_blocks(config, workdir: str, example_shape):
@@ -25,7 +25,7 @@ def load_trained_blocks(config, workdir: str, example_shape):
     retrained. Raises FileNotFoundError naming the missing file and the command that
     trains it. params: EMA if config.eval.use_ema (as `train_blocks` returns them)."""
     network = common.velocity_network(config, tuple(example_shape))
-    model = lfm_blocks.make_model(config, network, tuple(example_shape))
+    model = lfm_parts.make_model(config, network, tuple(example_shape))
     template = network.init(jax.random.PRNGKey(0))
     params_list = []
     for n in range(1, model.num_blocks + 1):
@@ -37,7 +37,7 @@ def load_trained_blocks(config, workdir: str, example_shape):
                 f"`python -m experiments.train --config configs/lfm_checkerboard.py "
                 f"--workdir {workdir}`")
         try:
-            saved = lfm_blocks.load_params(path, template)
+            saved = lfm_parts.load_params(path, template)
         except Exception as err:  # wrong architecture for this config
             raise ValueError(f"cannot load {path} with this config's network "
                              f"(hidden={tuple(config.model.hidden)}): {err}") from err
@@ -50,10 +50,10 @@ def block_inputs(workdir: str, model, params_list, x_train, n: int, *, mesh=None
     from blocks/<n-1>/train_pushed.npy (pushed again, and saved, if missing)."""
     if n == 1:
         return np.asarray(x_train)
-    path = lfm_blocks.BlockFiles(workdir, n - 1).train
+    path = lfm_parts.BlockFiles(workdir, n - 1).train
     x = common.load_npy(path)
     if x is None:
-        x = lfm_blocks.push_training_data(model, params_list[n - 2],
+        x = lfm_parts.push_training_data(model, params_list[n - 2],
                                block_inputs(workdir, model, params_list, x_train, n - 1,
                                             mesh=mesh), n - 1, mesh=mesh)
         common.save_npy(path, x)
