@@ -95,6 +95,23 @@ def tracker(config, workdir: str, purge_step=None, subdir: str = ""):
     return tracking.make(workdir, enabled=enabled, purge_step=purge_step, subdir=subdir)
 
 
+def logging_callback(writer, board, schedule, clock, then=None):
+    """`train.fit`'s callback(step, metrics) of the jobs: mean loss and grad norm of the
+    fused call to the JSON-lines `writer` and, with the lr `schedule(step - 1)`, to the
+    TensorBoard `board`; the train `clock` saved; then `then(step, metrics)` if given."""
+
+    def callback(step, m):
+        loss, gnorm = float(np.mean(m["loss"])), float(np.mean(m["grad_norm"]))
+        writer.write(step, loss=loss, grad_norm=gnorm)
+        board.write_scalars(step, {"train/loss": loss, "train/grad_norm": gnorm,
+                                   "train/lr": float(schedule(step - 1))})
+        clock.save(step)
+        if then is not None:
+            then(step, m)
+
+    return callback
+
+
 def resumable_fit(config, state, step_fn, train_data, workdir: str, desc: str,
                   keep_best=None):
     """Train to config.train.steps, resuming from `<workdir>/ckpt` if it holds a
@@ -121,14 +138,7 @@ def resumable_fit(config, state, step_fn, train_data, workdir: str, desc: str,
             print(f"resuming from step {start} in {ckpt.directory}")
 
         board = tracker(config, workdir, purge_step=start or None)
-        schedule = lr_schedule(config)
-
-        def callback(step, m):
-            loss, gnorm = float(np.mean(m["loss"])), float(np.mean(m["grad_norm"]))
-            writer.write(step, loss=loss, grad_norm=gnorm)
-            board.write_scalars(step, {"train/loss": loss, "train/grad_norm": gnorm,
-                                       "train/lr": float(schedule(step - 1))})
-            clock.save(step)
+        callback = logging_callback(writer, board, lr_schedule(config), clock)
 
         progress = log_lib.Progress(t_cfg.steps, initial=start, desc=desc)
         try:

@@ -190,16 +190,9 @@ def _train_one_block(n, h, x_l, init_params, trainer, files, config, key, mesh,
             print(f"block {n}: resuming from step {start} in {files.ckpt}", flush=True)
 
         board = common.tracker(config, files.dir, purge_step=start or None)
-        schedule = common.lr_schedule(config, steps)
-
-        def callback(step, m):
-            loss, gnorm = float(np.mean(m["loss"])), float(np.mean(m["grad_norm"]))
-            writer.write(step, loss=loss, grad_norm=gnorm)
-            board.write_scalars(step, {"train/loss": loss, "train/grad_norm": gnorm,
-                                       "train/lr": float(schedule(step - 1))})
-            clock.save(step)
-            if user_callback is not None:
-                user_callback(n, step, m)
+        callback = common.logging_callback(
+            writer, board, common.lr_schedule(config, steps), clock,
+            None if user_callback is None else lambda step, m: user_callback(n, step, m))
 
         data = {"x": np.asarray(x_l), "h": np.asarray(h, np.asarray(x_l).dtype)}
         data = distributed.replicate(data if y is None else {**data, "y": y}, mesh)
