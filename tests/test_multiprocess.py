@@ -90,10 +90,11 @@ def test_two_processes_train_as_one_process_with_four_devices(tmp_path):
 
     fm_multi, fm_single = _losses(multi / "fm/metrics.jsonl"), _losses(single / "fm/metrics.jsonl")
     assert len(fm_multi) == 4 and fm_multi == fm_single
-    for n in (1, 2):
-        block = f"lfm/blocks/{n}"
-        assert _losses(multi / block / "loss.jsonl") == _losses(single / block / "loss.jsonl")
     block = "lfm/blocks/1"
+    assert _losses(multi / block / "loss.jsonl") == _losses(single / block / "loss.jsonl")
+    # block 2 trains on block 1's push, equal to float32 rounding (below): its losses too
+    np.testing.assert_allclose(_losses(multi / "lfm/blocks/2/loss.jsonl"),
+                               _losses(single / "lfm/blocks/2/loss.jsonl"), rtol=1e-5)
     pushed_multi = np.load(multi / block / "train_pushed.npy")
     pushed_single = np.load(single / block / "train_pushed.npy")
     assert pushed_multi.shape == (2000, 2)
