@@ -1,6 +1,6 @@
 """Class-conditional flow matching on sklearn's 8x8 digits with a tiny U-Net (CPU,
 measured about 1.2 s a step on a 2-core CPU, so 1,500 steps take about 30 minutes;
-minutes on a GPU): labels dropped with probability 0.1 for classifier-free guidance,
+meant for a GPU): labels dropped with probability 0.1 for classifier-free guidance,
 samples_grid.png one class per row (guidance weight eval.guidance_w), test bits/dim.
 
     python -m experiments.train --config configs/fm_digits.py --workdir runs/fm_digits

@@ -1,5 +1,5 @@
 """Class-conditional Local Flow Matching on sklearn's 8x8 digits with a tiny U-Net
-(slow on a CPU: the U-Net step takes about 1.2 s on 2 cores; minutes on a GPU), in the LFM paper's image layout: 3 OU blocks and a free last
+(slow on a CPU: the U-Net step takes about 1.2 s on 2 cores; meant for a GPU), in the LFM paper's image layout: 3 OU blocks and a free last
 block, the linear interpolant. Labels ride along through every block (training
 batches and pushes); samples_grid.png has one class per row with every block guided
 (eval.guidance_w); trajectory.png follows a few images through the blocks' inverses;
