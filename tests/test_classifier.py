@@ -50,6 +50,7 @@ def test_feature_statistics_recover_gaussian_distance():
     assert d == pytest.approx(exact, abs=0.05)
 
 
+@pytest.mark.slow  # trains a CNN for ~13 s; the Frechet distance has closed-form tests
 def test_classifier_learns_digits_and_reports_fd_classifier():
     x, y = images.load_digits()
     ds = images.split_images(x, y, n_val=300, seed=0, name="digits")

@@ -36,6 +36,7 @@ def _tiny_config():
     return default.locked(config)
 
 
+@pytest.mark.slow  # ~20 s of training; distillation losses are checked in test_flow_map
 def test_distilled_lfm_generates_close_to_ode(tmp_path):
     from lfm_jax.runs import common
     from lfm_jax.runs import lfm as lfm_run, lfm_blocks, lfm_distill

@@ -33,7 +33,7 @@ def _tiny(method, variant="", kind="mlp"):
 
 
 @pytest.mark.parametrize("method", ["fm", "lfm"])
-@pytest.mark.parametrize("variant", ["", "uncond"])
+@pytest.mark.parametrize("variant", ["", pytest.param("uncond", marks=pytest.mark.slow)])
 def test_digits_job_end_to_end(method, variant, tmp_path):
     """A class-conditional (and an unconditional) digits job: finite bits/dim above the
     dequantisation offset 7 ... , the sample grid (and LFM's trajectory) drawn,

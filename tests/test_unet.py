@@ -76,6 +76,7 @@ def test_small_presets_run_with_output_shape_and_dtype(name, overrides):
         assert np.all(np.isfinite(out))
 
 
+@pytest.mark.slow  # un-jitted Flax init, ~15 s
 def test_init_is_float32_and_zero_init_gives_zero_output():
     """The real initialiser on the smallest U-Net (one level): float32 parameters, and
     zero_init makes every residual branch and the output layer start at exactly 0 while
