@@ -98,20 +98,25 @@ def make_schedule(lr: float = 1e-3, schedule: str = "constant", warmup_steps: in
     return main
 
 
-def make_optimizer(lr: float = 1e-3, schedule: str = "constant", warmup_steps: int = 0,
+def make_optimizer(lr: float | Callable = 1e-3, schedule: str = "constant",
+                   warmup_steps: int = 0,
                    total_steps: int = 1, grad_clip: float = 0.0, weight_decay: float = 0.0,
                    b1: float = 0.9, b2: float = 0.999, end_lr_factor: float = 0.0, *,
                    decay_rate: float = 1.0, decay_every: int = 0, eps: float = 1e-8
                    ) -> optax.GradientTransformation:
-    """Adam (AdamW if weight_decay > 0) with the lr schedule of `make_schedule`.
+    """Adam (AdamW if weight_decay > 0) with the lr schedule of `make_schedule`, or
+    with `lr` itself when it is already a schedule (a callable step -> lr; then
+    schedule, warmup_steps, total_steps, end_lr_factor, decay_rate and decay_every
+    are not used).
 
     grad_clip > 0 clips the global gradient norm first; grad_clip = 0 applies no
     clipping. With the defaults (grad_clip=0, weight_decay=0, b1=0.9, b2=0.999,
     eps=1e-8) this is plain Adam, the same update as torch.optim.Adam's defaults (the
     official LFM optimiser, with schedule="step").
     """
-    sched = make_schedule(lr, schedule, warmup_steps, total_steps, end_lr_factor,
-                          decay_rate=decay_rate, decay_every=decay_every)
+    sched = lr if callable(lr) else make_schedule(
+        lr, schedule, warmup_steps, total_steps, end_lr_factor, decay_rate=decay_rate,
+        decay_every=decay_every)
     parts = []
     if grad_clip and grad_clip > 0:
         parts.append(optax.clip_by_global_norm(grad_clip))

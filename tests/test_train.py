@@ -221,6 +221,23 @@ def test_adam_no_clip_matches_direct_adam(x64):
         m_hat, v_hat = m / (1 - b1 ** (k + 1)), v / (1 - b2 ** (k + 1))
         p_ref = p_ref - lr * rate ** (k // every) * m_hat / (np.sqrt(v_hat) + eps)
         np.testing.assert_allclose(np.asarray(p), p_ref, rtol=1e-7)  # lr held in float32
+
+
+def test_optimizer_takes_a_prebuilt_schedule_as_lr():
+    """make_optimizer(lr=schedule) is the same optimiser as the one it builds itself."""
+    kw = dict(schedule="cosine", warmup_steps=2, total_steps=6)
+    built = train.make_optimizer(lr=0.1, grad_clip=1.0, **kw)
+    given = train.make_optimizer(lr=train.make_schedule(0.1, **kw), grad_clip=1.0)
+    p = jnp.array([1.0, -2.0])
+    states = [built.init(p), given.init(p)]
+    for k in range(6):
+        g = jnp.array([np.sin(k + 1.0), np.cos(k + 1.0)])
+        (u1, states[0]), (u2, states[1]) = (built.update(g, states[0], p),
+                                            given.update(g, states[1], p))
+        np.testing.assert_array_equal(np.asarray(u1), np.asarray(u2))
+        assert k < 2 or float(jnp.abs(u1).max()) > 0  # past the warm-up the lr acts
+
+
 def _tmp_dirs(directory):
     return [p.name for p in Path(directory).iterdir() if "tmp" in p.name]
 

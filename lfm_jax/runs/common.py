@@ -72,11 +72,8 @@ def optimizer(config, total_steps=None):
     """The config.train optimiser; its schedule spans total_steps (default train.steps).
     Schedule "step" decays by train.decay_rate every train.decay_every steps."""
     t = config.train
-    return train.make_optimizer(lr=t.lr, schedule=t.schedule, warmup_steps=t.warmup_steps,
-                                total_steps=total_steps or t.steps, grad_clip=t.grad_clip,
-                                weight_decay=t.weight_decay,
-                                decay_rate=t.get("decay_rate", 1.0),
-                                decay_every=t.get("decay_every", 0))
+    return train.make_optimizer(lr=lr_schedule(config, total_steps), grad_clip=t.grad_clip,
+                                weight_decay=t.weight_decay)
 
 
 def lr_schedule(config, total_steps=None):
