@@ -141,9 +141,11 @@ def cumulative_ou_time(hs: Sequence[float]) -> np.ndarray:
 def make_sample_batch(batch_size: int, sampler: Optional[Callable] = None) -> Callable:
     """Device-side batch sampler for `train.make_train_step`.
 
-    data = {"x": (n, ...) pushed data q_{n-1}, "h": scalar step size} (replicated).
-    Returns batch = {"x": (B, ...) rows drawn with replacement, "h": (B,) the step
-    size repeated}, so every leaf shards on its leading (batch) axis.
+    data = {"x": (n, ...) pushed data q_{n-1}, "h": scalar step size} (replicated),
+    optionally with more row-aligned leaves such as class labels "y" (n,).
+    Returns batch = {"x": (B, ...) rows drawn with replacement (the same rows of every
+    row-aligned leaf), "h": (B,) the step size repeated}, so every leaf shards on its
+    leading (batch) axis.
 
     With `sampler` ((key, n) -> (n, ...), `data.Dataset.sampler`), "x" is instead a
     fresh draw from the data distribution and data["x"] is ignored: only block 1 can
@@ -153,10 +155,11 @@ def make_sample_batch(batch_size: int, sampler: Optional[Callable] = None) -> Ca
 
     def sample_batch(key, data):
         if sampler is None:
-            x = data_lib.sample_batch(key, data["x"], batch_size)
+            rows = {k: v for k, v in data.items() if k != "h"}
+            batch = data_lib.sample_batch(key, rows, batch_size)
         else:
-            x = sampler(key, batch_size)
-        return {"x": x, "h": jnp.full((batch_size,), data["h"], x.dtype)}
+            batch = {"x": sampler(key, batch_size)}
+        return {**batch, "h": jnp.full((batch_size,), data["h"], batch["x"].dtype)}
 
     return sample_batch
 

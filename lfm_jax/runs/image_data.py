@@ -22,7 +22,6 @@ import math
 from typing import Callable, Optional
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from lfm_jax import data as data_lib
@@ -126,18 +125,6 @@ def loss_labels(config, network) -> Optional[Callable]:
     if getattr(network, "num_classes", None) is None:
         return None
     return label_dropout(float(config.fm.p_uncond), network.null_label)
-
-
-def lfm_sample_batch(batch_size: int) -> Callable:
-    """The LFM block batch sampler with labels riding along (`lfm.make_sample_batch`
-    plus "y"): data = {"x" (n, ...), "y" (n,), "h"} -> {"x", "y", "h" (B,)}, the same
-    rows of x and y, so block n is conditioned on each example's own label."""
-
-    def sample(key, data):
-        rows = data_lib.sample_batch(key, {"x": data["x"], "y": data["y"]}, batch_size)
-        return {**rows, "h": jnp.full((batch_size,), data["h"], rows["x"].dtype)}
-
-    return sample
 
 
 def check_classes(config, dataset) -> None:

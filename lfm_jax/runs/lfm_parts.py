@@ -62,10 +62,8 @@ def make_trainer(config, example_shape, mesh, sampler=None) -> Trainer:
     loss_fn = flow_matching.make_loss(network.apply, interpolants.get(c.interpolant),
                                       common.make_time_sampler(c), lfm.ou_pairs,
                                       times_per_pair=c.times_per_pair, labels=labels)
-    batches = (lfm.make_sample_batch if labels is None else
-               lambda b, s: image_data.lfm_sample_batch(b))
     step_fns = [train.make_train_step(
-        loss_fn, opt, sample_batch=batches(t_cfg.batch_size, s),
+        loss_fn, opt, sample_batch=lfm.make_sample_batch(t_cfg.batch_size, s),
         steps_per_call=t_cfg.steps_per_call, ema_decay=t_cfg.ema_decay, mesh=mesh)
         for s in ([None] if sampler is None else [None, sampler])]
     return Trainer(network, make_model(config, network, example_shape), opt, step_fns[0],
