@@ -103,6 +103,7 @@ def fit_local_flow(x_train, *, x_val=None, step_sizes: Sequence[float] = (0.15, 
     init = net.init(jax.random.fold_in(key, 0))
     params_list = []
     val_nll = None if x_val is None else [float(-np.mean(model.base_log_prob(x_val)))]
+    v, logdet = x_val, 0.0  # validation points pushed so far, their summed log-dets
     for n, h in enumerate(hs, start=1):
         state = train.create_train_state(jax.random.fold_in(key, n), init, opt, mesh=mesh)
         data = distributed.replicate({"x": x, "h": np.asarray(h, x.dtype)}, mesh)
@@ -110,8 +111,10 @@ def fit_local_flow(x_train, *, x_val=None, step_sizes: Sequence[float] = (0.15, 
         init = jax.device_get(state.params)  # warm start of the next block
         params_list.append(jax.device_get(state.ema_params))
         x = model.block_map(params_list[-1], x, mesh=mesh)
-        if val_nll is not None:
-            val_nll.append(float(-np.mean(model.log_prob(params_list, x_val, mesh=mesh))))
+        if val_nll is not None:  # log q_n(x) = log N(T_n..T_1 x) + sum of log-dets
+            v, delta = model.block_log_det(params_list[-1], v, mesh=mesh)
+            logdet = logdet + delta
+            val_nll.append(float(-np.mean(model.base_log_prob(v, mesh=mesh) + logdet)))
             if val_nll[-1] > val_nll[-2]:
                 print(f"WARNING: block {n} made the validation NLL worse "
                       f"({val_nll[-2]:.4f} -> {val_nll[-1]:.4f} nats)", flush=True)
