@@ -66,6 +66,21 @@ def guided_solve(network, params, x, labels, w, t0, t1, *, options, chunk_size=N
     return distributed.sharded_map(fn, p, x, mesh=mesh, chunk_size=chunk_size)
 
 
+def inverse_path(model, network, params_list, z, labels=None, w: float = 1.0, *,
+                 mesh=None):
+    """Yields x after each block's inverse, T_N^{-1}(z), then T_{N-1}^{-1}(.), ...,
+    T_1^{-1}(.) (noise at t = 1 of block N, data at t = 0 of block 1), every block
+    guided with row i's label labels[i] and weight w when labels are given."""
+    x = np.asarray(z)
+    for params in reversed(list(params_list)):
+        if labels is None:
+            x = model.block_map(params, x, inverse=True, mesh=mesh)
+        else:
+            x = guided_solve(network, params, x, labels, w, 1.0, 0.0, options=model.ode,
+                             chunk_size=model.chunk_size, mesh=mesh)
+        yield x
+
+
 def lfm_generate(model, network, params_list, z, labels, w, *, mesh=None):
     """LFM samples from noise z: T_1^{-1} ... T_N^{-1}(z), every block guided with
     row i's label labels[i] and weight w (unguided `model.generate` when labels is
@@ -73,9 +88,8 @@ def lfm_generate(model, network, params_list, z, labels, w, *, mesh=None):
     if labels is None:
         return model.generate(params_list, z, mesh=mesh)
     x = np.asarray(z)
-    for params in reversed(list(params_list)):
-        x = guided_solve(network, params, x, labels, w, 1.0, 0.0, options=model.ode,
-                         chunk_size=model.chunk_size, mesh=mesh)
+    for x in inverse_path(model, network, params_list, z, labels, w, mesh=mesh):
+        pass
     return x
 
 
@@ -111,15 +125,8 @@ def lfm_trajectory(model, params_list, z, workdir: str, *, labels=None, network=
     """trajectory.png: a few images (rows) from noise z (k, H, W, C) after each block's
     inverse T_N^{-1}, ..., T_1^{-1} (columns: noise, then after block N, ..., 1),
     guided per row's label when labels are given."""
-    cols = [np.asarray(z)]
-    x = np.asarray(z)
-    for params in reversed(list(params_list)):
-        if labels is None:
-            x = model.block_map(params, x, inverse=True, mesh=mesh)
-        else:
-            x = guided_solve(network, params, x, labels, w, 1.0, 0.0, options=model.ode,
-                             chunk_size=model.chunk_size, mesh=mesh)
-        cols.append(np.asarray(x))
+    cols = [np.asarray(z), *inverse_path(model, network, params_list, z, labels, w,
+                                         mesh=mesh)]
     grid = np.stack(cols, axis=1)  # (k, N + 1, H, W, C): row = one image's path
     grid = np.where(np.isfinite(grid), grid, 0.0)
     path = os.path.join(workdir, "trajectory.png")
