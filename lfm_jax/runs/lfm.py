@@ -120,22 +120,20 @@ def evaluate(config, model, params_list, dataset, key, workdir, *, mesh=None,
         lp = emodel.log_prob(params_list, test, method=e.divergence, n_probes=c.n_probes,
                              key=k_div if e.divergence != "exact" else None, mesh=mesh)
     nll_time = time.perf_counter() - t0
-    if is_image:
-        with phases.phase(clock, "sample metrics and plots"):
+    with phases.phase(clock, "sample metrics and plots"):
+        if is_image:
             results = image_eval.summary(
                 lp, samples, dataset, workdir, f"LFM, {model.num_blocks} blocks, test "
                 f"{{test_bpd:.3f}} bits/dim, w = {e.guidance_w:g}", labels=labels)
             k = min(6, len(z))
-            image_eval.lfm_trajectory(emodel, params_list, z[::max(1, len(z) // k)][:k],
-                                      workdir, network=network, w=e.guidance_w, mesh=mesh,
-                                      labels=None if labels is None
-                                      else labels[::max(1, len(z) // k)][:k])
-        results.update(sample_time_s=sample_time, nll_time_s=nll_time, eval_split=split)
-        return results
-    with phases.phase(clock, "sample metrics and plots"):
-        results, _ = common.evaluation_summary(
-            k_metric, lp, samples, dataset, workdir,
-            f"LFM, {model.num_blocks} blocks, test NLL {{test_nll:.3f}}")
+            rows = slice(None, None, max(1, len(z) // k))
+            image_eval.lfm_trajectory(emodel, params_list, z[rows][:k], workdir,
+                                      network=network, w=e.guidance_w, mesh=mesh,
+                                      labels=None if labels is None else labels[rows][:k])
+        else:
+            results, _ = common.evaluation_summary(
+                k_metric, lp, samples, dataset, workdir,
+                f"LFM, {model.num_blocks} blocks, test NLL {{test_nll:.3f}}")
     results.update(sample_time_s=sample_time, nll_time_s=nll_time, eval_split=split)
     return results
 
