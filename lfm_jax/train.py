@@ -267,6 +267,7 @@ class KeepBest:
         self.history = []
 
     def validation_loss(self, params) -> float:
+        """The loss of params on the fixed validation batch and key (a host float)."""
         return float(self._loss(params))
 
     def update(self, step: int, state: TrainState) -> bool:

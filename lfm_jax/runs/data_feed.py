@@ -42,6 +42,8 @@ def fm_sample_batch(config, dataset) -> Callable:
 
 
 def validation_key(config):
+    """The fixed PRNG key of the keep-best validation loss: fold_in(PRNGKey(seed),
+    VAL_KEY_SALT), so every scoring of a run uses the same noise and times."""
     return jax.random.fold_in(jax.random.PRNGKey(config.seed), VAL_KEY_SALT)
 
 

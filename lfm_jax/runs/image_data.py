@@ -63,6 +63,7 @@ class ImageData:
 
 
 def is_image_data(config) -> bool:
+    """Whether config.data.name is an image data set (`IMAGE_DATA`)."""
     return config.data.name in IMAGE_DATA
 
 
