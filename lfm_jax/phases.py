@@ -27,7 +27,7 @@ from typing import Optional
 
 from jax import monitoring
 
-__all__ = ["PhaseClock", "phase"]
+__all__ = ["PhaseClock", "phase", "peak_device_memory_mib"]
 
 _COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration",
                    "/jax/core/compile/jaxpr_to_mlir_module_duration",
@@ -107,3 +107,20 @@ class PhaseClock:
 def phase(clock: Optional[PhaseClock], name: str):
     """`clock.phase(name)`, or a no-op context when clock is None (optional clocks)."""
     return contextlib.nullcontext() if clock is None else clock.phase(name)
+
+
+def peak_device_memory_mib():
+    """Largest peak of device memory in use (MiB) over this process's local devices
+    since the process started (`Device.memory_stats()["peak_bytes_in_use"]`: JAX's
+    counter cannot be reset), or None where the backend reports none (CPU)."""
+    import jax
+
+    peaks = []
+    for d in jax.local_devices():
+        try:
+            stats = d.memory_stats()
+        except Exception:  # backends without memory statistics
+            stats = None
+        if stats and "peak_bytes_in_use" in stats:
+            peaks.append(stats["peak_bytes_in_use"])
+    return max(peaks) / 2**20 if peaks else None

@@ -8,7 +8,9 @@ Before any work (data loading, compilation) a job
      command line in runs.jsonl) and refuses a resume whose settings change training,
      listing the changed keys.
 Every job times its phases (`phases.PhaseClock`: seconds and compile seconds per
-phase, printed as a table at the end and stored in metrics.json as "phases").
+phase, printed as a table at the end and stored in metrics.json as "phases") and, on
+a GPU or TPU, records the process's peak device memory (metrics.json
+"peak_device_memory_mib", `phases.peak_device_memory_mib`).
 When training stops on a non-finite loss (`train.NonFiniteLossError`, whose message
 names the kept checkpoint) the workdir is marked diverged
 (`provenance.mark_diverged`), so that the same command with a lower `train.lr` (or
@@ -18,7 +20,9 @@ names the kept checkpoint) the workdir is marked diverged
 from __future__ import annotations
 
 import functools
+import json
 import math
+import os
 
 import jax
 import numpy as np
@@ -53,13 +57,32 @@ def job(run):
         except train.NonFiniteLossError as e:
             provenance.mark_diverged(workdir, str(e))
             raise
+        memory = phases.peak_device_memory_mib()
+        if memory is not None and isinstance(results, dict):
+            results["peak_device_memory_mib"] = memory
+            _add_to_metrics(workdir, "peak_device_memory_mib", memory)
         if jax.process_index() == 0:
             print("where the time went (this start; compiling: JAX tracing, lowering, XLA)\n"
                   + clock.table(), flush=True)
+            if memory is not None:
+                print(f"peak device memory: {memory:.1f} MiB", flush=True)
         write_tensorboard(config, workdir, results)
         return results
 
     return wrapped
+
+
+def _add_to_metrics(workdir: str, key: str, value) -> None:
+    """Add one entry to the job's metrics.json (process 0; no-op without the file)."""
+    from lfm_jax.runs import common
+
+    path = os.path.join(workdir, "metrics.json")
+    if jax.process_index() != 0 or not os.path.exists(path):
+        return
+    with open(path) as f:
+        metrics = json.load(f)
+    metrics[key] = value
+    common.save_json(path, metrics)
 
 
 def gaussian_nll(x) -> float:
