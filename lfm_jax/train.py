@@ -11,7 +11,10 @@ Two ways to feed data:
 - `sample_batch(key, data) -> batch` given: `data` is the whole (replicated) dataset
   on device and each step draws its batch on device; no host round trip.
 - `sample_batch=None`: `data` is a batch pytree with leading axes
-  (steps_per_call, batch, ...), one batch per fused step, sharded on the batch axis.
+  (steps_per_call, batch, ...), one batch per fused step, sharded on the batch axis;
+  `fit` takes it as a fixed pytree or as a callable `data(step)` giving the batches
+  of the call that starts at `step` (`HostBatches`: each process feeds only its rows
+  of every batch, so the data set never has to fit on a device).
 Batches are sharded over the mesh's "data" axis; the state is replicated.
 """
 
@@ -157,13 +160,17 @@ def all_finite(tree) -> jnp.ndarray:
 def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation, *,
                     sample_batch: Callable | None = None, steps_per_call: int = 1,
                     ema_decay: float = 0.999, mesh=None, donate: bool = True,
-                    unroll: int | bool = 1, loss_takes_step: bool = False):
+                    unroll: int | bool = 1, loss_takes_step: bool = False,
+                    prepare_batch: Callable | None = None):
     """Jitted `step(state, data) -> (state, metrics)` running `steps_per_call` steps.
 
     Args:
       loss_fn: (params, key, batch) -> (scalar loss, aux dict of scalars).
       optimizer: optax transformation.
       sample_batch: optional (key, data) -> batch drawn on device.
+      prepare_batch: optional (key, fed batch) -> batch, applied on device to each
+        fed batch when sample_batch is None (e.g. dequantising uint8 images that
+        `HostBatches` feeds); the key is the step's batch key.
       steps_per_call: optimisation steps fused per compiled call (lax.scan).
       ema_decay: EMA decay d of params, in [0, 1), warmed up as
         d_k = min(d, (1 + k) / (10 + k)) at step k (`ema_update`; 0: ema = params).
@@ -188,6 +195,8 @@ def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation, 
         batch_key, loss_key = jax.random.split(key)
         if sample_batch is not None:
             batch = sample_batch(batch_key, batch_or_data)
+        elif prepare_batch is not None:
+            batch = prepare_batch(batch_key, batch_or_data)
         else:
             batch = batch_or_data
         batch = jax.lax.with_sharding_constraint(batch, batch_spec)
@@ -345,7 +354,7 @@ def fit(state: TrainState, step_fn, data, num_steps: int, *, steps_per_call: int
     step = start_step
     try:
         while step < num_steps:
-            state, metrics = step_fn(state, data)
+            state, metrics = step_fn(state, data(step) if callable(data) else data)
             step += steps_per_call
             if keep_best is not None:
                 keep_best.update(step, state)
@@ -389,3 +398,49 @@ def _kept_message(checkpointer) -> str:
     return (f"Kept checkpoint: step {kept} in {checkpointer.step_path(kept)} (its "
             f"parameters gave a finite loss). To continue, {advice}: it resumes from "
             f"step {kept}.")
+
+
+class HostBatches:
+    """Batches fed from host memory, each process feeding only its rows.
+
+    `HostBatches(arrays, batch_size, steps_per_call, seed, mesh)(step)` gives the
+    batches of the fused call that starts at `step`: a pytree with leading axes
+    (steps_per_call, batch_size, ...), sharded on the batch axis over the mesh, built
+    with `jax.make_array_from_process_local_data` from this process's rows. The rows
+    of step k are `np.random.default_rng([seed, k]).integers(0, n, batch_size)` (with
+    replacement, as the on-device sampler), the same on every process, and process p
+    takes the p-th of process_count equal slices of them. So the batches depend on
+    (seed, step) only: a resumed run, and a run on another number of processes or
+    devices, sees the same global batches. `arrays` (a pytree of arrays with a common
+    leading axis n) stays on the host; use this where the data set is too large to
+    replicate on every device (config.data.placement = "host").
+    """
+
+    def __init__(self, arrays, batch_size: int, steps_per_call: int, seed: int, mesh):
+        leaves = jax.tree_util.tree_leaves(arrays)
+        if not leaves:
+            raise ValueError("HostBatches needs at least one array")
+        self.n = int(np.shape(leaves[0])[0])
+        if any(np.shape(x)[0] != self.n for x in leaves):
+            raise ValueError("HostBatches: arrays differ in their number of rows: "
+                             f"{[np.shape(x)[0] for x in leaves]}")
+        procs = jax.process_count()
+        if batch_size % procs:
+            raise ValueError(f"batch_size {batch_size} must be a multiple of the number "
+                             f"of processes ({procs})")
+        distributed.check_batch_size(batch_size, mesh)
+        self.arrays = jax.tree_util.tree_map(np.asarray, arrays)
+        self.batch_size, self.steps_per_call = int(batch_size), int(steps_per_call)
+        self.seed, self.mesh = int(seed), mesh
+        local = self.batch_size // procs
+        self._rows = slice(jax.process_index() * local, (jax.process_index() + 1) * local)
+
+    def indices(self, step: int) -> np.ndarray:
+        """(steps_per_call, local batch) row indices of this process for the call at step."""
+        return np.stack([np.random.default_rng([self.seed, step + i]).integers(
+            0, self.n, self.batch_size)[self._rows] for i in range(self.steps_per_call)])
+
+    def __call__(self, step: int):
+        idx = self.indices(int(step))
+        local = jax.tree_util.tree_map(lambda x: x[idx], self.arrays)
+        return distributed.shard_batch(local, self.mesh, batch_axis=1)

@@ -182,3 +182,25 @@ def test_gaussian_nll_and_worse_than_base():
     assert jobs.worse_than_base(1.0, 2.0, "test") == []
     assert "worse than the base" in jobs.worse_than_base(3.0, 2.0, "test")[0]
     assert jobs.worse_than_base(float("nan"), 2.0, "test")
+
+
+def test_host_placement_is_refused_where_not_supported():
+    from configs import fm_checkerboard, lfm_checkerboard
+    from lfm_jax.runs import validation
+
+    config = lfm_checkerboard.get_config()
+    with config.unlocked():
+        config.data.placement = "host"
+    with pytest.raises(validation.InvalidConfigError, match="data.placement"):
+        validation.validate_config(config)
+    fm = fm_checkerboard.get_config()
+    with fm.unlocked():
+        fm.data.placement = "host"
+        fm.data.fresh_samples = True
+    with pytest.raises(validation.InvalidConfigError, match="fresh_samples"):
+        validation.validate_config(fm)
+    fm.data.fresh_samples = False
+    validation.validate_config(fm)
+    fm.data.placement = "disk"
+    with pytest.raises(validation.InvalidConfigError, match="data.placement"):
+        validation.validate_config(fm)

@@ -4,6 +4,11 @@ one LFM block's losses and pushed training set are equal (the push with a fixed-
 solver: an adaptive solve amplifies float32 rounding differences of a differently
 composed device batch into differences of the order of its tolerance).
 
+The same holds for host-fed batches (config.data.placement = "host": each process
+feeds only its rows of every batch, `train.HostBatches`), and a run stopped after a
+checkpoint by 2 processes resumes in 1 process with 4 devices to the same losses as
+the uninterrupted run (resume on another process count).
+
 Each process runs the jobs through `lfm_jax.runs` in one interpreter (the driver
 below); the workdir is shared, as on a cluster file system: every process takes part
 in the orbax checkpoints, and only process 0 writes logs and metrics."""
@@ -11,6 +16,7 @@ in the orbax checkpoints, and only process 0 writes logs and metrics."""
 import json
 import os
 import socket
+import shutil
 import subprocess
 import sys
 
@@ -19,7 +25,7 @@ import numpy as np
 DRIVER = r"""
 import sys
 import jax
-if len(sys.argv) > 2:
+if len(sys.argv) > 3:  # -c workdir address process_id
     jax.distributed.initialize(sys.argv[2], num_processes=2, process_id=int(sys.argv[3]))
 from configs import fm_checkerboard, lfm_checkerboard
 from lfm_jax import runs
@@ -35,10 +41,19 @@ def tiny(config):
     config.eval.ode.rtol = config.eval.ode.atol = 1e-3
     return config
 
+def fm_config(placement="device"):
+    fm = tiny(fm_checkerboard.get_config())
+    fm.train.steps = 40
+    fm.data.placement = placement
+    return fm
+
 workdir = sys.argv[1]
-fm = tiny(fm_checkerboard.get_config())
-fm.train.steps = 40
-runs.get("fm")(fm, workdir + "/fm")
+if len(sys.argv) == 3:  # resume only: the fm run of another process count, stopped
+    runs.get("fm")(fm_config(), sys.argv[2])
+    print("DRIVER DONE", jax.process_index(), jax.device_count(), flush=True)
+    sys.exit(0)
+runs.get("fm")(fm_config(), workdir + "/fm")
+runs.get("fm")(fm_config("host"), workdir + "/fm_host")
 lfm = tiny(lfm_checkerboard.get_config())
 lfm.lfm.num_blocks = 2          # an OU block, its push (all 2000 rows), a free block
 lfm.lfm.step_c = 0.3
@@ -101,3 +116,18 @@ def test_two_processes_train_as_one_process_with_four_devices(tmp_path):
     np.testing.assert_allclose(pushed_multi, pushed_single, rtol=1e-5, atol=1e-5)
     # both processes restore the same final checkpoint (every process took part)
     assert sorted(os.listdir(multi / "fm/ckpt")) == sorted(os.listdir(single / "fm/ckpt"))
+    # host-fed batches: each process fed its rows; the same losses as 1 process
+    host_multi = _losses(multi / "fm_host/metrics.jsonl")
+    assert len(host_multi) == 4 and host_multi == _losses(single / "fm_host/metrics.jsonl")
+    assert host_multi != fm_multi  # other rows than the on-device sampler's
+
+    # resume on another process count: drop the 2-process run's final checkpoint and
+    # metrics (as if killed after the step-20 save), resume with 1 process x 4 devices
+    resumed = tmp_path / "resumed"
+    shutil.copytree(multi / "fm", resumed)
+    shutil.rmtree(resumed / "ckpt" / "40")
+    os.remove(resumed / "metrics.json")
+    p = _start([str(tmp_path / "unused"), str(resumed)], 4, root)
+    out, _ = p.communicate(timeout=300)
+    assert p.returncode == 0 and "resuming from step 20" in out, out[-3000:]
+    assert _losses(resumed / "metrics.jsonl") == fm_single

@@ -6,7 +6,10 @@ metrics.json (final metrics; "warnings" lists e.g. a test NLL worse than the bas
 N(0, I)'s), samples.png, loss.png. Images (config.data.name digits / mnist / cifar10):
 batches dequantised afresh every step (`image_data.sample_batch`), labels dropped with
 probability fm.p_uncond for a class-conditional model, and samples_grid.png with
-bits per dimension instead of samples.png (`image_eval`).
+bits per dimension instead of samples.png (`image_eval`). Training batches are drawn
+on device from the replicated training set (config.data.placement = "device"), or fed
+from host memory with each process feeding only its rows ("host": `train.HostBatches`,
+for data sets larger than a device).
 
 Evaluation solves with config.eval.ode and `on_failure="nan"`: test points (samples)
 whose ODE solve fails are left out of the NLL (sample metrics) and counted as
@@ -46,18 +49,25 @@ def run(config, workdir: str, clock=None) -> dict:
         common.make_time_sampler(config.fm),
         flow_matching.gaussian_pairs(couplings.get(config.fm.coupling)),
         labels=image_data.loss_labels(config, net))
-    sample_batch = (image_data.sample_batch(t_cfg.batch_size, config.data.random_flip)
-                    if is_image else data_feed.fm_sample_batch(config, dataset))
+    arrays = image_data.train_data(dataset) if is_image else np.asarray(dataset.train)
+    if config.data.get("placement", "device") == "host":  # each process feeds its rows
+        train_data = train.HostBatches(arrays, t_cfg.batch_size, t_cfg.steps_per_call,
+                                       config.seed, mesh)
+        sample_batch = None
+        prepare = image_data.prepare_batch(config.data.random_flip) if is_image else None
+    else:  # replicated on every device, batches drawn there
+        train_data = distributed.replicate(arrays, mesh)
+        sample_batch = (image_data.sample_batch(t_cfg.batch_size, config.data.random_flip)
+                        if is_image else data_feed.fm_sample_batch(config, dataset))
+        prepare = None
     step_fn = train.make_train_step(
-        loss_fn, opt, sample_batch=sample_batch,
+        loss_fn, opt, sample_batch=sample_batch, prepare_batch=prepare,
         steps_per_call=t_cfg.steps_per_call, ema_decay=t_cfg.ema_decay, mesh=mesh)
 
     key = jax.random.PRNGKey(config.seed)
     init_key, state_key, eval_key = jax.random.split(key, 3)
     state = train.create_train_state(state_key, net.init(init_key), opt)
     state = distributed.replicate(state, mesh)
-    train_data = distributed.replicate(
-        image_data.train_data(dataset) if is_image else np.asarray(dataset.train), mesh)
     keeper = data_feed.make_keep_best(
         config, loss_fn, image_data.val_batch(dataset) if is_image
         else np.asarray(dataset.val[:2_000]))

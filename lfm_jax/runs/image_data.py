@@ -90,16 +90,27 @@ def train_data(dataset: ImageData) -> dict:
     return {"x": dataset.train_uint8, "y": dataset.train_labels}
 
 
+def prepare_batch(flip: bool = False) -> Callable:
+    """(key, {"x": uint8 (B, H, W, C), "y": (B,)}) -> {"x": float32 dequantised (and
+    optionally flipped), "y"}: new dequantisation noise every call
+    (`images.preprocess`); the on-device half of host-fed image batches."""
+
+    def prepare(key, batch):
+        x = images.preprocess(key, batch["x"], dequantise=True, flip=flip)
+        return {"x": x, "y": batch["y"]}
+
+    return prepare
+
+
 def sample_batch(batch_size: int, flip: bool = False) -> Callable:
     """(key, {"x": uint8 (n, H, W, C), "y": (n,)}) -> {"x": float32 dequantised (and
-    optionally flipped) (B, H, W, C), "y": (B,)}: rows with replacement, new
-    dequantisation noise every call (`images.preprocess`)."""
+    optionally flipped) (B, H, W, C), "y": (B,)}: rows with replacement, then
+    `prepare_batch`."""
+    prepare = prepare_batch(flip)
 
     def sample(key, data):
         k_rows, k_pre = jax.random.split(key)
-        batch = data_lib.sample_batch(k_rows, data, batch_size)
-        x = images.preprocess(k_pre, batch["x"], dequantise=True, flip=flip)
-        return {"x": x, "y": batch["y"]}
+        return prepare(k_pre, data_lib.sample_batch(k_rows, data, batch_size))
 
     return sample
 

@@ -129,6 +129,7 @@ RULES = _rules(
     ("fm.p_uncond", in_interval(0.0, 1.0)), ("eval.guidance_w", non_negative()),
     ("eval.grid_per_class", at_least(1)),
     ("data.source_split", one_of("train", "test")),
+    ("data.placement", one_of("device", "host")),
 )
 
 
@@ -155,6 +156,12 @@ CROSS_RULES = (
               ("train.batch_size", "train.num_devices"),
               lambda c: c.train.num_devices == 0 or c.train.batch_size % c.train.num_devices == 0,
               "a multiple of config.train.num_devices"),
+    CrossRule(("lfm", "flow_map"), "data.placement", ("data.placement",),
+              lambda c: c.data.placement == "device",
+              '"device" for this method (host-fed batches: the fm job only)'),
+    CrossRule(("fm",), "data.placement", ("data.placement", "data.fresh_samples"),
+              lambda c: c.data.placement == "device" or not c.data.fresh_samples,
+              '"device" with config.data.fresh_samples (fresh draws need no data set)'),
     CrossRule(("lfm",), "lfm.num_blocks",
               ("lfm.num_blocks", "lfm.step_sizes", "lfm.free_last_block"),
               lambda c: c.lfm.num_blocks > 0 or len(c.lfm.step_sizes) + c.lfm.free_last_block > 0,
