@@ -113,20 +113,21 @@ def evaluate(config, net, state, dataset, key, workdir, *, clock=None) -> dict:
     def sample_rows(p, key, z, idx):
         return flow_matching.sample(net.apply, p, z, options=options)
 
+    def generate(z, labels, w):  # labels None: unguided; else guidance weight w
+        if labels is None:
+            return distributed.sharded_map(sample_rows, params, z, mesh=mesh,
+                                           chunk_size=e.chunk_size)
+        return image_eval.guided_solve(net, params, z, labels, w, 0.0, 1.0,
+                                       options=options, mesh=mesh, chunk_size=e.chunk_size)
+
     is_image = isinstance(dataset, image_data.ImageData)
     labels = None
     if is_image:
         n, labels = image_eval.sample_labels(net, e.grid_per_class)
         noise = noise[:n] if n <= len(noise) else jax.random.normal(
             k_sample, (n, *dataset.train.shape[1:]))
-    with phases.phase(clock, "sampling"):
-        if labels is None:
-            samples = distributed.sharded_map(sample_rows, params, noise, mesh=mesh,
-                                              chunk_size=e.chunk_size)
-        else:  # classifier-free guidance, weight eval.guidance_w
-            samples = image_eval.guided_solve(net, params, noise, labels, e.guidance_w,
-                                              0.0, 1.0, options=options, mesh=mesh,
-                                              chunk_size=e.chunk_size)
+    with phases.phase(clock, "sampling"):  # classifier-free guidance, eval.guidance_w
+        samples = generate(noise, labels, e.guidance_w)
     split = e.get("split", "test")  # "val": the MAF validation split (the paper's)
     test = np.asarray(getattr(dataset, split)[: e.nll_examples])
     with phases.phase(clock, "NLL"):
@@ -137,6 +138,9 @@ def evaluate(config, net, state, dataset, key, workdir, *, clock=None) -> dict:
             results = image_eval.summary(
                 lp, samples, dataset, workdir, f"{config.method} samples, test "
                 f"{{test_bpd:.3f}} bits/dim, w = {e.guidance_w:g}", labels=labels)
+        image_eval.classifier_scores(results, config, net, generate,
+                                     jax.random.fold_in(key, 0xFD), dataset, workdir,
+                                     clock=clock)
         return {**results, "eval_split": split}
     with phases.phase(clock, "sample metrics and plots"):
         results, good = common.evaluation_summary(k_metric, lp, samples, dataset, workdir,

@@ -134,6 +134,12 @@ def evaluate(config, model, params_list, dataset, key, workdir, *, mesh=None,
             results, _ = common.evaluation_summary(
                 k_metric, lp, samples, dataset, workdir,
                 f"LFM, {model.num_blocks} blocks, test NLL {{test_nll:.3f}}")
+    if is_image:  # eval.classifier_workdir: fd_classifier / accuracy per guidance weight
+        image_eval.classifier_scores(
+            results, config, network,
+            lambda z, y, w: image_eval.lfm_generate(emodel, network, params_list, z, y, w,
+                                                    mesh=mesh),
+            jax.random.fold_in(key, 0xFD), dataset, workdir, clock=clock)
     results.update(sample_time_s=sample_time, nll_time_s=nll_time, eval_split=split)
     return results
 
