@@ -86,7 +86,7 @@ def test_score_of_held_out_set(trained):
 def test_fm_job_writes_classifier_scores(trained, tmp_path):
     """A conditional FM digits job with eval.classifier_workdir: fd_classifier_w<w> and
     accuracy_w<w> for each guidance weight, best_w, the samples .npz; the saved
-    samples score the same again (what experiments/score_samples.py does)."""
+    samples score the same again with experiments/score_samples.py."""
     from tests.test_image_jobs import _tiny
 
     config = _tiny("fm")
@@ -102,11 +102,16 @@ def test_fm_job_writes_classifier_scores(trained, tmp_path):
         r["fd_classifier_w0"], r["fd_classifier_w2"])
     m = json.loads((tmp_path / "metrics.json").read_text())
     assert "fd_classifier_w2" in m and m["notes"]["fd_classifier"] == classifier.DISCLAIMER
-    model, params = classifier_eval.load(trained[1])
-    images, labels = classifier_eval.load_samples(str(tmp_path / "samples_w2.npz"))
-    s = classifier_eval.score(model, params, images, image_data.load(config).test, labels)
-    assert s["fd_classifier"] == pytest.approx(r["fd_classifier_w2"], rel=1e-6)
-    assert s["accuracy"] == pytest.approx(r["accuracy_w2"])
+    from experiments import score_samples
+
+    files = [str(tmp_path / f"samples_w{w}.npz") for w in ("0", "2")]
+    out = score_samples.main(["--classifier_workdir", trained[1], "--samples", *files])
+    assert json.loads((tmp_path / "classifier_scores.json").read_text())["note"] == (
+        classifier.DISCLAIMER)
+    for w, f in zip(("0", "2"), files):
+        s = out["scores"][f]
+        assert s["fd_classifier"] == pytest.approx(r[f"fd_classifier_w{w}"], rel=1e-6)
+        assert s["accuracy"] == pytest.approx(r[f"accuracy_w{w}"])
 
 
 def test_missing_or_mismatched_classifier_is_refused_before_training(tmp_path, trained):
@@ -121,3 +126,22 @@ def test_missing_or_mismatched_classifier_is_refused_before_training(tmp_path, t
     config.seed = 1
     with pytest.raises(validation.InvalidConfigError, match="seed"):
         validation.validate_config(config)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method,variant", [("lfm", ""), ("fm", "uncond")])
+def test_other_image_jobs_write_classifier_scores(trained, tmp_path, method, variant):
+    """The LFM job (every block guided) per guidance weight, and an unconditional
+    model's one unguided set (fd_classifier, samples_uncond.npz, no accuracy)."""
+    from tests.test_image_jobs import _tiny
+
+    config = _tiny(method, variant)
+    config.eval.classifier_workdir = trained[1]
+    config.eval.fd_samples, config.eval.guidance_ws = 20, (1.0, 3.0)
+    r = runs.get(method)(config, str(tmp_path), argv=[])
+    if variant == "uncond":
+        assert np.isfinite(r["fd_classifier"]) and "best_w" not in r
+        assert "labels" not in np.load(tmp_path / "samples_uncond.npz").files
+    else:
+        assert r["best_w"] in (1.0, 3.0) and 0 <= r["accuracy_w3"] <= 1
+        assert os.path.exists(tmp_path / "samples_w1.npz")

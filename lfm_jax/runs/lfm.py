@@ -8,7 +8,10 @@ train_time_s summed over every start, and "warnings": a block that left the
 validation NLL worse than before it, a final model worse than the base N(0, I)),
 metrics.jsonl (every block's training losses, one after another: "step" counts over
 all blocks, "block" and "block_step" say where), samples.png, loss.png,
-block_nll.png and, where the data density is known, chi_square.png.
+block_nll.png and, where the data density is known, chi_square.png. Images: with
+config.eval.classifier_workdir, the classifier scores of guided samples per weight
+(`image_eval.classifier_scores`: fd_classifier_w<w>, accuracy_w<w>, best_w,
+samples_w<w>.npz; NOT Inception FID).
 
 Evaluation solves with config.eval.ode and on_failure="nan": test points and samples
 whose solve fails (e.g. an adaptive solve exhausting max_steps on a stiff stretch of a

@@ -13,7 +13,8 @@ A rule whose key path does not exist in the config is skipped, so the same table
 serves configs from before and after a key is added or moved (the ODE settings live
 in config.eval.ode.* and config.lfm.push_ode.*: solver, rtol, atol, num_steps,
 max_steps). Names (solver, interpolant, objective ...) are checked by the registries
-that use them; this module checks numbers.
+that use them; this module checks numbers, and one path: config.eval.classifier_workdir
+(`check_classifier_workdir`: a trained classifier of the same data split).
 """
 
 from __future__ import annotations
