@@ -13,7 +13,7 @@ from configs import flow_map_defaults, lfm_defaults, ode_defaults
 
 def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
-    config.method = "fm"  # fm | lfm | flow_map (registry: lfm_jax.runs.METHODS)
+    config.method = "fm"  # fm | lfm | flow_map | classifier (registry: lfm_jax.runs.METHODS)
     config.seed = 0
 
     config.data = ml_collections.ConfigDict()
@@ -104,6 +104,16 @@ def get_config() -> ml_collections.ConfigDict:
     # the images per class (conditional) or in all (unconditional) of samples_grid.png.
     config.eval.guidance_w = 1.0
     config.eval.grid_per_class = 10
+    # Images, scored by the repository's own classifier (NOT Inception FID;
+    # lfm_jax.runs.classifier_eval): the workdir of a finished "classifier" job trained
+    # with the same data settings and seed (configs/classifier_digits.py; "" = off).
+    # For each guidance weight in guidance_ws (a class-conditional model; one unguided
+    # set otherwise) fd_samples class-balanced images are generated, saved as
+    # samples_w<w>.npz, and scored against the held-out test images: fd_classifier_w<w>,
+    # accuracy_w<w> and best_w in metrics.json.
+    config.eval.classifier_workdir = ""
+    config.eval.fd_samples = 1_000
+    config.eval.guidance_ws = (1.0,)
 
     config.log = ml_collections.ConfigDict()
     # TensorBoard event files in the workdir (lfm_jax.tracking; tensorboardX, no

@@ -12,6 +12,7 @@ METHODS = {
     "fm": "lfm_jax.runs.flow_matching",
     "lfm": "lfm_jax.runs.lfm",
     "flow_map": "lfm_jax.runs.flow_map",
+    "classifier": "lfm_jax.runs.classifier_job",  # the evaluation classifier (issue 11)
 }
 
 

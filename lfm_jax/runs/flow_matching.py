@@ -6,10 +6,17 @@ metrics.json (final metrics; "warnings" lists e.g. a test NLL worse than the bas
 N(0, I)'s), samples.png, loss.png. Images (config.data.name digits / mnist / cifar10):
 batches dequantised afresh every step (`image_data.sample_batch`), labels dropped with
 probability fm.p_uncond for a class-conditional model, and samples_grid.png with
+<<<<<<< HEAD
 bits per dimension instead of samples.png (`image_eval`). Training batches are drawn
 on device from the replicated training set (config.data.placement = "device"), or fed
 from host memory with each process feeding only its rows ("host": `train.HostBatches`,
 for data sets larger than a device).
+=======
+bits per dimension instead of samples.png (`image_eval`); with
+config.eval.classifier_workdir, fd_classifier_w<w> / accuracy_w<w> / best_w of
+eval.fd_samples guided samples per weight in eval.guidance_ws, saved as
+samples_w<w>.npz (`image_eval.classifier_scores`; NOT Inception FID).
+>>>>>>> s16-c
 
 Evaluation solves with config.eval.ode and `on_failure="nan"`: test points (samples)
 whose ODE solve fails are left out of the NLL (sample metrics) and counted as
@@ -123,20 +130,21 @@ def evaluate(config, net, state, dataset, key, workdir, *, clock=None) -> dict:
     def sample_rows(p, key, z, idx):
         return flow_matching.sample(net.apply, p, z, options=options)
 
+    def generate(z, labels, w):  # labels None: unguided; else guidance weight w
+        if labels is None:
+            return distributed.sharded_map(sample_rows, params, z, mesh=mesh,
+                                           chunk_size=e.chunk_size)
+        return image_eval.guided_solve(net, params, z, labels, w, 0.0, 1.0,
+                                       options=options, mesh=mesh, chunk_size=e.chunk_size)
+
     is_image = isinstance(dataset, image_data.ImageData)
     labels = None
     if is_image:
         n, labels = image_eval.sample_labels(net, e.grid_per_class)
         noise = noise[:n] if n <= len(noise) else jax.random.normal(
             k_sample, (n, *dataset.train.shape[1:]))
-    with phases.phase(clock, "sampling"):
-        if labels is None:
-            samples = distributed.sharded_map(sample_rows, params, noise, mesh=mesh,
-                                              chunk_size=e.chunk_size)
-        else:  # classifier-free guidance, weight eval.guidance_w
-            samples = image_eval.guided_solve(net, params, noise, labels, e.guidance_w,
-                                              0.0, 1.0, options=options, mesh=mesh,
-                                              chunk_size=e.chunk_size)
+    with phases.phase(clock, "sampling"):  # classifier-free guidance, eval.guidance_w
+        samples = generate(noise, labels, e.guidance_w)
     split = e.get("split", "test")  # "val": the MAF validation split (the paper's)
     test = np.asarray(getattr(dataset, split)[: e.nll_examples])
     with phases.phase(clock, "NLL"):
@@ -147,6 +155,9 @@ def evaluate(config, net, state, dataset, key, workdir, *, clock=None) -> dict:
             results = image_eval.summary(
                 lp, samples, dataset, workdir, f"{config.method} samples, test "
                 f"{{test_bpd:.3f}} bits/dim, w = {e.guidance_w:g}", labels=labels)
+        image_eval.classifier_scores(results, config, net, generate,
+                                     jax.random.fold_in(key, 0xFD), dataset, workdir,
+                                     clock=clock)
         return {**results, "eval_split": split}
     with phases.phase(clock, "sample metrics and plots"):
         results, good = common.evaluation_summary(k_metric, lp, samples, dataset, workdir,

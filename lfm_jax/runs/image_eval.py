@@ -11,6 +11,15 @@ grids and the trajectory of a few images through the LFM blocks.
   (`guidance.guided_apply`), or per_class * 10 unconditional ones; drawn in
   samples_grid.png. Sample metrics of 2-D data (energy distance ...) are not computed
   for images.
+- Classifier scores (`classifier_scores`, config.eval.classifier_workdir set): for
+  each guidance weight w of eval.guidance_ws (one unguided set for an unconditional
+  model), eval.fd_samples class-balanced images (label i % classes of row i, the same
+  noise for every w) are generated, saved as samples_w<w>.npz (samples_uncond.npz;
+  uint8 "images", "labels") and scored against the held-out test images with the
+  repository's classifier (`classifier_eval.score`; NOT Inception FID):
+  fd_classifier_w<w>, accuracy_w<w>, best_w (lowest fd) and fd_classifier_best, or
+  fd_classifier; fd_sample_time_s_w<w> is the sampling wall time (the first w's
+  includes compilation).
 """
 
 from __future__ import annotations
@@ -18,12 +27,14 @@ from __future__ import annotations
 import functools
 import math
 import os
+import time
 
 import jax
 import numpy as np
 
-from lfm_jax import distributed, guidance, images, lfm, ode, plots
-from lfm_jax.runs import common
+from lfm_jax import distributed, guidance, images, lfm, ode, phases, plots
+from lfm_jax.classifier import DISCLAIMER
+from lfm_jax.runs import classifier_eval, common
 
 BPD_NOTE = ("test_bpd = test_nll / (D ln 2) + 7: bits per dimension of the 8-bit images "
             "with the uniform-dequantisation correction (images.bits_per_dim), for "
@@ -134,3 +145,46 @@ def lfm_trajectory(model, params_list, z, workdir: str, *, labels=None, network=
     plots.plot_image_grid(path, grid.reshape((-1,) + grid.shape[2:]), len(z),
                           title=f"noise, then after the inverse of blocks {n}..1")
     return path
+
+
+def classifier_scores(results: dict, config, network, generate, key, dataset,
+                      workdir: str, *, clock=None) -> dict:
+    """Add the classifier scores of config.eval (see the module docstring) to results
+    (and the disclaimer to results["notes"]); nothing when eval.classifier_workdir is
+    "". generate(z (n, H, W, C), labels (n,) or None, w) -> samples (n, H, W, C) in
+    [-1, 1] (failed rows NaN: left out of the scores and the .npz, counted as
+    fd_n_dropped_w<w>). Returns results."""
+    e = config.eval
+    if not e.get("classifier_workdir"):
+        return results
+    with phases.phase(clock, "classifier scores"):
+        model, params = classifier_eval.load(e.classifier_workdir, dataset.example_shape)
+        n, k = int(e.fd_samples), getattr(network, "num_classes", None)
+        z = jax.random.normal(key, (n, *dataset.example_shape))
+        labels = None if k is None else np.arange(n, dtype=np.int32) % k
+        ws = [None] if k is None else [float(w) for w in e.guidance_ws]
+        found = {"fd_samples": n,
+                 "classifier_workdir": os.path.abspath(e.classifier_workdir)}
+        fds = {}
+        for w in ws:
+            tag = "" if w is None else f"_w{w:g}"
+            t0 = time.perf_counter()
+            samples = np.asarray(generate(z, labels, w))
+            found[f"fd_sample_time_s{tag}"] = time.perf_counter() - t0
+            if jax.process_index() == 0:
+                classifier_eval.save_samples(
+                    os.path.join(workdir, f"samples{tag or '_uncond'}.npz"), samples, labels)
+            s = classifier_eval.score(model, params, samples, dataset.test, labels)
+            fds[w] = found[f"fd_classifier{tag}"] = s["fd_classifier"]
+            if labels is not None:
+                found[f"accuracy{tag}"] = s["accuracy"]
+            found[f"fd_n_dropped{tag}"] = s["n_dropped"]
+            print(f"fd_classifier{tag}: {s['fd_classifier']:.4f}"
+                  + (f", accuracy{tag}: {s['accuracy']:.3f}" if labels is not None else ""),
+                  flush=True)
+        if k is not None:
+            best = min(ws, key=lambda w: fds[w] if math.isfinite(fds[w]) else math.inf)
+            found.update(best_w=best, fd_classifier_best=fds[best])
+    results.update(found)
+    results.setdefault("notes", {})["fd_classifier"] = DISCLAIMER
+    return results

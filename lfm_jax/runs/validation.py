@@ -13,7 +13,8 @@ A rule whose key path does not exist in the config is skipped, so the same table
 serves configs from before and after a key is added or moved (the ODE settings live
 in config.eval.ode.* and config.lfm.push_ode.*: solver, rtol, atol, num_steps,
 max_steps). Names (solver, interpolant, objective ...) are checked by the registries
-that use them; this module checks numbers.
+that use them; this module checks numbers, and one path: config.eval.classifier_workdir
+(`check_classifier_workdir`: a trained classifier of the same data split).
 """
 
 from __future__ import annotations
@@ -130,6 +131,10 @@ RULES = _rules(
     ("eval.grid_per_class", at_least(1)),
     ("data.source_split", one_of("train", "test")),
     ("data.placement", one_of("device", "host")),
+    ("eval.fd_samples", at_least(2)),
+    ("eval.guidance_ws", each(non_negative(), non_empty=True)),
+    ("classifier.channels", each(at_least(1), non_empty=True)),
+    ("classifier.features", at_least(1)),
 )
 
 
@@ -142,7 +147,7 @@ class CrossRule(NamedTuple):
 
 
 CROSS_RULES = (
-    CrossRule(("fm", "flow_map"), "train.steps", ("train.steps", "train.steps_per_call"),
+    CrossRule(("fm", "flow_map", "classifier"), "train.steps", ("train.steps", "train.steps_per_call"),
               lambda c: c.train.steps % c.train.steps_per_call == 0,
               "a multiple of config.train.steps_per_call"),
     CrossRule(("lfm",), "lfm.steps_per_block", ("lfm.steps_per_block", "train.steps_per_call"),
@@ -152,7 +157,7 @@ CROSS_RULES = (
               ("flow_map.teacher_steps", "train.steps_per_call"),
               lambda c: c.flow_map.teacher_steps % c.train.steps_per_call == 0,
               "a multiple of config.train.steps_per_call"),
-    CrossRule(("fm", "lfm", "flow_map"), "train.batch_size",
+    CrossRule(("fm", "lfm", "flow_map", "classifier"), "train.batch_size",
               ("train.batch_size", "train.num_devices"),
               lambda c: c.train.num_devices == 0 or c.train.batch_size % c.train.num_devices == 0,
               "a multiple of config.train.num_devices"),
@@ -214,3 +219,28 @@ def validate_config(config) -> None:
             others = ", ".join(f"config.{p}={v!r}" for p, v in values.items() if p != rule.path)
             raise InvalidConfigError(f"config.{rule.path} must be {rule.requirement}, got "
                              f"{values[rule.path]!r} ({others})")
+    check_classifier_workdir(config)
+
+
+def check_classifier_workdir(config) -> None:
+    """With config.eval.classifier_workdir set (fm / lfm): the workdir must hold a
+    trained classifier (`classifier_eval.missing`: the message names the missing file
+    and the command that trains it) of the same data split (data.name, source_split,
+    n_val, n_test and seed), so that the test images it scores against were never
+    trained on. Reads one small JSON file."""
+    path = get_path(config, "eval.classifier_workdir", "")
+    if not path or get_path(config, "method", None) not in ("fm", "lfm"):
+        return
+    from lfm_jax.runs import classifier_eval
+
+    message = classifier_eval.missing(path, get_path(config, "data.name", "digits"))
+    if message:
+        raise InvalidConfigError(f"config.eval.classifier_workdir: {message}")
+    changed = classifier_eval.split_mismatch(classifier_eval.read_spec(path), config)
+    if changed:
+        lines = ", ".join(f"{k}: classifier {a!r}, this run {b!r}"
+                          for k, (a, b) in changed.items())
+        raise InvalidConfigError(
+            f"config.eval.classifier_workdir: the classifier in {path} was trained on "
+            f"another data split ({lines}); its training images may be this run's "
+            f"held-out test images. Train one with this run's data settings and seed.")
