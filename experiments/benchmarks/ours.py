@@ -31,11 +31,12 @@ class JaxTrainer:
     `loss`, `init`: a batch loss (params, key, x1) -> (loss, aux) and key -> params.
     `compute_dtype`: the default network's `networks.COMPUTE_DTYPES` key ("bfloat16":
     bf16 matmuls and activations, float32 params).
+    `optimizer`: an optax transformation (default `train.make_optimizer(lr=lr)`).
     """
 
     def __init__(self, dim, hidden, data, batch_size: int, *, steps_per_call: int = 1,
                  lr: float = 1e-3, seed: int = 0, ema_decay: float = 0.999, mesh=None,
-                 loss=None, init=None, compute_dtype: str = "float32"):
+                 loss=None, init=None, compute_dtype: str = "float32", optimizer=None):
         self.mesh = distributed.make_mesh() if mesh is None else mesh
         if loss is None:
             self.net = networks.velocity_mlp((dim,), hidden=tuple(hidden),
@@ -43,7 +44,7 @@ class JaxTrainer:
             loss = flow_matching.make_loss(self.net.apply, interpolants.linear(),
                                            time_sampling.get("uniform"))
             init = self.net.init
-        opt = train.make_optimizer(lr=lr)
+        opt = train.make_optimizer(lr=lr) if optimizer is None else optimizer
         self.k = int(steps_per_call)
         self.step_fn = train.make_train_step(
             loss, opt, sample_batch=flow_matching.make_sample_batch(batch_size),

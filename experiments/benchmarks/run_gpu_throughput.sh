@@ -2,8 +2,10 @@
 # The GPU throughput tables of BENCHMARKS.md (G1): the four standard sizes, then the
 # large-batch rows, each with the CUDA-graph and torch.compile rows, bf16 rows, FLOP
 # utilisation and peak memory. Needs a CUDA torch, jax[cuda] and the peers installed.
+# "unet": the CIFAR-10 U-Net flow-matching step vs torchcfm (issue 11, about 4 minutes;
+# needs torchcfm).
 #
-#   bash experiments/benchmarks/run_gpu_throughput.sh [standard|large|all] [OUT]
+#   bash experiments/benchmarks/run_gpu_throughput.sh [standard|large|unet|all] [OUT]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PART=${1:-all}
@@ -25,4 +27,9 @@ if [ "$PART" = large ] || [ "$PART" = all ]; then
   "$PY" -m experiments.benchmarks.throughput --sizes=2:256 --batches=65536 \
     --seconds=1 --repeats=3 --bf16 --compile_modes=reduce-overhead \
     --out="$OUT/large_batch" --append
+fi
+if [ "$PART" = unet ] || [ "$PART" = all ]; then
+  # U-Net throughput (issue 11): batch 128, float32 and bf16 for both sides, torch.compile.
+  "$PY" -m experiments.benchmarks.unet_throughput --batch=128 --seconds=3 --repeats=3 \
+    --out="$OUT/unet"
 fi
