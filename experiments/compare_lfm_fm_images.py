@@ -1,0 +1,150 @@
+"""LFM vs one flow-matching model on images (issue 11), under the two protocols of the
+vector study (`experiments.compare_lfm_fm`), each run a normal resumable job:
+
+    python -m experiments.compare_lfm_fm_images --workdir W --variant mnist \
+        --data_path ../shared/data/mnist --steps_per_block 3000 \
+        --fm_equal_channels 64 --fm_equal_steps 9000 --guidance_ws 0,1,2,3
+
+1. classifier: `configs/classifier_digits.py` (its held-out split is the generators'
+   test split), trained once in W/classifier; it scores every model below
+   (`fd_classifier`: Frechet distance in its penultimate features, NOT Inception FID;
+   accuracy of class-conditional samples at each guidance weight w).
+2. lfm: `configs/lfm_digits.py` (3 OU blocks + a free block, linear interpolant),
+   --steps_per_block per block; its time = training plus the pushes of the training
+   set that train the next blocks (the job's train_time_s).
+3. fm_paper (paper protocol): `configs/fm_digits.py`, the SAME U-Net as one LFM block,
+   trained for N x steps_per_block steps (as many steps as the LFM in all).
+4. fm_equal (equal compute): FM with a wider U-Net (--fm_equal_channels base channels,
+   chosen so that its parameters are about the LFM's total) trained for
+   --fm_equal_steps steps, chosen from a measured step time so that its training time
+   is about the LFM's; the table reports both times, so the match can be checked.
+
+Every run is evaluated by its job (test bits/dim, and with the classifier
+fd_classifier / accuracy per w, samples_w*.npz). The table (compare_images.md / .json
+in W) collects them. `--variant ""` runs the same on sklearn's 8x8 digits (CPU checks).
+Finished runs are skipped on a rerun (their metrics.json exists).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", None, "Output directory (one sub-workdir per run).")
+flags.DEFINE_string("variant", "mnist", "Config variant of the image configs ('' = digits).")
+flags.DEFINE_string("data_path", "", "data.path (MNIST: folder of the IDX files).")
+flags.DEFINE_list("runs", ["classifier", "lfm", "fm_paper", "fm_equal"], "Runs to do.")
+flags.DEFINE_integer("steps_per_block", 3000, "LFM steps per block (FM paper: x blocks).")
+flags.DEFINE_integer("classifier_steps", 0, "Classifier steps (0: its config's).")
+flags.DEFINE_integer("fm_equal_channels", 64, "fm_equal: U-Net base channels.")
+flags.DEFINE_integer("fm_equal_steps", 0, "fm_equal: steps (0: as fm_paper).")
+flags.DEFINE_list("guidance_ws", ["0", "1", "2", "3"], "Guidance weights scored.")
+flags.DEFINE_integer("fd_samples", 2000, "Generated images per w for FD / accuracy.")
+flags.DEFINE_multi_string("set", [], "Extra override KEY=VALUE for every generator run.")
+flags.mark_flags_as_required(["workdir"])
+
+
+def _config(name: str) -> str:
+    return f"configs/{name}.py" + (f":{FLAGS.variant}" if FLAGS.variant else "")
+
+
+def _overrides(pairs) -> list:
+    return [f"--config.{k}={v}" for k, v in pairs]
+
+
+def commands(workdir: str) -> dict:
+    """{run name: argv} of every run of the study."""
+    data = [("data.path", FLAGS.data_path)] if FLAGS.data_path else []
+    clf_dir = os.path.join(workdir, "classifier")
+    ws = "(" + ",".join(str(float(w)) for w in FLAGS.guidance_ws) + ",)"
+    score = [("eval.classifier_workdir", clf_dir), ("eval.guidance_ws", ws),
+             ("eval.fd_samples", FLAGS.fd_samples)]
+    extra = [tuple(s.split("=", 1)) for s in FLAGS.set]
+    n_blocks = 4  # configs/lfm_digits.py: 3 OU blocks + the free block
+    fm_steps = n_blocks * FLAGS.steps_per_block
+    train = [sys.executable, "-m", "experiments.train"]
+    clf = data + ([("train.steps", FLAGS.classifier_steps)] if FLAGS.classifier_steps else [])
+    return {
+        "classifier": train + ["--config", _config("classifier_digits"),
+                               "--workdir", clf_dir] + _overrides(clf),
+        "lfm": train + ["--config", _config("lfm_digits"),
+                        "--workdir", os.path.join(workdir, "lfm")]
+        + _overrides(data + score + [("lfm.steps_per_block", FLAGS.steps_per_block)] + extra),
+        "fm_paper": train + ["--config", _config("fm_digits"),
+                             "--workdir", os.path.join(workdir, "fm_paper")]
+        + _overrides(data + score + [("train.steps", fm_steps)] + extra),
+        "fm_equal": train + ["--config", _config("fm_digits"),
+                             "--workdir", os.path.join(workdir, "fm_equal")]
+        + _overrides(data + score + [("model.unet_channels", FLAGS.fm_equal_channels),
+                                     ("train.steps", FLAGS.fm_equal_steps or fm_steps)]
+                     + extra),
+    }
+
+
+ROW_KEYS = ("num_params", "steps", "train_time_s", "test_bpd", "test_bpd_stderr")
+
+
+def summary_row(name: str, metrics: dict) -> dict:
+    """The table's entries of one run: sizes, times, bpd, and every fd / accuracy key."""
+    row = {"run": name, **{k: metrics.get(k) for k in ROW_KEYS}}
+    for k, v in sorted(metrics.items()):
+        if k.startswith(("fd_classifier", "accuracy", "best_w", "sampling_time")):
+            row[k] = v
+    return row
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return "-" if v is None else str(v)
+
+
+def markdown(rows) -> str:
+    keys = []
+    for r in rows:
+        keys += [k for k in r if k not in keys]
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    lines += ["| " + " | ".join(_fmt(r.get(k)) for k in keys) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    workdir = FLAGS.workdir
+    os.makedirs(workdir, exist_ok=True)
+    cmds = commands(workdir)
+    unknown = [r for r in FLAGS.runs if r not in cmds]
+    if unknown:
+        raise app.UsageError(f"unknown runs {unknown}; known: {list(cmds)}")
+    rows = []
+    for name in cmds:
+        if name not in FLAGS.runs:
+            continue
+        metrics_path = os.path.join(workdir, name, "metrics.json")
+        if not os.path.exists(metrics_path):
+            print("$ " + " ".join(cmds[name]), flush=True)
+            code = subprocess.run(cmds[name]).returncode
+            if code or not os.path.exists(metrics_path):  # the next runs still run
+                print(f"WARNING: run {name} failed (exit status {code})", flush=True)
+                rows.append({"run": name, "failed": f"exit status {code}"})
+                continue
+        with open(metrics_path) as f:
+            metrics = json.load(f)
+        if name != "classifier":
+            rows.append(summary_row(name, metrics))
+    table = markdown(rows)
+    print(table)
+    with open(os.path.join(workdir, "compare_images.md"), "w") as f:
+        f.write(table + "\n")
+    with open(os.path.join(workdir, "compare_images.json"), "w") as f:
+        json.dump({"rows": rows, "commands": {k: cmds[k] for k in FLAGS.runs}}, f, indent=1)
+
+
+if __name__ == "__main__":
+    app.run(main)
