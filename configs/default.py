@@ -44,6 +44,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.unet_preset = "digits8"  # digits8 | mnist | cifar10 (lfm_jax.unet.PRESETS)
     config.model.unet_channels = 0  # base width; 0: the preset's
     config.model.unet_time_scale = 1000.0  # the U-Net embeds time_scale * t
+    config.model.unet_dropout = -1.0  # dropout rate in training; -1: the preset's
     # 0: unconditional; k > 0: class labels 0..k-1 plus a null class (classifier-free
     # guidance; labels dropped with probability fm.p_uncond in training)
     config.model.num_classes = 0

@@ -47,7 +47,8 @@ def gaussian_pairs(coupling: Callable = couplings_lib.independent) -> PairSample
 
 def make_loss(velocity: Callable, interp, time_sampler: Callable,
               pair_sampler: Optional[PairSampler] = None, *,
-              times_per_pair: int = 1, labels: Optional[Callable] = None) -> Callable:
+              times_per_pair: int = 1, labels: Optional[Callable] = None,
+              dropout: bool = False) -> Callable:
     """Batch loss (params, key, batch) -> (mean flow-matching loss, {}).
 
     With (x0, x1) = pair_sampler(k_pair, batch) (B pairs; default `gaussian_pairs()`)
@@ -59,15 +60,24 @@ def make_loss(velocity: Callable, interp, time_sampler: Callable,
     ONE example. k > 1 reuses each pair for k times (the official LFM code does so on
     GAS and MINIBOONE, with k = 10 and 4): the same expectation, lower variance per
     pair drawn. The minimiser is b(t, x) = E[dI_t | I_t = x].
+
+    labels: optional (key, batch) -> (B,) class labels passed as velocity(params, t,
+    x, y) (e.g. with label dropout for classifier-free guidance). dropout: call
+    velocity(..., dropout_key=k_i) with one key per pair, k_i from fold_in(key, 2)
+    (networks with dropout, e.g. `unet.velocity_unet`: on in training only).
     """
     pair_sampler = gaussian_pairs() if pair_sampler is None else pair_sampler
     k = int(times_per_pair)
     if k < 1:
         raise ValueError(f"times_per_pair must be >= 1, got {times_per_pair}")
 
-    def per_pair(params, ts, a, c, y=None):
-        b = functools.partial(velocity, params) if y is None else (
-            lambda t_, x_: velocity(params, t_, x_, y))
+    def per_pair(params, ts, a, c, y, kd):
+        extra = () if y is None else (y,)
+        opts = {} if kd is None else {"dropout_key": kd}
+
+        def b(t_, x_):
+            return velocity(params, t_, x_, *extra, **opts)
+
         return jnp.mean(jax.vmap(lambda t_: losses.flow_matching(b, interp, t_, a, c))(ts))
 
     def loss_fn(params, key, batch):
@@ -75,10 +85,11 @@ def make_loss(velocity: Callable, interp, time_sampler: Callable,
         x0, x1 = pair_sampler(k_pair, batch)
         n = x0.shape[0]
         t = time_sampler(k_time, n * k).astype(x0.dtype).reshape(n, k)
-        if labels is None:
-            return jnp.mean(jax.vmap(functools.partial(per_pair, params))(t, x0, x1)), {}
-        y = labels(jax.random.fold_in(key, 1), batch)
-        return jnp.mean(jax.vmap(functools.partial(per_pair, params))(t, x0, x1, y)), {}
+        y = None if labels is None else labels(jax.random.fold_in(key, 1), batch)
+        kd = jax.random.split(jax.random.fold_in(key, 2), n) if dropout else None
+        per = jax.vmap(functools.partial(per_pair, params),
+                       in_axes=(0, 0, 0, None if y is None else 0, None if kd is None else 0))
+        return jnp.mean(per(t, x0, x1, y, kd)), {}
 
     return loss_fn
 

@@ -34,7 +34,7 @@ import numpy as np
 from lfm_jax import couplings, distributed, flow_matching, interpolants
 from lfm_jax import logging as log_lib
 from lfm_jax import ode, phases, plots, train
-from lfm_jax.runs import common, data_feed, image_data, image_eval, jobs
+from lfm_jax.runs import common, data_feed, image_data, image_eval, jobs, models
 
 
 @jobs.job
@@ -55,7 +55,7 @@ def run(config, workdir: str, clock=None) -> dict:
         net.apply, interpolants.get(config.fm.interpolant),
         common.make_time_sampler(config.fm),
         flow_matching.gaussian_pairs(couplings.get(config.fm.coupling)),
-        labels=image_data.loss_labels(config, net))
+        labels=image_data.loss_labels(config, net), dropout=models.uses_dropout(config))
     arrays = image_data.train_data(dataset) if is_image else np.asarray(dataset.train)
     if config.data.get("placement", "device") == "host":  # each process feeds its rows
         train_data = train.HostBatches(arrays, t_cfg.batch_size, t_cfg.steps_per_call,

@@ -14,7 +14,7 @@ import numpy as np
 
 from lfm_jax import files as file_io
 from lfm_jax import flow_matching, interpolants, lfm, networks, ode, train
-from lfm_jax.runs import common, image_data, image_eval
+from lfm_jax.runs import common, image_data, image_eval, models
 
 
 class PushFailedError(RuntimeError):
@@ -61,7 +61,8 @@ def make_trainer(config, example_shape, mesh, sampler=None) -> Trainer:
     labels = image_data.loss_labels(config, network)  # class-conditional blocks
     loss_fn = flow_matching.make_loss(network.apply, interpolants.get(c.interpolant),
                                       common.make_time_sampler(c), lfm.ou_pairs,
-                                      times_per_pair=c.times_per_pair, labels=labels)
+                                      times_per_pair=c.times_per_pair, labels=labels,
+                                      dropout=models.uses_dropout(config))
     step_fns = [train.make_train_step(
         loss_fn, opt, sample_batch=lfm.make_sample_batch(t_cfg.batch_size, s),
         steps_per_call=t_cfg.steps_per_call, ema_decay=t_cfg.ema_decay, mesh=mesh)

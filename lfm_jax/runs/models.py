@@ -10,8 +10,11 @@ num_times)` gives the velocity field (num_times=1) or the flow-map network v_{s,
   labels 0..k-1 and the null class k) and compute_dtype ("float32" | "bfloat16";
   parameters stay float32).
 
-Dropout: the training losses call the network without a dropout key, so U-Net dropout
-is off in training here (the presets' dropout rate is kept for when it is wired in).
+Dropout: the U-Net's rate is the preset's (0.1 for mnist / cifar10, 0 for digits8) or
+config.model.unet_dropout >= 0; `uses_dropout` tells the FM and LFM losses to pass a
+dropout key per example in training (`flow_matching.make_loss(dropout=True)`);
+evaluation, sampling and likelihoods call the network without one (deterministic).
+The flow-map objectives train without dropout.
 """
 
 from __future__ import annotations
@@ -34,7 +37,20 @@ def unet_kwargs(config, example_shape) -> dict:
             "time_scale": float(m.get("unet_time_scale", 1000.0))}
     if int(m.get("unet_channels", 0)) > 0:
         over["channels"] = int(m.unet_channels)
+    if float(m.get("unet_dropout", -1.0)) >= 0:
+        over["dropout"] = float(m.unet_dropout)
     return unet.preset(m.get("unet_preset", "digits8"), **over)
+
+
+def uses_dropout(config) -> bool:
+    """Whether config.model's network has dropout in training (a U-Net with rate > 0)."""
+    m = config.model
+    if m.get("kind", "mlp") != "unet":
+        return False
+    rate = float(m.get("unet_dropout", -1.0))
+    if rate < 0:
+        rate = unet.preset(m.get("unet_preset", "digits8")).get("dropout", 0.0)
+    return rate > 0
 
 
 def network(config, example_shape, num_times: int = 1):

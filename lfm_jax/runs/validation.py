@@ -126,6 +126,8 @@ RULES = _rules(
     ("eval.split", one_of("test", "val")),
     ("model.kind", one_of("mlp", "unet")), ("model.num_classes", at_least(0)),
     ("model.unet_channels", at_least(0)), ("model.unet_time_scale", positive()),
+    ("model.unet_dropout", ((lambda v: _is_real(v) and (v == -1 or 0 <= v < 1)),
+                            "-1 (the preset's rate) or in [0, 1)")),
     ("model.compute_dtype", one_of("float32", "bfloat16")),
     ("fm.p_uncond", in_interval(0.0, 1.0)), ("eval.guidance_w", non_negative()),
     ("eval.grid_per_class", at_least(1)),
