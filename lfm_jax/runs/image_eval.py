@@ -134,3 +134,44 @@ def lfm_trajectory(model, params_list, z, workdir: str, *, labels=None, network=
     plots.plot_image_grid(path, grid.reshape((-1,) + grid.shape[2:]), len(z),
                           title=f"noise, then after the inverse of blocks {n}..1")
     return path
+
+
+def save_samples(out_dir: str, name: str, samples, labels=None, *, title: str = "",
+                 max_grid: int = 100) -> None:
+    """samples_<name>.npz: {"images": uint8 (n, H, W, C) in [0, 255]
+    (`images.quantize`; failed (non-finite) rows all 0), "labels": int32 (n,) if
+    given}; and samples_<name>.png, a grid of the first max_grid images, 10 a row."""
+    x = np.asarray(samples, np.float32)
+    bad = lfm.failed_rows(x)
+    x = np.where(bad.reshape((-1,) + (1,) * (x.ndim - 1)), 0.0, x)
+    arrays = {"images": np.asarray(images.quantize(x))}
+    if labels is not None:
+        arrays["labels"] = np.asarray(labels, np.int32)
+    with common.atomic_open(os.path.join(out_dir, f"samples_{name}.npz")) as f:
+        np.savez(f, **arrays)
+    shown = x[:max_grid]
+    plots.plot_image_grid(os.path.join(out_dir, f"samples_{name}.png"), shown,
+                          max(1, -(-len(shown) // 10)), title=title or None)
+
+
+def classifier_scorer(config):
+    """score(samples, reference, labels=None) -> dict (e.g. "fd_classifier") from the
+    classifier trained in config.eval.classifier_workdir
+    (`lfm_jax.runs.classifier_eval.load` / `score`, imported only then); None when the
+    key is absent or empty. samples and reference: float images in [-1, 1]; rows
+    with non-finite values are left out of samples (and of labels)."""
+    workdir = config.eval.get("classifier_workdir", "")
+    if not workdir:
+        return None
+    from lfm_jax.runs import classifier_eval
+
+    classifier, params = classifier_eval.load(workdir)
+
+    def score(samples, reference, labels=None):
+        samples = np.asarray(samples)
+        good = ~lfm.failed_rows(samples)
+        labels = None if labels is None else np.asarray(labels)[good]
+        return dict(classifier_eval.score(classifier, params, samples[good],
+                                          np.asarray(reference), labels=labels))
+
+    return score
