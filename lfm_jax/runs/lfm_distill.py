@@ -27,7 +27,7 @@ def load_trained_blocks(config, workdir: str, example_shape):
     trains it. params: EMA if config.eval.use_ema (as `train_blocks` returns them)."""
     network = common.velocity_network(config, tuple(example_shape))
     model = lfm_parts.make_model(config, network, tuple(example_shape))
-    template = network.init(jax.random.PRNGKey(0))
+    template = jax.eval_shape(network.init, jax.random.PRNGKey(0))  # structure only
     params_list = []
     for n in range(1, model.num_blocks + 1):
         path = os.path.join(workdir, "blocks", str(n), "params.msgpack")
@@ -112,7 +112,7 @@ def distill_blocks(config, workdir: str, network, model, params_list, x_train, *
     train_kwargs = dict(num_steps=int(steps) // spc * spc, batch_size=int(batch_size),
                         lr=float(lr), ema_decay=float(ema_decay), steps_per_call=spc,
                         mesh=mesh)
-    template = fmap.init(jax.random.PRNGKey(0))
+    template = jax.eval_shape(fmap.init, jax.random.PRNGKey(0))  # structure only
     maps, infos = [], []
     for n in range(1, model.num_blocks + 1):
         path = os.path.join(out_dir, f"block_{n}.msgpack")
