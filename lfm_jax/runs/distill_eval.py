@@ -124,8 +124,7 @@ def table(rows) -> str:
     lines = ["| " + " | ".join(c[0] for c in cols) + " | time (ms) | speed-up vs ODE |",
              "|" + "---|" * (len(cols) + 2)]
     for r in rows:
-        cells = ["adaptive" if k == "network_calls" and r[k] is None else f.format(r[k])
-                 for _, k, f in cols]
+        cells = ["ODE solve" if r[k] is None else f.format(r[k]) for _, k, f in cols]
         sp = "" if r["speedup_vs_ode"] is None else f"{r['speedup_vs_ode']:.1f}x"
         lines.append("| " + " | ".join(cells) + f" | {1e3 * r['time_s']:.2f} | {sp} |")
     return "\n".join(lines)

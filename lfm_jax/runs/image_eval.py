@@ -11,6 +11,9 @@ grids and the trajectory of a few images through the LFM blocks.
   (`guidance.guided_apply`), or per_class * 10 unconditional ones; drawn in
   samples_grid.png. Sample metrics of 2-D data (energy distance ...) are not computed
   for images.
+- Flow maps and distilled LFMs (`save_samples`): samples_<name>.npz (uint8) and a grid
+  samples_<name>.png per method / K; `classifier_scorer`: the optional scores of
+  config.eval.classifier_workdir's classifier (`runs.classifier_eval`).
 """
 
 from __future__ import annotations
