@@ -16,11 +16,20 @@ are rebuilt from them.)
    rerunning skips finished blocks.
 3. Generate from the same noise with N x K flow-map calls (K = --sample_steps), with
    the LFM's adaptive ODE solves (config.eval tolerances, the reference), and with K
-   Euler steps of every block's ODE (the same N x K velocity calls). Energy distance,
-   MMD and sliced W2 against held-out test data (`runs.common.sample_metrics`), energy
-   distance and mean squared distance to the ODE samples from the same noise, and
-   sampling wall time (`timing.timed`: best of 3 after a warm-up).
-Writes results.json, table.md and samples_*.png to W/distill/<objective>/.
+   Euler steps of every block's ODE (the same N x K velocity calls)
+   (`runs.distill_eval`): sampling wall time (`timing.timed`: best of 3 after a
+   warm-up) and mean squared distance to the ODE samples from the same noise; vector
+   data adds energy distance, MMD and sliced W2 against held-out test data and the
+   energy distance to the ODE samples.
+Writes results.json, table.md and samples_*.png to W/distill/<objective>/ (images:
+also samples_<method>[_k<K>].npz, uint8).
+
+Images (an LFM trained with configs/lfm_digits.py[:mnist]): the students are
+unconditional two-time U-Nets of the blocks' preset (--unet_channels to change the
+width; --width / --depth are for MLPs); a class-conditional LFM is distilled and
+compared through its null-class (unguided) field (`lfm_distill.student_flow_map`).
+With --config.eval.classifier_workdir (if the config has that key) the samples are
+scored by that classifier.
 """
 
 import os
@@ -37,6 +46,11 @@ flags.DEFINE_string("objective", "lmd", "A key of lfm_jax.losses.OBJECTIVES.")
 flags.DEFINE_integer("steps", 1500, "Distillation steps per block.")
 flags.DEFINE_integer("width", 128, "Flow-map MLP width.")
 flags.DEFINE_integer("depth", 3, "Flow-map MLP hidden layers.")
+flags.DEFINE_integer("unet_channels", 0, "U-Net students (model.kind unet): base width "
+                     "(0: the LFM blocks' preset width).")
+flags.DEFINE_float("unet_time_scale", 0.0, "U-Net students: scale of the time "
+                   "embedding (0: the LFM's model.unet_time_scale; the flow-map losses "
+                   "differentiate in time, and a small scale, e.g. 1, keeps that tame).")
 flags.DEFINE_integer("batch_size", 256, "Distillation batch size.")
 flags.DEFINE_float("lr", 1e-3, "Learning rate (cosine schedule).")
 flags.DEFINE_float("ema_decay", 0.995, "EMA of the flow-map params (used for sampling).")
@@ -55,12 +69,9 @@ def main(argv):
     import time
 
     import jax
-    import numpy as np
 
-    from lfm_jax import distill, lfm, plots, timing
     from lfm_jax import logging as log_lib
-    from lfm_jax.runs import common
-    from lfm_jax.runs import lfm as lfm_run, lfm_distill
+    from lfm_jax.runs import common, distill_eval, lfm_distill
 
     config = FLAGS.config
     workdir = os.path.abspath(os.path.expanduser(FLAGS.workdir))
@@ -78,81 +89,31 @@ def main(argv):
     maps, infos = lfm_distill.distill_blocks(
         config, workdir, network, model, params_list, dataset.train, out_dir=out,
         objective=FLAGS.objective, hidden=(FLAGS.width,) * FLAGS.depth, steps=FLAGS.steps,
-        batch_size=FLAGS.batch_size, lr=FLAGS.lr, ema_decay=FLAGS.ema_decay, mesh=mesh)
+        batch_size=FLAGS.batch_size, lr=FLAGS.lr, ema_decay=FLAGS.ema_decay,
+        unet_channels=FLAGS.unet_channels, unet_time_scale=FLAGS.unet_time_scale,
+        mesh=mesh)
     distill_time = time.perf_counter() - t0
 
-    key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 7)
-    k_z, k_metric = jax.random.split(key)
-    test = np.asarray(dataset.test)
-    z = np.asarray(jax.random.normal(k_z, (FLAGS.n_samples,) + example_shape))
-    rows, ref = [], {}
-
-    def record(method, k, calls, samples, seconds):
-        samples = np.asarray(samples)
-        if not np.all(np.isfinite(samples)):
-            print(f"{method} K={k}: non-finite samples")
-        ref.setdefault("ode", samples)
-        row = {"method": method, "K": k, "network_calls": calls, "time_s": seconds,
-               **common.sample_metrics(k_metric, samples, test),
-               "energy_distance_to_ode": common.sample_metrics(
-                   k_metric, samples, ref["ode"])["energy_distance"],
-               "mse_to_ode": float(np.mean(np.sum((samples - ref["ode"]) ** 2, axis=-1)))}
-        rows.append(row)
-        print(f"{method:>14s} K={str(k):>8s} ED={row['energy_distance']:.4f} "
-              f"SW2={row['sliced_w2']:.4f} ED-ode={row['energy_distance_to_ode']:.4f} "
-              f"MSE-ode={row['mse_to_ode']:.4f} {1e3 * seconds:9.2f} ms", flush=True)
-        return samples
-
-    # Reference: the LFM's adaptive ODE generation (config.eval tolerances).
-    emodel = lfm_run.eval_model(config, model)
-    samples, seconds = timing.timed(lambda zz: emodel.push_backward(params_list, zz,
-                                                                     mesh=mesh), z)
-    record("lfm_ode", "adaptive", None, samples, seconds)
-    plots.plot_samples(os.path.join(out, "samples_lfm_ode.png"), samples, data=test,
-                       title=f"LFM adaptive ODE ({N} blocks)")
-    record("noise", 0, 0, z, 0.0)
-
     ks = [int(k) for k in FLAGS.sample_steps.split(",") if k.strip()]
-    fmaps = [fmap for fmap, _ in maps]
-    params = [p for _, p in maps]
-    for k in ks:
-        gen = jax.jit(lambda ps, zz, k=k: distill.generate_lfm(list(zip(fmaps, ps)), zz, k))
-        samples, seconds = timing.timed(gen, params, z)
-        samples = record("distilled", k, N * k, samples, seconds)
-        plots.plot_samples(os.path.join(out, f"samples_distilled_K{k}.png"), samples,
-                           data=test, title=f"distilled LFM, {N} blocks x K={k}")
-        euler = lfm.LocalFlow(model.velocity, model.step_sizes, model.example_shape,
-                              solver="euler", num_steps=k, chunk_size=model.chunk_size)
-        samples, seconds = timing.timed(
-            lambda zz: euler.push_backward(params_list, zz, mesh=mesh), z)
-        record("lfm_euler", k, N * k, samples, seconds)
-
-    t_ode = rows[0]["time_s"]
-    for r in rows:
-        r["speedup_vs_ode"] = t_ode / r["time_s"] if r["time_s"] else None
-    lines = ["| method | K per block | network calls | energy dist | MMD | sliced W2 | "
-             "ED to ODE samples | MSE to ODE samples | time (ms) | speed-up vs ODE |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        sp = "" if r["speedup_vs_ode"] is None else f"{r['speedup_vs_ode']:.1f}x"
-        lines.append(f"| {r['method']} | {r['K']} | {'adaptive' if r['network_calls'] is None else r['network_calls']} | "
-                     f"{r['energy_distance']:.4f} | {r['mmd']:.5f} | {r['sliced_w2']:.4f} | "
-                     f"{r['energy_distance_to_ode']:.4f} | {r['mse_to_ode']:.4f} | "
-                     f"{1e3 * r['time_s']:.2f} | {sp} |")
-    lines.append(f"\n{config.data.name}, {N} LFM blocks, objective {FLAGS.objective}, "
-                 f"{FLAGS.steps} steps/block, flow map {FLAGS.depth}x{FLAGS.width}, "
-                 f"{FLAGS.n_samples} samples vs {len(test)} test points; distillation "
-                 f"{distill_time:.1f}s this run ({sum('loaded' in i for i in infos)} blocks "
-                 f"loaded from checkpoints). 'noise' is z itself.")
-    table = "\n".join(lines)
+    rows = distill_eval.compare(config, model, params_list, maps, dataset, out,
+                                sample_steps=ks, n_samples=FLAGS.n_samples, mesh=mesh)
+    unet = config.model.get("kind", "mlp") == "unet"
+    student = (lfm_distill.student_description(config, FLAGS.unet_channels,
+                                                   FLAGS.unet_time_scale) if unet
+               else {"kind": "mlp", "hidden": [FLAGS.width] * FLAGS.depth})
+    table = distill_eval.table(rows) + (
+        f"\n\n{config.data.name}, {N} LFM blocks, objective {FLAGS.objective}, "
+        f"{FLAGS.steps} steps/block, student {student}, {FLAGS.n_samples} samples from "
+        f"the same noise per method ({len(dataset.test)} test points); distillation "
+        f"{distill_time:.1f}s this run ({sum('loaded' in i for i in infos)} blocks "
+        f"loaded from checkpoints).")
     print(table)
     with open(os.path.join(out, "table.md"), "w") as f:
         f.write(table + "\n")
     log_lib.write_json(os.path.join(out, "results.json"), {
         "workdir": workdir, "objective": FLAGS.objective, "num_blocks": N,
-        "steps": FLAGS.steps, "hidden": [FLAGS.width] * FLAGS.depth,
-        "n_samples": FLAGS.n_samples, "distill_time_s": distill_time, "blocks": infos,
-        "rows": rows})
+        "steps": FLAGS.steps, "student": student, "n_samples": FLAGS.n_samples,
+        "distill_time_s": distill_time, "blocks": infos, "rows": rows})
 
 
 if __name__ == "__main__":

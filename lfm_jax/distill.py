@@ -271,3 +271,27 @@ def generate_lfm(block_maps: Sequence, z, num_steps: int = 1):
     for fmap, params in reversed(list(block_maps)):
         x = flow_map_lib.sample(fmap.bind(params), x, times)
     return x
+
+
+@functools.lru_cache(maxsize=32)
+def _generate_rows(flow_maps: tuple, num_steps: int) -> Callable:
+    """`distributed.sharded_map` fn: (params_list, key, z (c, ...), idx) -> generate_lfm."""
+
+    def fn(params_list, key, z, idx):
+        return generate_lfm(list(zip(flow_maps, params_list)), z, num_steps)
+
+    return fn
+
+
+def generate_lfm_sharded(block_maps: Sequence, z, num_steps: int = 1, *, mesh=None,
+                         chunk_size=None):
+    """`generate_lfm` over the rows of the host array z (n, ...), split over the mesh's
+    devices in calls of chunk_size rows per device (`distributed.sharded_map`; memory
+    bounded by one call, compiled once per (maps, K, chunk shape)). A single
+    [(flow_map, params)] is plain K-step flow-map sampling from 0 to 1. Returns numpy."""
+    from lfm_jax import distributed
+
+    flow_maps = tuple(fmap for fmap, _ in block_maps)
+    params = [p for _, p in block_maps]
+    return distributed.sharded_map(_generate_rows(flow_maps, int(num_steps)), params, z,
+                                   mesh=mesh, chunk_size=chunk_size)

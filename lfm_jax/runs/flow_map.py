@@ -6,9 +6,12 @@ flow map training with checkpoints, few-step evaluation.
    or restored from `config.flow_map.teacher_workdir`.
 2. The flow map is trained with `lfm_jax.train` and checkpointed in `<workdir>/ckpt`;
    re-running the same command resumes it.
-3. Samples with K = config.flow_map.sample_steps network calls: energy distance, MMD
-   and sliced W2 against held-out data, sampling wall time; samples.png (largest K
-   up to 4), metrics.json.
+3. Samples with K = config.flow_map.sample_steps network calls and their sampling
+   wall time. Vector data: energy distance, MMD and sliced W2 against held-out data,
+   samples.png (largest K up to 4). Images (config.data.name digits / mnist / cifar10,
+   model.kind "unet": the two-time U-Net; training batches dequantised afresh every
+   step): samples_k<K>.npz (uint8) and samples_k<K>.png per K, and classifier scores
+   when config.eval.classifier_workdir is set (`evaluate_images`). metrics.json.
 """
 
 from __future__ import annotations
@@ -20,10 +23,10 @@ import jax
 import numpy as np
 
 from lfm_jax import data as data_lib
-from lfm_jax import distill, distributed, flow_map, interpolants, losses
+from lfm_jax import distill, distributed, flow_map, interpolants, lfm, losses
 from lfm_jax import logging as log_lib
 from lfm_jax import networks, phases, plots, timing, train
-from lfm_jax.runs import common, jobs
+from lfm_jax.runs import common, image_data, image_eval, jobs
 
 
 def _teacher(config, workdir, example_shape):
@@ -127,6 +130,7 @@ def run(config, workdir: str, clock=None) -> dict:
     with phases.phase(clock, "data"):
         dataset = common.load_data(config)
     example_shape = dataset.train.shape[1:]
+    is_image = isinstance(dataset, image_data.ImageData)
     mesh = common.make_mesh(config)
     name = fcfg.objective
     record = losses.get_objective(name)
@@ -136,33 +140,54 @@ def run(config, workdir: str, clock=None) -> dict:
     fmap, loss_fn = make_flow_map_and_loss(config, name, example_shape, teacher)
 
     opt = common.optimizer(config)
+    if is_image:  # uint8 training images, dequantised afresh every step
+        images_of = image_data.sample_batch(tcfg.batch_size, config.data.random_flip)
+        sample_batch, train_np = (lambda k, d: images_of(k, d)["x"],
+                                  image_data.train_data(dataset))
+    else:
+        sample_batch, train_np = (lambda k, d: data_lib.sample_batch(k, d, tcfg.batch_size),
+                                  np.asarray(dataset.train))
     step_fn = train.make_train_step(
-        loss_fn, opt, loss_takes_step=True,
-        sample_batch=lambda k, d: data_lib.sample_batch(k, d, tcfg.batch_size),
+        loss_fn, opt, loss_takes_step=True, sample_batch=sample_batch,
         steps_per_call=tcfg.steps_per_call, ema_decay=tcfg.ema_decay, mesh=mesh)
     key = jax.random.PRNGKey(config.seed)
     k_init, k_state, k_eval = jax.random.split(key, 3)
     state = train.create_train_state(k_state, fmap.init(k_init), opt, mesh=mesh)
-    train_data = distributed.replicate(np.asarray(dataset.train), mesh)
+    train_data = distributed.replicate(train_np, mesh)
     with phases.phase(clock, "train"):
         state, train_time, _ = common.resumable_fit(config, state, step_fn, train_data,
                                                     workdir, name)
 
-    params = state.ema_params if ecfg.use_ema else state.params
-    X = fmap.bind(distributed.to_host(params))
-    test = np.asarray(dataset.test)
+    params = distributed.to_host(state.ema_params if ecfg.use_ema else state.params)
     z = jax.random.normal(k_eval, (ecfg.n_samples, *example_shape))
     results = {"method": "flow_map", "objective": name, "steps": int(state.step),
                "train_time_s": train_time, "num_params": networks.count_params(params),
-               "sampling": [], "notes": {"energy_distance": common.ENERGY_DISTANCE_NOTE}}
+               "sampling": []}
+    evaluate = evaluate_images if is_image else evaluate_vectors
+    summary = evaluate(config, fmap, params, z, dataset, workdir, results, k_eval,
+                       clock=clock, mesh=mesh)
+    if clock is not None:
+        results["phases"] = clock.as_dict()
+    log_lib.write_json(os.path.join(workdir, "metrics.json"), results)
+    return {k: v for k, v in results.items() if k != "sampling"} | summary
+
+
+def evaluate_vectors(config, fmap, params, z, dataset, workdir, results, key, *,
+                     clock=None, mesh=None) -> dict:
+    """Vector data: per K, energy distance, MMD, sliced W2 against the test set and
+    sampling wall time (rows appended to results["sampling"]); samples.png of the
+    largest K up to 4. Returns {"energy_distance_K<K>": ...}."""
+    X = fmap.bind(params)
+    test = np.asarray(dataset.test)
+    results["notes"] = {"energy_distance": common.ENERGY_DISTANCE_NOTE}
     best = None
-    for k in fcfg.sample_steps:
+    for k in config.flow_map.sample_steps:
         sampler = jax.jit(lambda zz, k=k: flow_map.sample(X, zz, flow_map.uniform_grid(k)))
         with phases.phase(clock, "sampling (timed, 4 calls per K)"):
             samples, seconds = timing.timed(sampler, z)
         samples = common.to_numpy(samples)
         row = {"steps": int(k), "time_s": seconds,
-               **common.sample_metrics(jax.random.fold_in(k_eval, k), samples, test)}
+               **common.sample_metrics(jax.random.fold_in(key, k), samples, test)}
         results["sampling"].append(row)
         print(f"K={k}: energy distance {row['energy_distance']:.4f} (unbiased, can be < 0; "
               f"biased {row['energy_distance_biased']:.4f})  sliced W2 "
@@ -172,9 +197,39 @@ def run(config, workdir: str, clock=None) -> dict:
     if best is not None:
         with phases.phase(clock, "plots"):
             plots.plot_samples(os.path.join(workdir, "samples.png"), best[1], data=test,
-                               title=f"{name}, K={best[0]}")
-    if clock is not None:
-        results["phases"] = clock.as_dict()
-    log_lib.write_json(os.path.join(workdir, "metrics.json"), results)
-    return {k: v for k, v in results.items() if k != "sampling"} | {
-        f"energy_distance_K{r['steps']}": r["energy_distance"] for r in results["sampling"]}
+                               title=f"{config.flow_map.objective}, K={best[0]}")
+    return {f"energy_distance_K{r['steps']}": r["energy_distance"]
+            for r in results["sampling"]}
+
+
+def evaluate_images(config, fmap, params, z, dataset, workdir, results, key, *,
+                    clock=None, mesh=None) -> dict:
+    """Images: per K, the samples (unconditional) and their sampling wall time (best
+    of 3 after a warm-up, chunks of eval.chunk_size per device); samples_k<K>.npz
+    (uint8) and samples_k<K>.png (`image_eval.save_samples`); with
+    eval.classifier_workdir set, the classifier scores of the samples against the test
+    images (`image_eval.classifier_scorer`). No 2-D sample metrics. Returns
+    {"time_s_K<K>": ..., and "<score>_K<K>" per classifier score}."""
+    score = image_eval.classifier_scorer(config)
+    test = np.asarray(dataset.test)
+    summary = {}
+    for k in config.flow_map.sample_steps:
+        with phases.phase(clock, "sampling (timed, 4 calls per K)"):
+            samples, seconds = timing.timed(
+                lambda zz, k=k: distill.generate_lfm_sharded(
+                    [(fmap, params)], zz, k, mesh=mesh, chunk_size=config.eval.chunk_size),
+                np.asarray(z))
+        row = {"steps": int(k), "time_s": seconds, "n_samples": int(len(samples)),
+               "n_samples_failed": int(lfm.failed_rows(samples).sum())}
+        with phases.phase(clock, "plots"):
+            image_eval.save_samples(workdir, f"k{k}", samples,
+                                    title=f"{config.flow_map.objective}, K={k}")
+        if score is not None:
+            with phases.phase(clock, "classifier scores"):
+                row.update(score(samples, test))
+        results["sampling"].append(row)
+        summary.update({f"{n}_K{k}": v for n, v in row.items()
+                        if n not in ("steps", "n_samples")})
+        print(f"K={k}: {1e3 * seconds:.2f} ms for {len(samples)} images"
+              + "".join(f"  {n} {row[n]:.4f}" for n in row if n.startswith("fd")))
+    return summary

@@ -20,6 +20,9 @@ grids and the trajectory of a few images through the LFM blocks.
   fd_classifier_w<w>, accuracy_w<w>, best_w (lowest fd) and fd_classifier_best, or
   fd_classifier; fd_sample_time_s_w<w> is the sampling wall time (the first w's
   includes compilation).
+- Flow maps and distilled LFMs (`save_samples`): samples_<name>.npz (uint8) and a grid
+  samples_<name>.png per method / K; `classifier_scorer`: the optional scores of
+  config.eval.classifier_workdir's classifier (`runs.classifier_eval`).
 """
 
 from __future__ import annotations
@@ -188,3 +191,38 @@ def classifier_scores(results: dict, config, network, generate, key, dataset,
     results.update(found)
     results.setdefault("notes", {})["fd_classifier"] = DISCLAIMER
     return results
+
+
+def save_samples(out_dir: str, name: str, samples, labels=None, *, title: str = "",
+                 max_grid: int = 100) -> None:
+    """samples_<name>.npz (`classifier_eval.save_samples`: the finite rows as uint8
+    "images" and int32 "labels" if given); and samples_<name>.png, a grid of the first max_grid images, 10 a row."""
+    x = np.asarray(samples, np.float32)
+    classifier_eval.save_samples(os.path.join(out_dir, f"samples_{name}.npz"), x, labels)
+    bad = lfm.failed_rows(x)
+    shown = np.where(bad.reshape((-1,) + (1,) * (x.ndim - 1)), 0.0, x)[:max_grid]
+    plots.plot_image_grid(os.path.join(out_dir, f"samples_{name}.png"), shown,
+                          max(1, -(-len(shown) // 10)), title=title or None)
+
+
+def classifier_scorer(config):
+    """score(samples, reference, labels=None) -> dict (e.g. "fd_classifier") from the
+    classifier trained in config.eval.classifier_workdir
+    (`lfm_jax.runs.classifier_eval.load` / `score`, imported only then); None when the
+    key is absent or empty. samples and reference: float images in [-1, 1]; rows
+    with non-finite values are left out of samples (and of labels)."""
+    workdir = config.eval.get("classifier_workdir", "")
+    if not workdir:
+        return None
+    from lfm_jax.runs import classifier_eval
+
+    classifier, params = classifier_eval.load(workdir)
+
+    def score(samples, reference, labels=None):
+        samples = np.asarray(samples)
+        good = ~lfm.failed_rows(samples)
+        labels = None if labels is None else np.asarray(labels)[good]
+        return dict(classifier_eval.score(classifier, params, samples[good],
+                                          np.asarray(reference), labels=labels))
+
+    return score

@@ -1,0 +1,130 @@
+"""A distilled LFM against its teacher, from the same noise (experiments/distill_lfm.py).
+
+Methods (`generators`), each timed with `timing.timed` (best of 3 after a warm-up):
+- "lfm_ode": the LFM's own generation T_1^{-1} ... T_N^{-1}(z) with config.eval.ode
+  (adaptive on a GPU config): the teacher, and the reference of every distance;
+- "distilled", K: N x K flow-map calls, K steps of every block's distilled inverse
+  (`distill.generate_lfm_sharded`);
+- "lfm_euler", K: K Euler steps of every block's ODE (the same N x K velocity calls).
+Rows hold the sampling wall time, the speed-up against lfm_ode, and the mean squared
+distance to the lfm_ode sample of the same noise (summed over coordinates, averaged
+over samples whose rows are finite in both). Vector data adds energy distance, MMD and
+sliced W2 against the test set and the energy distance to the lfm_ode samples (plus a
+"noise" row, z itself), and draws samples_lfm_ode.png / samples_distilled_K<K>.png.
+Images (`image_data.ImageData`) save every method's samples instead
+(samples_<method>[_k<K>].npz, uint8, and .png: `image_eval.save_samples`) and, with
+config.eval.classifier_workdir set, add the classifier scores against the test images.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import jax
+import numpy as np
+
+from lfm_jax import distill, lfm, ode, plots, timing
+from lfm_jax.runs import common, image_data, image_eval
+
+
+def generators(config, model, params_list, maps, sample_steps, *, mesh=None) -> list:
+    """[(method, K, network calls or None, generate(z) -> samples)] in table order (see
+    the module doc); maps: [(flow_map, params)] per block (`lfm_distill.distill_blocks`)."""
+    from lfm_jax.runs import lfm as lfm_run
+
+    teacher = lfm_run.eval_model(config, model)
+    chunk = config.eval.chunk_size
+    opts = teacher.ode
+    label = "adaptive" if opts.num_steps is None else f"{opts.solver} x{opts.num_steps}"
+    out = [("lfm_ode", label, None, lambda z: teacher.push_backward(params_list, z,
+                                                                      mesh=mesh))]
+    for k in sample_steps:
+        k, calls = int(k), model.num_blocks * int(k)
+        euler = dataclasses.replace(teacher, ode=ode.Options(solver="euler", num_steps=k))
+        out.append(("distilled", k, calls, lambda z, k=k: distill.generate_lfm_sharded(
+            maps, z, k, mesh=mesh, chunk_size=chunk)))
+        out.append(("lfm_euler", k, calls,
+                    lambda z, m=euler: m.push_backward(params_list, z, mesh=mesh)))
+    return out
+
+
+def squared_distance(samples, reference) -> float:
+    """Mean over rows finite in both of |samples_i - reference_i|^2 (summed over the
+    row's coordinates)."""
+    a, b = np.asarray(samples, np.float64), np.asarray(reference, np.float64)
+    good = ~(lfm.failed_rows(a) | lfm.failed_rows(b))
+    d = np.sum(((a - b) ** 2).reshape(len(a), -1), axis=1)
+    return float(np.mean(d[good])) if good.any() else float("nan")
+
+
+def compare(config, model, params_list, maps, dataset, out_dir: str, *,
+            sample_steps=(1, 2, 4), n_samples: int = 2000, mesh=None) -> list:
+    """Generate with every method of `generators` from the same noise, write the
+    samples (module doc) to out_dir and return the rows (dicts)."""
+    is_image = isinstance(dataset, image_data.ImageData)
+    key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 7)
+    k_z, k_metric = jax.random.split(key)
+    shape = tuple(dataset.train.shape[1:])
+    z = np.asarray(jax.random.normal(k_z, (int(n_samples),) + shape))
+    test = np.asarray(dataset.test)
+    score = image_eval.classifier_scorer(config) if is_image else None
+    rows, ref = [], None
+    N = model.num_blocks
+    for method, k, calls, generate in generators(config, model, params_list, maps,
+                                                 sample_steps, mesh=mesh):
+        samples, seconds = timing.timed(generate, z)
+        samples = np.asarray(samples)
+        ref = samples if ref is None else ref
+        todo = [(method, k, calls, samples, seconds)]
+        if method == "lfm_ode" and not is_image:
+            todo.append(("noise", 0, 0, z, 0.0))
+        for method, k, calls, x, seconds in todo:
+            row = {"method": method, "K": k, "network_calls": calls, "time_s": seconds,
+                   "n_failed": int(lfm.failed_rows(x).sum()),
+                   "mse_to_ode": squared_distance(x, ref)}
+            name = method if method in ("lfm_ode", "noise") else f"{method}_k{k}"
+            if is_image:
+                row["mse_to_ode_per_dim"] = row["mse_to_ode"] / x[0].size
+                image_eval.save_samples(out_dir, name, x, title=f"{name}, {N} blocks")
+                if score is not None:
+                    row.update(score(x, test))
+            else:
+                row.update(common.sample_metrics(k_metric, x, test))
+                row["energy_distance_to_ode"] = common.sample_metrics(
+                    k_metric, x, ref)["energy_distance"]
+                if method != "lfm_euler" and method != "noise":
+                    title = ("LFM ODE" if method == "lfm_ode" else f"distilled, K={k}")
+                    png = "samples_lfm_ode.png" if method == "lfm_ode" else \
+                        f"samples_distilled_K{k}.png"
+                    plots.plot_samples(os.path.join(out_dir, png), x, data=test,
+                                       title=f"{title} ({N} blocks)")
+            rows.append(row)
+            print(f"{method:>10s} K={str(k):>9s} MSE-ode={row['mse_to_ode']:.4f} "
+                  f"{1e3 * seconds:9.2f} ms", flush=True)
+    t_ode = rows[0]["time_s"]
+    for r in rows:
+        r["speedup_vs_ode"] = t_ode / r["time_s"] if r["time_s"] else None
+    return rows
+
+
+VECTOR_COLUMNS = (("energy dist", "energy_distance", "{:.4f}"), ("MMD", "mmd", "{:.5f}"),
+                  ("sliced W2", "sliced_w2", "{:.4f}"),
+                  ("ED to ODE samples", "energy_distance_to_ode", "{:.4f}"))
+
+
+def table(rows) -> str:
+    """Markdown table of the rows of `compare` (the vector metrics, or any classifier
+    scores, when the rows have them)."""
+    extra = [c for c in VECTOR_COLUMNS if c[1] in rows[0]]
+    extra += [(n, n, "{:.4f}") for n in rows[0] if n.startswith("fd")]
+    cols = [("method", "method", "{}"), ("K per block", "K", "{}"),
+            ("network calls", "network_calls", "{}"), *extra,
+            ("MSE to ODE samples", "mse_to_ode", "{:.4f}"), ("failed", "n_failed", "{}")]
+    lines = ["| " + " | ".join(c[0] for c in cols) + " | time (ms) | speed-up vs ODE |",
+             "|" + "---|" * (len(cols) + 2)]
+    for r in rows:
+        cells = ["ODE solve" if r[k] is None else f.format(r[k]) for _, k, f in cols]
+        sp = "" if r["speedup_vs_ode"] is None else f"{r['speedup_vs_ode']:.1f}x"
+        lines.append("| " + " | ".join(cells) + f" | {1e3 * r['time_s']:.2f} | {sp} |")
+    return "\n".join(lines)
