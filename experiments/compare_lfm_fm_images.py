@@ -46,6 +46,9 @@ flags.DEFINE_integer("fm_equal_steps", 0, "fm_equal: steps (0: as fm_paper).")
 flags.DEFINE_list("guidance_ws", ["0", "1", "2", "3"], "Guidance weights scored.")
 flags.DEFINE_integer("fd_samples", 2000, "Generated images per w for FD / accuracy.")
 flags.DEFINE_multi_string("set", [], "Extra override KEY=VALUE for every generator run.")
+flags.DEFINE_multi_string("fm_equal_set", [], "fm_equal only: overrides KEY=VALUE that "
+                          "replace --fm_equal_channels (e.g. model.hidden=(512,512,512) "
+                          "for an MLP).")
 flags.mark_flags_as_required(["workdir"])
 
 
@@ -65,6 +68,8 @@ def commands(workdir: str) -> dict:
     score = [("eval.classifier_workdir", clf_dir), ("eval.guidance_ws", ws),
              ("eval.fd_samples", FLAGS.fd_samples)]
     extra = [tuple(s.split("=", 1)) for s in FLAGS.set]
+    wide = ([tuple(s.split("=", 1)) for s in FLAGS.fm_equal_set]
+            or [("model.unet_channels", FLAGS.fm_equal_channels)])
     n_blocks = 4  # configs/lfm_digits.py: 3 OU blocks + the free block
     fm_steps = n_blocks * FLAGS.steps_per_block
     train = [sys.executable, "-m", "experiments.train"]
@@ -80,9 +85,8 @@ def commands(workdir: str) -> dict:
         + _overrides(data + score + [("train.steps", fm_steps)] + extra),
         "fm_equal": train + ["--config", _config("fm_digits"),
                              "--workdir", os.path.join(workdir, "fm_equal")]
-        + _overrides(data + score + [("model.unet_channels", FLAGS.fm_equal_channels),
-                                     ("train.steps", FLAGS.fm_equal_steps or fm_steps)]
-                     + extra),
+        + _overrides(data + score + extra + wide
+                     + [("train.steps", FLAGS.fm_equal_steps or fm_steps)]),
     }
 
 
