@@ -39,6 +39,8 @@ flags.DEFINE_string("workdir", None, "Output directory (one sub-workdir per run)
 flags.DEFINE_string("variant", "mnist", "Config variant of the image configs ('' = digits).")
 flags.DEFINE_string("data_path", "", "data.path (MNIST: folder of the IDX files).")
 flags.DEFINE_list("runs", ["classifier", "lfm", "fm_paper", "fm_equal"], "Runs to do.")
+flags.DEFINE_integer("seed", 0, "config.seed of every run (the classifier's too: the "
+                     "data split depends on it).")
 flags.DEFINE_integer("steps_per_block", 3000, "LFM steps per block (FM paper: x blocks).")
 flags.DEFINE_integer("classifier_steps", 0, "Classifier steps (0: its config's).")
 flags.DEFINE_integer("fm_equal_channels", 64, "fm_equal: U-Net base channels.")
@@ -63,6 +65,7 @@ def _overrides(pairs) -> list:
 def commands(workdir: str) -> dict:
     """{run name: argv} of every run of the study."""
     data = [("data.path", FLAGS.data_path)] if FLAGS.data_path else []
+    data += [("seed", FLAGS.seed)] if FLAGS.seed else []
     clf_dir = os.path.join(workdir, "classifier")
     ws = "(" + ",".join(str(float(w)) for w in FLAGS.guidance_ws) + ",)"
     score = [("eval.classifier_workdir", clf_dir), ("eval.guidance_ws", ws),

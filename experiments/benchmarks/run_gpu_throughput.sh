@@ -2,7 +2,7 @@
 # The GPU throughput tables of BENCHMARKS.md (G1): the four standard sizes, then the
 # large-batch rows, each with the CUDA-graph and torch.compile rows, bf16 rows, FLOP
 # utilisation and peak memory. Needs a CUDA torch, jax[cuda] and the peers installed.
-# "unet": the CIFAR-10 U-Net flow-matching step vs torchcfm (issue 11, about 4 minutes;
+# "unet": the CIFAR-10 U-Net flow-matching step vs torchcfm (issue 11, up to 10 minutes;
 # needs torchcfm).
 #
 #   bash experiments/benchmarks/run_gpu_throughput.sh [standard|large|unet|all] [OUT]
