@@ -33,7 +33,7 @@ def get_config() -> ml_collections.ConfigDict:
     # into train / n_val / n_test; random left-right flips of FM training batches.
     config.data.source_split = "train"
     config.data.random_flip = False
-    # Where the FM job's training batches come from: "device" (the training set is
+    # Where the FM / LFM training batches come from: "device" (the training set is
     # replicated on every device and each step draws its batch there: fastest while
     # it fits) or "host" (the set stays in host memory; every process feeds only its
     # rows of each batch, train.HostBatches: for data larger than a device).

@@ -191,3 +191,15 @@ def test_digits_fm_with_host_fed_batches(tmp_path):
     # the same fed rows give the same run
     again = runs.get("fm")(config, str(tmp_path / "again"), argv=[])
     assert again["test_nll"] == r["test_nll"]
+
+
+def test_digits_lfm_with_host_fed_batches(tmp_path):
+    """LFM with data.placement = "host": every block's pushed training set (and the
+    labels) stays on the host and each step's rows are fed; the same command twice
+    gives the same run."""
+    config = _tiny("lfm")
+    config.data.placement = "host"
+    r = runs.get("lfm")(config, str(tmp_path / "a"), argv=[])
+    assert np.isfinite(r["test_bpd"]) and len(r["blocks"]) == 3
+    again = runs.get("lfm")(config, str(tmp_path / "b"), argv=[])
+    assert again["test_nll"] == r["test_nll"]

@@ -185,14 +185,17 @@ def test_gaussian_nll_and_worse_than_base():
 
 
 def test_host_placement_is_refused_where_not_supported():
-    from configs import fm_checkerboard, lfm_checkerboard
+    from configs import flow_map, fm_checkerboard, lfm_checkerboard
     from lfm_jax.runs import validation
 
-    config = lfm_checkerboard.get_config()
+    config = flow_map.get_config()
     with config.unlocked():
         config.data.placement = "host"
     with pytest.raises(validation.InvalidConfigError, match="data.placement"):
         validation.validate_config(config)
+    config = lfm_checkerboard.get_config()
+    config.data.placement = "host"
+    validation.validate_config(config)
     fm = fm_checkerboard.get_config()
     with fm.unlocked():
         fm.data.placement = "host"

@@ -43,8 +43,8 @@ from lfm_jax import files as file_io
 from lfm_jax import logging as log_lib
 from lfm_jax import train
 from lfm_jax.runs import common, data_feed, lfm_reports, provenance
-from lfm_jax.runs.lfm_parts import (BlockFiles, block_timing, load_params, make_trainer,
-                                    push_training_data)
+from lfm_jax.runs.lfm_parts import (BlockFiles, block_data, block_timing, load_params,
+                                    make_trainer, push_training_data)
 
 
 # ---------------------------------------------------------------------- training
@@ -194,8 +194,7 @@ def _train_one_block(n, h, x_l, init_params, trainer, files, config, key, mesh,
             writer, board, common.lr_schedule(config, steps), clock,
             None if user_callback is None else lambda step, m: user_callback(n, step, m))
 
-        data = {"x": np.asarray(x_l), "h": np.asarray(h, np.asarray(x_l).dtype)}
-        data = distributed.replicate(data if y is None else {**data, "y": y}, mesh)
+        data = block_data(config, n, x_l, h, y, mesh)
         progress = log_lib.Progress(steps, initial=start, desc=f"lfm block {n}",
                                     disable=None if verbose else True)
         spc = t_cfg.steps_per_call

@@ -13,7 +13,7 @@ from typing import Callable, NamedTuple
 import numpy as np
 
 from lfm_jax import files as file_io
-from lfm_jax import flow_matching, interpolants, lfm, networks, ode, train
+from lfm_jax import distributed, flow_matching, interpolants, lfm, networks, ode, train
 from lfm_jax.runs import common, image_data, image_eval, models
 
 
@@ -51,6 +51,26 @@ class Trainer(NamedTuple):
     first_step_fn: Callable = None  # block 1's step drawing fresh data (data_feed)
 
 
+def host_fed(config) -> bool:
+    """Whether blocks train on batches fed from the host (config.data.placement)."""
+    return config.data.get("placement", "device") == "host"
+
+
+def block_data(config, n: int, x_l, h, y, mesh):
+    """What block n's train step takes: the replicated {"x", "h"(, "y")} it draws its
+    batches from on device, or (config.data.placement = "host") a `train.HostBatches`
+    feeding each process's rows of {"x", "h" per row(, "y")} from host memory, its
+    rows drawn with seed (config.seed, block n)."""
+    x_l = np.asarray(x_l)
+    extra = {} if y is None else {"y": y}
+    if not host_fed(config):
+        return distributed.replicate({"x": x_l, "h": np.asarray(h, x_l.dtype), **extra}, mesh)
+    rows = {"x": x_l, "h": np.full((len(x_l),), h, x_l.dtype), **extra}
+    t_cfg = config.train
+    return train.HostBatches(rows, t_cfg.batch_size, t_cfg.steps_per_call,
+                             1_000 * int(config.seed) + n, mesh)
+
+
 def make_trainer(config, example_shape, mesh, sampler=None) -> Trainer:
     """The network, the model, the optimiser (its schedule spans steps_per_block) and
     the jitted fused training step of one block for config; with `sampler`
@@ -63,8 +83,10 @@ def make_trainer(config, example_shape, mesh, sampler=None) -> Trainer:
                                       common.make_time_sampler(c), lfm.ou_pairs,
                                       times_per_pair=c.times_per_pair, labels=labels,
                                       dropout=models.uses_dropout(config))
+    host = host_fed(config)  # batches fed from the host: no sampler in the step
     step_fns = [train.make_train_step(
-        loss_fn, opt, sample_batch=lfm.make_sample_batch(t_cfg.batch_size, s),
+        loss_fn, opt,
+        sample_batch=None if host and s is None else lfm.make_sample_batch(t_cfg.batch_size, s),
         steps_per_call=t_cfg.steps_per_call, ema_decay=t_cfg.ema_decay, mesh=mesh)
         for s in ([None] if sampler is None else [None, sampler])]
     return Trainer(network, make_model(config, network, example_shape), opt, step_fns[0],
