@@ -1,35 +1,50 @@
-"""U-Net dropout in training: the FM loss passes one dropout key per pair when asked
-(`flow_matching.make_loss(dropout=True)`), which changes the loss of a network with
-dropout and nothing for a rate of 0; the jobs turn it on from the config."""
+"""Dropout in training: `flow_matching.make_loss(dropout=True)` calls the velocity with
+one dropout key per pair (checked with a cheap field whose output depends on the key;
+the U-Net's own dropout is tested in tests/test_unet.py), and the jobs turn it on from
+the config."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from configs import fm_digits
-from lfm_jax import flow_matching, interpolants, time_sampling, unet
+from lfm_jax import flow_matching, interpolants, time_sampling
 from lfm_jax.runs import models
 
+SEEN = []
 
-def _loss(rate, dropout, key):
-    net = unet.velocity_unet(**unet.preset("digits8", dropout=rate))
-    params = net.init(jax.random.PRNGKey(0))
-    # move off the zero-initialised output layer, whose output ignores dropout
-    leaves, tree = jax.tree_util.tree_flatten(params)
-    keys = jax.random.split(jax.random.PRNGKey(2), len(leaves))
-    params = jax.tree_util.tree_unflatten(
-        tree, [p + 0.05 * jax.random.normal(k, p.shape, p.dtype) for p, k in zip(leaves, keys)])
-    loss_fn = flow_matching.make_loss(net.apply, interpolants.get("linear"),
+
+def _velocity(params, t, x, dropout_key=None):
+    """params * x, with a Bernoulli(0.5) mask / 0.5 when a key is given."""
+    if dropout_key is None:
+        return params * x
+    SEEN.append(dropout_key.shape)
+    keep = jax.random.bernoulli(dropout_key, 0.5, x.shape)
+    return jnp.where(keep, params * x / 0.5, 0.0)
+
+
+def _keep_all(params, t, x, dropout_key=None):
+    """Takes a dropout key and drops nothing."""
+    return params * x
+
+
+def _loss(dropout, key, velocity=_velocity):
+    loss_fn = flow_matching.make_loss(velocity, interpolants.get("linear"),
                                       time_sampling.uniform, dropout=dropout)
-    x = jax.random.normal(jax.random.PRNGKey(1), (4, 8, 8, 1))
-    return float(loss_fn(params, key, x)[0])
+    x = jax.random.normal(jax.random.PRNGKey(1), (16, 3))
+    return float(loss_fn(jnp.float32(0.7), key, x)[0])
 
 
-def test_dropout_key_changes_the_loss_only_with_a_rate():
+def test_dropout_key_per_pair_changes_the_loss():
     k = jax.random.PRNGKey(3)
-    assert _loss(0.5, True, k) != _loss(0.5, False, k)
-    np.testing.assert_allclose(_loss(0.0, True, k), _loss(0.0, False, k), rtol=1e-6)
-    # deterministic given the key
-    assert _loss(0.5, True, k) == _loss(0.5, True, k)
+    plain = _loss(False, k)
+    assert _loss(True, k) != plain
+    assert _loss(True, k) == _loss(True, k)  # deterministic given the key
+    assert _loss(True, jax.random.PRNGKey(4)) != _loss(True, k)
+    assert SEEN and SEEN[-1] == jax.random.PRNGKey(0).shape  # one key per pair (vmapped)
+    # the dropout keys do not move the noise / time draws: a field that takes the key
+    # and drops nothing gives the plain loss
+    np.testing.assert_allclose(_loss(True, k, _keep_all), plain, rtol=1e-6)
 
 
 def test_jobs_use_dropout_from_the_preset_or_the_override():
