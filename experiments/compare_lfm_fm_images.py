@@ -22,13 +22,17 @@ vector study (`experiments.compare_lfm_fm`), each run a normal resumable job:
 Every run is evaluated by its job (test bits/dim, and with the classifier
 fd_classifier / accuracy per w, samples_w*.npz). The table (compare_images.md / .json
 in W) collects them. `--variant ""` runs the same on sklearn's 8x8 digits (CPU checks).
-Finished runs are skipped on a rerun (their metrics.json exists).
+Finished runs are skipped on a rerun (their metrics.json exists). With --seeds s1,s2,...
+each seed's study goes to W/seed_<s> (its own classifier: the data split follows the
+seed) and W/compare_images.md has the mean and standard error over the seeds.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
+import statistics
 import subprocess
 import sys
 
@@ -39,8 +43,9 @@ flags.DEFINE_string("workdir", None, "Output directory (one sub-workdir per run)
 flags.DEFINE_string("variant", "mnist", "Config variant of the image configs ('' = digits).")
 flags.DEFINE_string("data_path", "", "data.path (MNIST: folder of the IDX files).")
 flags.DEFINE_list("runs", ["classifier", "lfm", "fm_paper", "fm_equal"], "Runs to do.")
-flags.DEFINE_integer("seed", 0, "config.seed of every run (the classifier's too: the "
-                     "data split depends on it).")
+flags.DEFINE_list("seeds", ["0"], "config.seed of every run (the classifier's too: the "
+                  "data split depends on it); several seeds: one study each in "
+                  "<workdir>/seed_<s>, and a table of means and standard errors.")
 flags.DEFINE_integer("steps_per_block", 3000, "LFM steps per block (FM paper: x blocks).")
 flags.DEFINE_integer("classifier_steps", 0, "Classifier steps (0: its config's).")
 flags.DEFINE_integer("fm_equal_channels", 64, "fm_equal: U-Net base channels.")
@@ -62,10 +67,10 @@ def _overrides(pairs) -> list:
     return [f"--config.{k}={v}" for k, v in pairs]
 
 
-def commands(workdir: str) -> dict:
-    """{run name: argv} of every run of the study."""
+def commands(workdir: str, seed: int = 0) -> dict:
+    """{run name: argv} of every run of the study with config.seed = seed."""
     data = [("data.path", FLAGS.data_path)] if FLAGS.data_path else []
-    data += [("seed", FLAGS.seed)] if FLAGS.seed else []
+    data += [("seed", seed)] if seed else []
     clf_dir = os.path.join(workdir, "classifier")
     ws = "(" + ",".join(str(float(w)) for w in FLAGS.guidance_ws) + ",)"
     score = [("eval.classifier_workdir", clf_dir), ("eval.guidance_ws", ws),
@@ -120,15 +125,10 @@ def markdown(rows) -> str:
     return "\n".join(lines)
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    workdir = FLAGS.workdir
+def run_study(workdir: str, seed: int) -> list:
+    """Run (or skip, when finished) every run of one seed; returns the table's rows."""
     os.makedirs(workdir, exist_ok=True)
-    cmds = commands(workdir)
-    unknown = [r for r in FLAGS.runs if r not in cmds]
-    if unknown:
-        raise app.UsageError(f"unknown runs {unknown}; known: {list(cmds)}")
+    cmds = commands(workdir, seed)
     rows = []
     for name in cmds:
         if name not in FLAGS.runs:
@@ -145,12 +145,49 @@ def main(argv):
             metrics = json.load(f)
         if name != "classifier":
             rows.append(summary_row(name, metrics))
+    _write(workdir, rows, {k: cmds[k] for k in FLAGS.runs})
+    return rows
+
+
+def mean_rows(per_seed: list) -> list:
+    """One row per run: the mean of every numeric entry over the seeds, its standard
+    error (std / sqrt(seeds)) as '<key>_se', and the number of seeds."""
+    out = []
+    for name in [r["run"] for r in per_seed[0]]:
+        rows = [r for rows in per_seed for r in rows if r["run"] == name and "failed" not in r]
+        row = {"run": name, "seeds": len(rows)}
+        for key in (rows[0] if rows else {}):
+            vals = [r.get(key) for r in rows]
+            if key == "run" or not all(isinstance(v, (int, float)) for v in vals):
+                continue
+            row[key] = sum(vals) / len(vals)
+            if len(vals) > 1:
+                row[key + "_se"] = statistics.stdev(vals) / math.sqrt(len(vals))
+        out.append(row)
+    return out
+
+
+def _write(workdir: str, rows: list, extra: dict) -> None:
     table = markdown(rows)
     print(table)
     with open(os.path.join(workdir, "compare_images.md"), "w") as f:
         f.write(table + "\n")
     with open(os.path.join(workdir, "compare_images.json"), "w") as f:
-        json.dump({"rows": rows, "commands": {k: cmds[k] for k in FLAGS.runs}}, f, indent=1)
+        json.dump({"rows": rows, **extra}, f, indent=1)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    unknown = [r for r in FLAGS.runs if r not in commands(FLAGS.workdir)]
+    if unknown:
+        raise app.UsageError(f"unknown runs {unknown}; known: {list(commands(FLAGS.workdir))}")
+    seeds = [int(x) for x in FLAGS.seeds]
+    if len(seeds) == 1:
+        run_study(FLAGS.workdir, seeds[0])
+        return
+    per_seed = [run_study(os.path.join(FLAGS.workdir, f"seed_{s}"), s) for s in seeds]
+    _write(FLAGS.workdir, mean_rows(per_seed), {"seeds": seeds, "per_seed": per_seed})
 
 
 if __name__ == "__main__":
