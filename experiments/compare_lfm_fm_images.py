@@ -145,7 +145,7 @@ def run_study(workdir: str, seed: int) -> list:
             metrics = json.load(f)
         if name != "classifier":
             rows.append(summary_row(name, metrics))
-    _write(workdir, rows, {k: cmds[k] for k in FLAGS.runs})
+    _write(workdir, rows, {"commands": {k: cmds[k] for k in FLAGS.runs}})
     return rows
 
 

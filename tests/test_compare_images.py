@@ -1,0 +1,47 @@
+"""experiments.compare_lfm_fm_images: finished runs are skipped, and --seeds gives one
+study per seed and the mean / standard error of every number over the seeds (checked
+on metrics.json files written here; the runs themselves are the jobs, tested
+elsewhere)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _fake_run(path, **metrics):
+    os.makedirs(path, exist_ok=True)
+    with open(os.path.join(path, "metrics.json"), "w") as f:
+        json.dump(metrics, f)
+
+
+def test_seeds_table_is_mean_and_standard_error(tmp_path):
+    fds = {0: (10.0, 12.0), 1: (14.0, 13.0)}  # (lfm, fm) fd at w = 1 per seed
+    for seed, (fd_lfm, fd_fm) in fds.items():
+        d = tmp_path / f"seed_{seed}"
+        _fake_run(d / "classifier", test_accuracy=0.99)
+        _fake_run(d / "lfm", num_params=4, steps=8, test_bpd=1.5 + seed,
+                  fd_classifier_w1=fd_lfm, accuracy_w1=0.9)
+        _fake_run(d / "fm_paper", num_params=1, steps=8, test_bpd=1.4,
+                  fd_classifier_w1=fd_fm, accuracy_w1=0.95)
+    out = subprocess.run(
+        [sys.executable, "-m", "experiments.compare_lfm_fm_images", "--workdir",
+         str(tmp_path), "--seeds", "0,1", "--variant", "", "--runs",
+         "classifier,lfm,fm_paper"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "$ " not in out.stdout  # every run was finished: nothing started
+    table = json.loads((tmp_path / "compare_images.json").read_text())
+    rows = {r["run"]: r for r in table["rows"]}
+    assert set(rows) == {"lfm", "fm_paper"} and rows["lfm"]["seeds"] == 2
+    np.testing.assert_allclose(rows["lfm"]["fd_classifier_w1"], 12.0)
+    np.testing.assert_allclose(rows["lfm"]["fd_classifier_w1_se"], np.std([10, 14], ddof=1) / np.sqrt(2))
+    np.testing.assert_allclose(rows["fm_paper"]["fd_classifier_w1"], 12.5)
+    np.testing.assert_allclose(rows["lfm"]["test_bpd"], 2.0)
+    # each seed's own table too
+    per = json.loads((tmp_path / "seed_1" / "compare_images.json").read_text())
+    assert [r["run"] for r in per["rows"]] == ["lfm", "fm_paper"]
+    assert "--config.seed=1" in " ".join(per["commands"]["lfm"])
