@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import platform
+import time
 
 import jax
 import jax.numpy as jnp
@@ -85,3 +86,18 @@ def device_info() -> dict:
     return {"jax": jax.__version__, "jax_device": dev.device_kind, "jax_platform": dev.platform,
             "jax_device_count": jax.device_count(), "host": platform.node(),
             "cpu": platform.processor() or platform.machine()}
+
+
+def time_trainer(trainer, unit: int, seconds: float, min_calls: int = 3) -> float:
+    """Steps per second of trainer.step(unit) over about `seconds` (one synchronised
+    call first to size the window; then at least min_calls calls, synchronised)."""
+    t0 = time.perf_counter()
+    trainer.step(unit)
+    trainer.sync()
+    one = max(time.perf_counter() - t0, 1e-6)
+    calls = max(min_calls, int(seconds / one))
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        trainer.step(unit)
+    trainer.sync()
+    return calls * unit / (time.perf_counter() - t0)

@@ -81,18 +81,7 @@ FLAGS = flags.FLAGS
 make_data = ours.make_data  # kept for callers of the old name
 
 
-def time_trainer(trainer, unit: int, seconds: float) -> float:
-    """Steps per second of trainer.step(unit) over about `seconds`."""
-    t0 = time.perf_counter()
-    trainer.step(unit)
-    trainer.sync()
-    one = max(time.perf_counter() - t0, 1e-6)
-    calls = max(3, int(seconds / one))
-    t0 = time.perf_counter()
-    for _ in range(calls):
-        trainer.step(unit)
-    trainer.sync()
-    return calls * unit / (time.perf_counter() - t0)
+time_trainer = ours.time_trainer
 
 
 def our_variants(fused: int, bf16: bool) -> dict:

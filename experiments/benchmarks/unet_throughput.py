@@ -389,17 +389,10 @@ def build_torch(torch, mode, config, pool, batch, device):
 
 
 def time_trainer(trainer, unit: int, seconds: float) -> float:
-    """Steps per second of trainer.step(unit) over about `seconds` (synchronised)."""
-    t0 = time.perf_counter()
-    trainer.step(unit)
-    trainer.sync()
-    one = max(time.perf_counter() - t0, 1e-6)
-    calls = max(2, int(seconds / one))
-    t0 = time.perf_counter()
-    for _ in range(calls):
-        trainer.step(unit)
-    trainer.sync()
-    return calls * unit / (time.perf_counter() - t0)
+    """Steps per second of trainer.step(unit) (`ours.time_trainer`, at least 2 calls)."""
+    from experiments.benchmarks import ours
+
+    return ours.time_trainer(trainer, unit, seconds, min_calls=2)
 
 
 def _dtypes():
