@@ -11,12 +11,17 @@ Variants (`configs/fm_digits.py:<variant>`):
           the IDX files, e.g. --config.data.path=../shared/data/mnist (that folder
           holds only the 10,000-image t10k split: data.source_split = "test",
           split here into train / 1,000 val / 1,000 test).
+  cifar10 CIFAR-10 32x32x3 with the "cifar10" U-Net preset (torchcfm's CIFAR-10 U-Net,
+          35.7 M parameters) and torchcfm's training settings (batch 128, lr 2e-4
+          after 5,000 warm-up steps, gradient clip 1, EMA 0.9999, random flips,
+          400,000 steps); --config.data.path = the folder of the python batches
+          (data_batch_1..5: 50,000 images split into train / 1,000 val / 5,000 test).
 """
 
 from configs import default
 
 
-VARIANTS = ("uncond", "mnist")
+VARIANTS = ("uncond", "mnist", "cifar10")
 
 
 def apply_image_defaults(config, variant: str = ""):
@@ -46,6 +51,19 @@ def apply_image_defaults(config, variant: str = ""):
     config.eval.ode.solver, config.eval.ode.num_steps = "heun", 20
     if "uncond" in variant:
         config.model.num_classes = 0
+    if "cifar10" in variant:
+        config.data.name = "cifar10"
+        config.data.source_split = "train"
+        config.data.n_val, config.data.n_test = 1_000, 5_000
+        config.data.random_flip = True
+        config.model.unet_preset = "cifar10"
+        t = config.train
+        t.batch_size, t.lr, t.warmup_steps, t.grad_clip = 128, 2e-4, 5_000, 1.0
+        t.ema_decay, t.checkpoint_every = 0.9999, 5_000
+        config.eval.nll_examples = 1_000
+        config.eval.divergence = "hutchinson"
+        config.eval.ode.solver, config.eval.ode.num_steps = "tsit5", 0
+        config.eval.ode.rtol = config.eval.ode.atol = 1e-5
     if "mnist" in variant:
         config.data.name = "mnist"
         config.data.source_split = "test"
@@ -66,5 +84,6 @@ def get_config(variant: str = ""):
     config = default.get_config()
     config.method = "fm"
     apply_image_defaults(config, variant)
-    config.train.steps = 20_000 if "mnist" in variant else 1_500
+    config.train.steps = (400_000 if "cifar10" in variant
+                          else 20_000 if "mnist" in variant else 1_500)
     return default.locked(config)
