@@ -16,8 +16,11 @@ vector study (`experiments.compare_lfm_fm`), each run a normal resumable job:
    trained for N x steps_per_block steps (as many steps as the LFM in all).
 4. fm_equal (equal compute): FM with a wider U-Net (--fm_equal_channels base channels,
    chosen so that its parameters are about the LFM's total) trained for
-   --fm_equal_steps steps, chosen from a measured step time so that its training time
-   is about the LFM's; the table reports both times, so the match can be checked.
+   --fm_equal_steps steps; with --fm_equal_steps=-1 the steps are set for equal time:
+   a short timing run of the same config (W/fm_equal_timing, --calibration_steps)
+   gives its seconds per step and its fixed cost (compilation), and the steps are
+   those whose training time matches LFM's (training plus pushes); the table reports
+   both times, so the match can be checked.
 
 Every run is evaluated by its job (test bits/dim, and with the classifier
 fd_classifier / accuracy per w, samples_w*.npz). The table (compare_images.md / .json
@@ -38,6 +41,8 @@ import sys
 
 from absl import app, flags
 
+from experiments import timing
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Output directory (one sub-workdir per run).")
 flags.DEFINE_string("variant", "mnist", "Config variant of the image configs ('' = digits).")
@@ -49,7 +54,9 @@ flags.DEFINE_list("seeds", ["0"], "config.seed of every run (the classifier's to
 flags.DEFINE_integer("steps_per_block", 3000, "LFM steps per block (FM paper: x blocks).")
 flags.DEFINE_integer("classifier_steps", 0, "Classifier steps (0: its config's).")
 flags.DEFINE_integer("fm_equal_channels", 64, "fm_equal: U-Net base channels.")
-flags.DEFINE_integer("fm_equal_steps", 0, "fm_equal: steps (0: as fm_paper).")
+flags.DEFINE_integer("fm_equal_steps", 0, "fm_equal: steps (0: as fm_paper; -1: equal "
+                     "time, from a short timing run of fm_equal and LFM's time).")
+flags.DEFINE_integer("calibration_steps", 500, "--fm_equal_steps=-1: steps of the timing run.")
 flags.DEFINE_list("guidance_ws", ["0", "1", "2", "3"], "Guidance weights scored.")
 flags.DEFINE_integer("fd_samples", 2000, "Generated images per w for FD / accuracy.")
 flags.DEFINE_multi_string("set", [], "Extra override KEY=VALUE for every generator run.")
@@ -67,8 +74,9 @@ def _overrides(pairs) -> list:
     return [f"--config.{k}={v}" for k, v in pairs]
 
 
-def commands(workdir: str, seed: int = 0) -> dict:
-    """{run name: argv} of every run of the study with config.seed = seed."""
+def commands(workdir: str, seed: int = 0, fm_equal_steps: int = 0) -> dict:
+    """{run name: argv} of every run of the study with config.seed = seed (fm_equal
+    trained for fm_equal_steps, else --fm_equal_steps, else as fm_paper)."""
     data = [("data.path", FLAGS.data_path)] if FLAGS.data_path else []
     data += [("seed", seed)] if seed else []
     clf_dir = os.path.join(workdir, "classifier")
@@ -94,7 +102,8 @@ def commands(workdir: str, seed: int = 0) -> dict:
         "fm_equal": train + ["--config", _config("fm_digits"),
                              "--workdir", os.path.join(workdir, "fm_equal")]
         + _overrides(data + score + extra + wide
-                     + [("train.steps", FLAGS.fm_equal_steps or fm_steps)]),
+                     + [("train.steps", fm_equal_steps or max(FLAGS.fm_equal_steps, 0)
+                         or fm_steps)]),
     }
 
 
@@ -125,6 +134,33 @@ def markdown(rows) -> str:
     return "\n".join(lines)
 
 
+def _calibrate(workdir: str, cmds: dict) -> int:
+    """fm_equal's steps for equal time with LFM (--fm_equal_steps=-1): a short timing
+    run of fm_equal (minimal evaluation) in W/fm_equal_timing, then `equal_time_steps`
+    against LFM's train_time_s (training plus pushes)."""
+    with open(os.path.join(workdir, "lfm", "metrics.json")) as f:
+        target = json.load(f)["train_time_s"]
+    tdir = os.path.join(workdir, "fm_equal_timing")
+    if not os.path.exists(os.path.join(tdir, "metrics.json")):
+        cmd = list(cmds["fm_equal"])
+        cmd[cmd.index("--workdir") + 1] = tdir
+        cmd += _overrides([("train.steps", FLAGS.calibration_steps),
+                           ("eval.classifier_workdir", ""), ("eval.nll_examples", 8),
+                           ("eval.n_samples", 10), ("eval.grid_per_class", 1)])
+        print("$ " + " ".join(cmd), flush=True)
+        subprocess.run(cmd, check=True)
+    with open(os.path.join(tdir, "metrics.json")) as f:
+        calib = json.load(f)
+    with open(os.path.join(tdir, "config.json")) as f:
+        spc = json.load(f)["train"]["steps_per_call"]
+    with open(os.path.join(tdir, "metrics.jsonl")) as f:
+        records = [json.loads(line) for line in f if line.strip()]
+    steps, per_step, fixed = timing.equal_time_steps(target, records, calib["train_time_s"], spc)
+    print(f"fm_equal: {steps} steps for LFM's {target:.1f} s ({per_step * 1e3:.2f} ms a "
+          f"step, {fixed:.1f} s fixed)", flush=True)
+    return steps
+
+
 def run_study(workdir: str, seed: int) -> list:
     """Run (or skip, when finished) every run of one seed; returns the table's rows."""
     os.makedirs(workdir, exist_ok=True)
@@ -134,6 +170,9 @@ def run_study(workdir: str, seed: int) -> list:
         if name not in FLAGS.runs:
             continue
         metrics_path = os.path.join(workdir, name, "metrics.json")
+        if (name == "fm_equal" and FLAGS.fm_equal_steps < 0 and "lfm" in FLAGS.runs
+                and not os.path.exists(metrics_path)):
+            cmds = commands(workdir, seed, _calibrate(workdir, cmds))
         if not os.path.exists(metrics_path):
             print("$ " + " ".join(cmds[name]), flush=True)
             code = subprocess.run(cmds[name]).returncode

@@ -25,3 +25,21 @@ def seconds_per_step(step, state, data, steps_per_call: int, *, seconds: float =
         state, m = step(state, data)
     jax.block_until_ready((state, m))
     return (time.perf_counter() - t0) / (calls * steps_per_call)
+
+
+def equal_time_steps(target_s: float, records: list, calib_time_s: float,
+                     steps_per_call: int) -> tuple:
+    """(steps, seconds per step, fixed seconds): the steps whose training time
+    fixed + steps * per_step is closest to target_s (a multiple of steps_per_call, at
+    least one call), from a timing run's metrics.jsonl records ({"step", "time"} per
+    fused call; the first call, which compiles, is left out of the per-step time) and
+    its total training time calib_time_s (fixed = calib_time_s - its steps * per_step:
+    compilation and set-up)."""
+    if len(records) < 3:
+        raise ValueError(f"the timing run logged {len(records)} calls; need at least 3 "
+                         "(raise --calibration_steps)")
+    first, last = records[1], records[-1]
+    per_step = (last["time"] - first["time"]) / (last["step"] - first["step"])
+    fixed = max(calib_time_s - last["step"] * per_step, 0.0)
+    calls = max(1, round((target_s - fixed) / per_step / steps_per_call))
+    return calls * steps_per_call, per_step, fixed

@@ -45,3 +45,20 @@ def test_seeds_table_is_mean_and_standard_error(tmp_path):
     per = json.loads((tmp_path / "seed_1" / "compare_images.json").read_text())
     assert [r["run"] for r in per["rows"]] == ["lfm", "fm_paper"]
     assert "--config.seed=1" in " ".join(per["commands"]["lfm"])
+
+
+def test_equal_time_steps_from_a_timing_run():
+    from experiments import timing
+
+    # calls of 50 steps, 0.5 s each after a first call that compiled (10 s)
+    records = [{"step": 50 * (i + 1), "time": 100.0 + 10.0 + 0.5 * i} for i in range(10)]
+    calib_time = 10.0 + 0.5 * 10  # the run's training time: 500 steps
+    steps, per_step, fixed = timing.equal_time_steps(60.0, records, calib_time, 50)
+    np.testing.assert_allclose(per_step, 0.01)
+    np.testing.assert_allclose(fixed, 15.0 - 500 * 0.01)
+    assert steps == 5000 and (fixed + steps * per_step) == 60.0
+    assert timing.equal_time_steps(1.0, records, calib_time, 50)[0] == 50  # at least a call
+    import pytest
+
+    with pytest.raises(ValueError, match="calibration_steps"):
+        timing.equal_time_steps(60.0, records[:2], calib_time, 50)
