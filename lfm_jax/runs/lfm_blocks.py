@@ -10,7 +10,8 @@
      training set and the validation subset are pushed through it (chunks sharded over
      the mesh) and saved, with the cumulative log-determinant of the validation points,
      as .npy files (the last block trains nothing after it, so only the first
-     lfm.n_val training rows go through it, for its report's moment check); then
+     max(lfm.n_val, one device call of lfm.chunk_size rows per device) training rows
+     go through it, for its report's moment check); then
      blocks/<n>/report.json (`lfm_reports.block_report`).
 Every file is written atomically (`lfm_jax.files`), so a run killed at any moment
 and restarted with the same command restores blocks < n with their pushed data (only
@@ -118,8 +119,12 @@ def train_blocks(config, dataset, workdir: str, *, mesh=None, trainer=None, call
         params_list.append(params)
 
         t0 = time.perf_counter()
-        # the last block's push trains nothing: only the rows its report checks
-        x_push = x_train if n < model.num_blocks else x_train[: c.n_val]
+        # the last block's push trains nothing: only the rows its report checks, but
+        # at least one full device call (chunk_size rows a device), so that the push
+        # program compiled for the earlier blocks is reused (a smaller call is a new
+        # shape: a recompilation that costs more than the rows on a GPU)
+        n_last = max(c.n_val, c.chunk_size * mesh.shape[distributed.DATA_AXIS])
+        x_push = x_train if n < model.num_blocks else x_train[:n_last]
         x_next = file_io.load_or_none(file_io.load_npy, files.train, shape=x_push.shape)
         if x_next is None:
             with phases.phase(clock, "push"):
