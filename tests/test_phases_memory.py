@@ -26,3 +26,22 @@ def test_peak_memory_is_max_over_devices_in_mib(monkeypatch):
             _Dev({"bytes_in_use": 9 * 2**20})]
     monkeypatch.setattr(jax, "local_devices", lambda: devs)
     assert phases.peak_device_memory_mib() == 5.0
+
+
+def test_write_metrics_adds_phases_and_peak_memory(tmp_path, monkeypatch):
+    import json
+
+    from lfm_jax.runs import jobs
+
+    clock = phases.PhaseClock()
+    with clock.phase("train"):
+        pass
+    monkeypatch.setattr(phases, "peak_device_memory_mib", lambda: 12.5)
+    results = {"test_nll": 1.0}
+    jobs.write_metrics(str(tmp_path), results, clock)
+    written = json.loads((tmp_path / "metrics.json").read_text())
+    assert written["peak_device_memory_mib"] == 12.5 == results["peak_device_memory_mib"]
+    assert "train" in written["phases"] and written["test_nll"] == 1.0
+    monkeypatch.setattr(phases, "peak_device_memory_mib", lambda: None)  # CPU
+    jobs.write_metrics(str(tmp_path / "cpu"), {"test_nll": 2.0})
+    assert "peak_device_memory_mib" not in json.loads((tmp_path / "cpu" / "metrics.json").read_text())

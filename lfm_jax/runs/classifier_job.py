@@ -31,7 +31,6 @@ import jax.numpy as jnp
 import optax
 
 from lfm_jax import checkpoint, classifier, distributed, phases, train
-from lfm_jax import logging as log_lib
 from lfm_jax.runs import classifier_eval, common, image_data, jobs
 
 
@@ -86,9 +85,7 @@ def run(config, workdir: str, clock=None) -> dict:
     results.update(method="classifier", data=config.data.name, steps=int(state.step),
                    train_time_s=train_time, num_params=model.num_params(params),
                    disclaimer=classifier.DISCLAIMER)
-    if clock is not None:
-        results["phases"] = clock.as_dict()
-    log_lib.write_json(os.path.join(workdir, "metrics.json"), results)
+    jobs.write_metrics(workdir, results, clock)
     return results
 
 

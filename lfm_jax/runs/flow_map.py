@@ -24,7 +24,6 @@ import numpy as np
 
 from lfm_jax import data as data_lib
 from lfm_jax import distill, distributed, flow_map, interpolants, lfm, losses
-from lfm_jax import logging as log_lib
 from lfm_jax import networks, phases, plots, timing, train
 from lfm_jax.runs import common, image_data, image_eval, jobs
 
@@ -166,9 +165,7 @@ def run(config, workdir: str, clock=None) -> dict:
     evaluate = evaluate_images if is_image else evaluate_vectors
     summary = evaluate(config, fmap, params, z, dataset, workdir, results, k_eval,
                        clock=clock, mesh=mesh)
-    if clock is not None:
-        results["phases"] = clock.as_dict()
-    log_lib.write_json(os.path.join(workdir, "metrics.json"), results)
+    jobs.write_metrics(workdir, results, clock)
     return {k: v for k, v in results.items() if k != "sampling"} | summary
 
 

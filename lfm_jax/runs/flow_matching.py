@@ -93,9 +93,7 @@ def run(config, workdir: str, clock=None) -> dict:
         curve = log_lib.read_jsonl(log_path)
         plots.plot_loss(os.path.join(workdir, "loss.png"), [r["step"] for r in curve],
                         [r["loss"] for r in curve])
-    if clock is not None:
-        results["phases"] = clock.as_dict()
-    log_lib.write_json(os.path.join(workdir, "metrics.json"), results)
+    jobs.write_metrics(workdir, results, clock)
     return results
 
 

@@ -8,9 +8,9 @@ Before any work (data loading, compilation) a job
      command line in runs.jsonl) and refuses a resume whose settings change training,
      listing the changed keys.
 Every job times its phases (`phases.PhaseClock`: seconds and compile seconds per
-phase, printed as a table at the end and stored in metrics.json as "phases") and, on
-a GPU or TPU, records the process's peak device memory (metrics.json
-"peak_device_memory_mib", `phases.peak_device_memory_mib`).
+phase, printed as a table at the end) and writes metrics.json through
+`write_metrics`, which adds the phase table ("phases") and, on a GPU or TPU, the
+process's peak device memory ("peak_device_memory_mib").
 When training stops on a non-finite loss (`train.NonFiniteLossError`, whose message
 names the kept checkpoint) the workdir is marked diverged
 (`provenance.mark_diverged`), so that the same command with a lower `train.lr` (or
@@ -20,13 +20,13 @@ names the kept checkpoint) the workdir is marked diverged
 from __future__ import annotations
 
 import functools
-import json
 import math
 import os
 
 import jax
 import numpy as np
 
+from lfm_jax import logging as log_lib
 from lfm_jax import phases, train
 from lfm_jax.runs import provenance, validation
 
@@ -57,10 +57,7 @@ def job(run):
         except train.NonFiniteLossError as e:
             provenance.mark_diverged(workdir, str(e))
             raise
-        memory = phases.peak_device_memory_mib()
-        if memory is not None and isinstance(results, dict):
-            results["peak_device_memory_mib"] = memory
-            _add_to_metrics(workdir, "peak_device_memory_mib", memory)
+        memory = results.get("peak_device_memory_mib") if isinstance(results, dict) else None
         if jax.process_index() == 0:
             print("where the time went (this start; compiling: JAX tracing, lowering, XLA)\n"
                   + clock.table(), flush=True)
@@ -72,17 +69,17 @@ def job(run):
     return wrapped
 
 
-def _add_to_metrics(workdir: str, key: str, value) -> None:
-    """Add one entry to the job's metrics.json (process 0; no-op without the file)."""
-    from lfm_jax.runs import common
-
-    path = os.path.join(workdir, "metrics.json")
-    if jax.process_index() != 0 or not os.path.exists(path):
-        return
-    with open(path) as f:
-        metrics = json.load(f)
-    metrics[key] = value
-    common.save_json(path, metrics)
+def write_metrics(workdir: str, results: dict, clock=None) -> None:
+    """Write a job's final results to <workdir>/metrics.json (process 0), with the
+    phase table of `clock` ("phases") and, where the backend reports it, the peak
+    device memory ("peak_device_memory_mib", `phases.peak_device_memory_mib`) added
+    to results first."""
+    if clock is not None:
+        results["phases"] = clock.as_dict()
+    memory = phases.peak_device_memory_mib()
+    if memory is not None:
+        results["peak_device_memory_mib"] = memory
+    log_lib.write_json(os.path.join(workdir, "metrics.json"), results)
 
 
 def gaussian_nll(x) -> float:

@@ -74,9 +74,7 @@ def run(config, workdir: str, clock=None) -> dict:
                    train_time_s=train_time, num_params=n_params, blocks=reports)
     with phases.phase(clock, "plots"):
         _write_curves(workdir, model, reports, results.get("nll_floor"))
-    if clock is not None:
-        results["phases"] = clock.as_dict()
-    log_lib.write_json(os.path.join(workdir, "metrics.json"), results)
+    jobs.write_metrics(workdir, results, clock)
     return results
 
 
