@@ -218,9 +218,10 @@ def _write(workdir: str, rows: list, extra: dict) -> None:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    unknown = [r for r in FLAGS.runs if r not in commands(FLAGS.workdir)]
+    known = list(commands(FLAGS.workdir))
+    unknown = [r for r in FLAGS.runs if r not in known]
     if unknown:
-        raise app.UsageError(f"unknown runs {unknown}; known: {list(commands(FLAGS.workdir))}")
+        raise app.UsageError(f"unknown runs {unknown}; known: {known}")
     seeds = [int(x) for x in FLAGS.seeds]
     if len(seeds) == 1:
         run_study(FLAGS.workdir, seeds[0])

@@ -44,13 +44,9 @@ def unet_kwargs(config, example_shape) -> dict:
 
 def uses_dropout(config) -> bool:
     """Whether config.model's network has dropout in training (a U-Net with rate > 0)."""
-    m = config.model
-    if m.get("kind", "mlp") != "unet":
+    if config.model.get("kind", "mlp") != "unet":
         return False
-    rate = float(m.get("unet_dropout", -1.0))
-    if rate < 0:
-        rate = unet.preset(m.get("unet_preset", "digits8")).get("dropout", 0.0)
-    return rate > 0
+    return unet_kwargs(config, ()).get("dropout", 0.0) > 0  # the rate the network gets
 
 
 def network(config, example_shape, num_times: int = 1):
