@@ -32,6 +32,13 @@ def fresh_sampler(config, dataset) -> Optional[Callable]:
     return getattr(dataset, "sampler", None)
 
 
+def host_fed(config) -> bool:
+    """Whether the training batches are fed from host memory, each process feeding its
+    rows (`train.HostBatches`; config.data.placement = "host"), rather than drawn on
+    device from a replicated training set ("device", the default)."""
+    return config.data.get("placement", "device") == "host"
+
+
 def fm_sample_batch(config, dataset) -> Callable:
     """The plain-FM batch sampler: fresh draws (`fresh_sampler`) or rows of the
     training set with replacement."""

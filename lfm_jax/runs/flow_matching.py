@@ -57,7 +57,7 @@ def run(config, workdir: str, clock=None) -> dict:
         flow_matching.gaussian_pairs(couplings.get(config.fm.coupling)),
         labels=image_data.loss_labels(config, net), dropout=models.uses_dropout(config))
     arrays = image_data.train_data(dataset) if is_image else np.asarray(dataset.train)
-    if config.data.get("placement", "device") == "host":  # each process feeds its rows
+    if data_feed.host_fed(config):  # each process feeds its rows
         train_data = train.HostBatches(arrays, t_cfg.batch_size, t_cfg.steps_per_call,
                                        config.seed, mesh)
         sample_batch = None

@@ -14,7 +14,7 @@ import numpy as np
 
 from lfm_jax import files as file_io
 from lfm_jax import distributed, flow_matching, interpolants, lfm, networks, ode, train
-from lfm_jax.runs import common, image_data, image_eval, models
+from lfm_jax.runs import common, data_feed, image_data, image_eval, models
 
 
 class PushFailedError(RuntimeError):
@@ -51,11 +51,6 @@ class Trainer(NamedTuple):
     first_step_fn: Callable = None  # block 1's step drawing fresh data (data_feed)
 
 
-def host_fed(config) -> bool:
-    """Whether blocks train on batches fed from the host (config.data.placement)."""
-    return config.data.get("placement", "device") == "host"
-
-
 def block_data(config, n: int, x_l, h, y, mesh):
     """What block n's train step takes: the replicated {"x", "h"(, "y")} it draws its
     batches from on device, or (config.data.placement = "host") a `train.HostBatches`
@@ -63,7 +58,7 @@ def block_data(config, n: int, x_l, h, y, mesh):
     rows drawn with seed (config.seed, block n)."""
     x_l = np.asarray(x_l)
     extra = {} if y is None else {"y": y}
-    if not host_fed(config):
+    if not data_feed.host_fed(config):
         return distributed.replicate({"x": x_l, "h": np.asarray(h, x_l.dtype), **extra}, mesh)
     rows = {"x": x_l, "h": np.full((len(x_l),), h, x_l.dtype), **extra}
     t_cfg = config.train
@@ -83,7 +78,7 @@ def make_trainer(config, example_shape, mesh, sampler=None) -> Trainer:
                                       common.make_time_sampler(c), lfm.ou_pairs,
                                       times_per_pair=c.times_per_pair, labels=labels,
                                       dropout=models.uses_dropout(config))
-    host = host_fed(config)  # batches fed from the host: no sampler in the step
+    host = data_feed.host_fed(config)  # batches fed from the host: no sampler in the step
     step_fns = [train.make_train_step(
         loss_fn, opt,
         sample_batch=None if host and s is None else lfm.make_sample_batch(t_cfg.batch_size, s),
