@@ -126,6 +126,8 @@ def _fmt(v) -> str:
 
 
 def markdown(rows) -> str:
+    """A Markdown table of rows (dicts): one column per key seen in any row, in order
+    of first appearance; '-' where a row lacks the key."""
     keys = []
     for r in rows:
         keys += [k for k in r if k not in keys]
