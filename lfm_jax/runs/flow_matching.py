@@ -6,17 +6,13 @@ metrics.json (final metrics; "warnings" lists e.g. a test NLL worse than the bas
 N(0, I)'s), samples.png, loss.png. Images (config.data.name digits / mnist / cifar10):
 batches dequantised afresh every step (`image_data.sample_batch`), labels dropped with
 probability fm.p_uncond for a class-conditional model, and samples_grid.png with
-<<<<<<< HEAD
-bits per dimension instead of samples.png (`image_eval`). Training batches are drawn
-on device from the replicated training set (config.data.placement = "device"), or fed
-from host memory with each process feeding only its rows ("host": `train.HostBatches`,
-for data sets larger than a device).
-=======
 bits per dimension instead of samples.png (`image_eval`); with
 config.eval.classifier_workdir, fd_classifier_w<w> / accuracy_w<w> / best_w of
 eval.fd_samples guided samples per weight in eval.guidance_ws, saved as
-samples_w<w>.npz (`image_eval.classifier_scores`; NOT Inception FID).
->>>>>>> s16-c
+samples_w<w>.npz (`image_eval.classifier_scores`; NOT Inception FID). Training
+batches are drawn on device from the replicated training set (config.data.placement =
+"device"), or fed from host memory with each process feeding only its rows ("host":
+`train.HostBatches`, for data sets larger than a device).
 
 Evaluation solves with config.eval.ode and `on_failure="nan"`: test points (samples)
 whose ODE solve fails are left out of the NLL (sample metrics) and counted as
