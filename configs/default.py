@@ -115,6 +115,13 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval.classifier_workdir = ""
     config.eval.fd_samples = 1_000
     config.eval.guidance_ws = (1.0,)
+    # Images, standard FID (lfm_jax.inception_fid: pytorch-fid, `pip install -e .[fid]`):
+    # the path of pytorch-fid's Inception weights pt_inception-2015-12-05-6726825d.pth
+    # on this machine (never downloaded; "" = off). The same fd_samples images per
+    # guidance weight (with or without classifier_workdir) get fid_inception_w<w>
+    # against the held-out test images. FID of a few thousand samples or fewer is
+    # biased upward: not comparable with published 50k-sample FID values.
+    config.eval.inception_weights = ""
 
     config.log = ml_collections.ConfigDict()
     # TensorBoard event files in the workdir (lfm_jax.tracking; tensorboardX, no

@@ -29,7 +29,9 @@ unconditional two-time U-Nets of the blocks' preset (--unet_channels to change t
 width; --width / --depth are for MLPs); a class-conditional LFM is distilled and
 compared through its null-class (unguided) field (`lfm_distill.student_flow_map`).
 With --config.eval.classifier_workdir (if the config has that key) the samples are
-scored by that classifier.
+scored by that classifier; with --config.eval.inception_weights=<local
+pt_inception-2015-12-05-6726825d.pth> also by standard FID (pytorch-fid). Both are
+checked before any distillation (`validation.validate_config`).
 """
 
 import os
@@ -71,9 +73,10 @@ def main(argv):
     import jax
 
     from lfm_jax import logging as log_lib
-    from lfm_jax.runs import common, distill_eval, lfm_distill
+    from lfm_jax.runs import common, distill_eval, lfm_distill, validation
 
     config = FLAGS.config
+    validation.validate_config(config)
     workdir = os.path.abspath(os.path.expanduser(FLAGS.workdir))
     out = FLAGS.out or os.path.join(workdir, "distill", FLAGS.objective)
     os.makedirs(out, exist_ok=True)

@@ -1,11 +1,10 @@
 """Flow maps on images (CPU, tiny U-Nets, sklearn's 8x8 digits, a handful of steps):
 the flow-map job with LSD and PSD writes samples_k{1,2,4}.npz and timings; a tiny
 class-conditional digits LFM distilled into U-Net flow maps, compared with its ODE
-generation per K; the classifier scoring hook."""
+generation per K; the sample scoring hook."""
 
 import json
 import os
-import sys
 import types
 
 import numpy as np
@@ -64,29 +63,32 @@ def test_flow_map_digits_config_variants():
         flow_map_digits.get_config("lsd,cifar")
 
 
-def test_classifier_scorer_is_optional(monkeypatch, tmp_path):
-    """Without eval.classifier_workdir nothing is imported; with it, the samples
-    (finite rows only) and reference go to classifier_eval.score."""
+def test_sample_scorer_is_optional(monkeypatch, tmp_path):
+    """Without eval.classifier_workdir (and inception_weights) no scorer; with it, the
+    samples (finite rows only, their labels) and the bound reference go to
+    classifier_eval.score, and the dropped rows are counted."""
     from lfm_jax.runs import image_eval
 
     config = _tiny_flow_map("lsd")
-    assert image_eval.classifier_scorer(config) is None
+    reference = np.ones((5, 8, 8, 1))
+    assert image_eval.sample_scorer(config, reference) is None
     calls = []
     fake = types.SimpleNamespace(
-        load=lambda w: ("clf", {"w": w}),
+        load=lambda w, shape=None: ("clf", {"w": w, "shape": shape}),
         score=lambda c, p, s, ref, labels=None: calls.append((c, p, s, ref, labels))
-        or {"fd_classifier": 1.5})
-    monkeypatch.setitem(sys.modules, "lfm_jax.runs.classifier_eval", fake)
-    monkeypatch.setattr(runs, "classifier_eval", fake, raising=False)
+        or {"fd_classifier": 1.5, "notes": {"fd_classifier": "not FID"}})
+    monkeypatch.setattr(image_eval, "classifier_eval", fake)
     with config.unlocked():
         config.eval.classifier_workdir = str(tmp_path)
-    score = image_eval.classifier_scorer(config)
+    score = image_eval.sample_scorer(config, reference, (8, 8, 1))
     samples = np.zeros((3, 8, 8, 1))
     samples[1] = np.nan
-    assert score(samples, np.ones((5, 8, 8, 1)), labels=np.arange(3)) == {
-        "fd_classifier": 1.5}
-    (_, p, s, _, labels), = calls
-    assert p == {"w": str(tmp_path)} and len(s) == 2 and list(labels) == [0, 2]
+    assert score(samples, labels=np.arange(3)) == {
+        "fd_classifier": 1.5, "n_scored": 2, "n_dropped": 1,
+        "notes": {"fd_classifier": "not FID"}}
+    (_, p, s, ref, labels), = calls
+    assert p == {"w": str(tmp_path), "shape": (8, 8, 1)} and len(s) == 2
+    assert list(labels) == [0, 2] and ref is reference
 
 
 @pytest.mark.parametrize("kind", [

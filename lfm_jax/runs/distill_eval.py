@@ -13,7 +13,9 @@ sliced W2 against the test set and the energy distance to the lfm_ode samples (p
 "noise" row, z itself), and draws samples_lfm_ode.png / samples_distilled_K<K>.png.
 Images (`image_data.ImageData`) save every method's samples instead
 (samples_<method>[_k<K>].npz, uint8, and .png: `image_eval.save_samples`) and, with
-config.eval.classifier_workdir set, add the classifier scores against the test images.
+config.eval.classifier_workdir and / or config.eval.inception_weights set, add the
+scores against the test images (`image_eval.sample_scorer`: fd_classifier, NOT
+Inception FID; fid_inception, standard FID by pytorch-fid, biased upward at small N).
 """
 
 from __future__ import annotations
@@ -68,7 +70,7 @@ def compare(config, model, params_list, maps, dataset, out_dir: str, *,
     shape = tuple(dataset.train.shape[1:])
     z = np.asarray(jax.random.normal(k_z, (int(n_samples),) + shape))
     test = np.asarray(dataset.test)
-    score = image_eval.classifier_scorer(config) if is_image else None
+    score = image_eval.sample_scorer(config, test, shape) if is_image else None
     rows, ref = [], None
     N = model.num_blocks
     for method, k, calls, generate in generators(config, model, params_list, maps,
@@ -88,7 +90,7 @@ def compare(config, model, params_list, maps, dataset, out_dir: str, *,
                 row["mse_to_ode_per_dim"] = row["mse_to_ode"] / x[0].size
                 image_eval.save_samples(out_dir, name, x, title=f"{name}, {N} blocks")
                 if score is not None:
-                    row.update(score(x, test))
+                    row.update(score(x))
             else:
                 row.update(common.sample_metrics(k_metric, x, test))
                 row["energy_distance_to_ode"] = common.sample_metrics(
@@ -117,7 +119,7 @@ def table(rows) -> str:
     """Markdown table of the rows of `compare` (the vector metrics, or any classifier
     scores, when the rows have them)."""
     extra = [c for c in VECTOR_COLUMNS if c[1] in rows[0]]
-    extra += [(n, n, "{:.4f}") for n in rows[0] if n.startswith("fd")]
+    extra += [(n, n, "{:.4f}") for n in rows[0] if n in image_eval.SCORES]
     cols = [("method", "method", "{}"), ("K per block", "K", "{}"),
             ("network calls", "network_calls", "{}"), *extra,
             ("MSE to ODE samples", "mse_to_ode", "{:.4f}"), ("failed", "n_failed", "{}")]

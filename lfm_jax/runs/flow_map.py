@@ -10,8 +10,9 @@ flow map training with checkpoints, few-step evaluation.
    wall time. Vector data: energy distance, MMD and sliced W2 against held-out data,
    samples.png (largest K up to 4). Images (config.data.name digits / mnist / cifar10,
    model.kind "unet": the two-time U-Net; training batches dequantised afresh every
-   step): samples_k<K>.npz (uint8) and samples_k<K>.png per K, and classifier scores
-   when config.eval.classifier_workdir is set (`evaluate_images`). metrics.json.
+   step): samples_k<K>.npz (uint8) and samples_k<K>.png per K, and the classifier
+   scores / standard FID when config.eval.classifier_workdir / inception_weights is
+   set (`evaluate_images`). metrics.json.
 """
 
 from __future__ import annotations
@@ -204,11 +205,13 @@ def evaluate_images(config, fmap, params, z, dataset, workdir, results, key, *,
     """Images: per K, the samples (unconditional) and their sampling wall time (best
     of 3 after a warm-up, chunks of eval.chunk_size per device); samples_k<K>.npz
     (uint8) and samples_k<K>.png (`image_eval.save_samples`); with
-    eval.classifier_workdir set, the classifier scores of the samples against the test
-    images (`image_eval.classifier_scorer`). No 2-D sample metrics. Returns
-    {"time_s_K<K>": ..., and "<score>_K<K>" per classifier score}."""
-    score = image_eval.classifier_scorer(config)
+    eval.classifier_workdir and / or eval.inception_weights set, the scores of the
+    samples against the test images (`image_eval.sample_scorer`: fd_classifier,
+    fid_inception; what they are in results["notes"]). No 2-D sample metrics. Returns
+    {"time_s_K<K>": ..., and "<score>_K<K>" per score}."""
     test = np.asarray(dataset.test)
+    with phases.phase(clock, "sample scores"):
+        score = image_eval.sample_scorer(config, test, dataset.example_shape)
     summary = {}
     for k in config.flow_map.sample_steps:
         with phases.phase(clock, "sampling (timed, 4 calls per K)"):
@@ -222,11 +225,12 @@ def evaluate_images(config, fmap, params, z, dataset, workdir, results, key, *,
             image_eval.save_samples(workdir, f"k{k}", samples,
                                     title=f"{config.flow_map.objective}, K={k}")
         if score is not None:
-            with phases.phase(clock, "classifier scores"):
-                row.update(score(samples, test))
+            with phases.phase(clock, "sample scores"):
+                row.update(score(samples))
+            results.setdefault("notes", {}).update(row.pop("notes"))
         results["sampling"].append(row)
         summary.update({f"{n}_K{k}": v for n, v in row.items()
                         if n not in ("steps", "n_samples")})
         print(f"K={k}: {1e3 * seconds:.2f} ms for {len(samples)} images"
-              + "".join(f"  {n} {row[n]:.4f}" for n in row if n.startswith("fd")))
+              + "".join(f"  {n} {row[n]:.4f}" for n in row if n in image_eval.SCORES))
     return summary

@@ -7,9 +7,10 @@ N(0, I)'s), samples.png, loss.png. Images (config.data.name digits / mnist / cif
 batches dequantised afresh every step (`image_data.sample_batch`), labels dropped with
 probability fm.p_uncond for a class-conditional model, and samples_grid.png with
 bits per dimension instead of samples.png (`image_eval`); with
-config.eval.classifier_workdir, fd_classifier_w<w> / accuracy_w<w> / best_w of
-eval.fd_samples guided samples per weight in eval.guidance_ws, saved as
-samples_w<w>.npz (`image_eval.classifier_scores`; NOT Inception FID). Training
+config.eval.classifier_workdir and / or config.eval.inception_weights,
+fd_classifier_w<w> (NOT Inception FID) / accuracy_w<w> / best_w and fid_inception_w<w>
+(standard FID, pytorch-fid) of eval.fd_samples guided samples per weight in
+eval.guidance_ws, saved as samples_w<w>.npz (`image_eval.sample_scores`). Training
 batches are drawn on device from the replicated training set (config.data.placement =
 "device"), or fed from host memory with each process feeding only its rows ("host":
 `train.HostBatches`, for data sets larger than a device).
@@ -149,7 +150,7 @@ def evaluate(config, net, state, dataset, key, workdir, *, clock=None) -> dict:
             results = image_eval.summary(
                 lp, samples, dataset, workdir, f"{config.method} samples, test "
                 f"{{test_bpd:.3f}} bits/dim, w = {e.guidance_w:g}", labels=labels)
-        image_eval.classifier_scores(results, config, net, generate,
+        image_eval.sample_scores(results, config, net, generate,
                                      jax.random.fold_in(key, 0xFD), dataset, workdir,
                                      clock=clock)
         return {**results, "eval_split": split}

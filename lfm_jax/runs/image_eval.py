@@ -11,18 +11,23 @@ grids and the trajectory of a few images through the LFM blocks.
   (`guidance.guided_apply`), or per_class * 10 unconditional ones; drawn in
   samples_grid.png. Sample metrics of 2-D data (energy distance ...) are not computed
   for images.
-- Classifier scores (`classifier_scores`, config.eval.classifier_workdir set): for
-  each guidance weight w of eval.guidance_ws (one unguided set for an unconditional
-  model), eval.fd_samples class-balanced images (label i % classes of row i, the same
-  noise for every w) are generated, saved as samples_w<w>.npz (samples_uncond.npz;
-  uint8 "images", "labels") and scored against the held-out test images with the
-  repository's classifier (`classifier_eval.score`; NOT Inception FID):
-  fd_classifier_w<w>, accuracy_w<w>, best_w (lowest fd) and fd_classifier_best, or
-  fd_classifier; fd_sample_time_s_w<w> is the sampling wall time (the first w's
-  includes compilation).
+- Sample scores (`sample_scores`; config.eval.classifier_workdir and / or
+  config.eval.inception_weights set): for each guidance weight w of eval.guidance_ws
+  (one unguided set for an unconditional model), eval.fd_samples class-balanced
+  images (label i % classes of row i, the same noise for every w) are generated,
+  saved as samples_w<w>.npz (samples_uncond.npz; uint8 "images", "labels") and scored
+  against the held-out test images (`sample_scorer`):
+  - with the repository's classifier (`classifier_eval.score`; NOT Inception FID):
+    fd_classifier_w<w>, accuracy_w<w>, best_w (lowest fd) and fd_classifier_best, or
+    fd_classifier;
+  - with pytorch-fid's Inception network from local weights (`inception_fid`;
+    standard FID, biased upward at these sample counts): fid_inception_w<w>,
+    best_w_inception and fid_inception_best, or fid_inception.
+  fd_sample_time_s_w<w> is the sampling wall time (the first w's includes
+  compilation), fd_n_dropped_w<w> the failed samples left out; results["notes"]
+  says what each score is.
 - Flow maps and distilled LFMs (`save_samples`): samples_<name>.npz (uint8) and a grid
-  samples_<name>.png per method / K; `classifier_scorer`: the optional scores of
-  config.eval.classifier_workdir's classifier (`runs.classifier_eval`).
+  samples_<name>.png per method / K; `sample_scorer`: the same optional scores.
 """
 
 from __future__ import annotations
@@ -36,7 +41,6 @@ import jax
 import numpy as np
 
 from lfm_jax import distributed, guidance, images, lfm, ode, phases, plots
-from lfm_jax.classifier import DISCLAIMER
 from lfm_jax.runs import classifier_eval, common
 
 BPD_NOTE = ("test_bpd = test_nll / (D ln 2) + 7: bits per dimension of the 8-bit images "
@@ -150,25 +154,34 @@ def lfm_trajectory(model, params_list, z, workdir: str, *, labels=None, network=
     return path
 
 
-def classifier_scores(results: dict, config, network, generate, key, dataset,
-                      workdir: str, *, clock=None) -> dict:
-    """Add the classifier scores of config.eval (see the module docstring) to results
-    (and the disclaimer to results["notes"]); nothing when eval.classifier_workdir is
-    "". generate(z (n, H, W, C), labels (n,) or None, w) -> samples (n, H, W, C) in
-    [-1, 1] (failed rows NaN: left out of the scores and the .npz, counted as
-    fd_n_dropped_w<w>). Returns results."""
+SCORES = ("fd_classifier", "fid_inception")
+"""The distances `sample_scorer` may report (lower is better); best_w of the first,
+best_w_inception of the second."""
+
+
+def sample_scores(results: dict, config, network, generate, key, dataset,
+                  workdir: str, *, clock=None) -> dict:
+    """Add the sample scores of config.eval (see the module docstring) to results (and
+    what they are to results["notes"]); nothing when neither eval.classifier_workdir
+    nor eval.inception_weights is set. generate(z (n, H, W, C), labels (n,) or None,
+    w) -> samples (n, H, W, C) in [-1, 1] (failed rows NaN: left out of the scores and
+    the .npz, counted as fd_n_dropped_w<w>). Returns results."""
     e = config.eval
-    if not e.get("classifier_workdir"):
+    if not (e.get("classifier_workdir", "") or e.get("inception_weights", "")):
         return results
-    with phases.phase(clock, "classifier scores"):
-        model, params = classifier_eval.load(e.classifier_workdir, dataset.example_shape)
+    with phases.phase(clock, "sample scores"):
+        score = sample_scorer(config, dataset.test, dataset.example_shape)
         n, k = int(e.fd_samples), getattr(network, "num_classes", None)
         z = jax.random.normal(key, (n, *dataset.example_shape))
         labels = None if k is None else np.arange(n, dtype=np.int32) % k
         ws = [None] if k is None else [float(w) for w in e.guidance_ws]
-        found = {"fd_samples": n,
-                 "classifier_workdir": os.path.abspath(e.classifier_workdir)}
-        fds = {}
+        found = {"fd_samples": n}
+        if e.get("classifier_workdir", ""):
+            found["classifier_workdir"] = os.path.abspath(e.classifier_workdir)
+        if e.get("inception_weights", ""):
+            found["inception_weights"] = os.path.abspath(os.path.expanduser(
+                e.inception_weights))
+        dists, notes = {m: {} for m in SCORES}, {}
         for w in ws:
             tag = "" if w is None else f"_w{w:g}"
             t0 = time.perf_counter()
@@ -177,19 +190,24 @@ def classifier_scores(results: dict, config, network, generate, key, dataset,
             if jax.process_index() == 0:
                 classifier_eval.save_samples(
                     os.path.join(workdir, f"samples{tag or '_uncond'}.npz"), samples, labels)
-            s = classifier_eval.score(model, params, samples, dataset.test, labels)
-            fds[w] = found[f"fd_classifier{tag}"] = s["fd_classifier"]
-            if labels is not None:
+            s = score(samples, labels)
+            for m in SCORES:
+                if m in s:
+                    dists[m][w] = found[f"{m}{tag}"] = s[m]
+            if "accuracy" in s:
                 found[f"accuracy{tag}"] = s["accuracy"]
             found[f"fd_n_dropped{tag}"] = s["n_dropped"]
-            print(f"fd_classifier{tag}: {s['fd_classifier']:.4f}"
-                  + (f", accuracy{tag}: {s['accuracy']:.3f}" if labels is not None else ""),
-                  flush=True)
+            notes.update(s["notes"])
+            print("  ".join(f"{m}{tag}: {s[m]:.4f}" for m in (*SCORES, "accuracy")
+                            if m in s), flush=True)
         if k is not None:
-            best = min(ws, key=lambda w: fds[w] if math.isfinite(fds[w]) else math.inf)
-            found.update(best_w=best, fd_classifier_best=fds[best])
+            for m, suffix in zip(SCORES, ("", "_inception")):
+                if dists[m]:
+                    best = min(ws, key=lambda w: dists[m][w] if math.isfinite(dists[m][w])
+                               else math.inf)
+                    found.update({f"best_w{suffix}": best, f"{m}_best": dists[m][best]})
     results.update(found)
-    results.setdefault("notes", {})["fd_classifier"] = DISCLAIMER
+    results.setdefault("notes", {}).update(notes)
     return results
 
 
@@ -205,24 +223,56 @@ def save_samples(out_dir: str, name: str, samples, labels=None, *, title: str = 
                           max(1, -(-len(shown) // 10)), title=title or None)
 
 
-def classifier_scorer(config):
-    """score(samples, reference, labels=None) -> dict (e.g. "fd_classifier") from the
-    classifier trained in config.eval.classifier_workdir
-    (`lfm_jax.runs.classifier_eval.load` / `score`, imported only then); None when the
-    key is absent or empty. samples and reference: float images in [-1, 1]; rows
-    with non-finite values are left out of samples (and of labels)."""
-    workdir = config.eval.get("classifier_workdir", "")
-    if not workdir:
+def make_scorer(reference, *, classifier_workdir: str = "", inception_weights: str = "",
+                example_shape=None):
+    """score(samples, labels=None) -> dict: the scores of samples (n, H, W, C), float in
+    [-1, 1] or uint8, against reference (m, H, W, C) (e.g. the held-out test images);
+    None when both sources are "". Rows of samples with a NaN / inf are left out (and
+    of labels (n,)).
+
+    - classifier_workdir: "fd_classifier" and, with labels, "accuracy" of that
+      workdir's classifier (`classifier_eval.load` / `score`; ValueError if its
+      example shape is not example_shape, when given);
+    - inception_weights: "fid_inception", standard FID by pytorch-fid with the local
+      Inception weights file (`inception_fid.scorer`: the network is built and the
+      reference features are computed once, here).
+    Always "n_scored", "n_dropped" and "notes" {score name: what it is}."""
+    if not classifier_workdir and not inception_weights:
         return None
-    from lfm_jax.runs import classifier_eval
+    reference = np.asarray(reference)
+    clf = classifier_eval.load(classifier_workdir, example_shape) if classifier_workdir \
+        else None
+    fid_of = None
+    if inception_weights:
+        from lfm_jax import inception_fid
 
-    classifier, params = classifier_eval.load(workdir)
+        fid_of = inception_fid.scorer(reference, inception_weights)
 
-    def score(samples, reference, labels=None):
+    def score(samples, labels=None):
         samples = np.asarray(samples)
         good = ~lfm.failed_rows(samples)
-        labels = None if labels is None else np.asarray(labels)[good]
-        return dict(classifier_eval.score(classifier, params, samples[good],
-                                          np.asarray(reference), labels=labels))
+        x, y = samples[good], None if labels is None else np.asarray(labels)[good]
+        if len(x) < 2:
+            raise ValueError(f"need at least 2 finite samples to score, got {len(x)}")
+        out, notes = {}, {}
+        if clf is not None:
+            s = classifier_eval.score(*clf, x, reference, labels=y)
+            out.update({n: s[n] for n in ("fd_classifier", "accuracy") if n in s})
+            notes.update(s["notes"])
+        if fid_of is not None:
+            out[inception_fid.METRIC] = fid_of(x)
+            notes[inception_fid.METRIC] = inception_fid.note(len(x), len(reference))
+        out.update(n_scored=int(len(x)), n_dropped=int((~good).sum()), notes=notes)
+        return out
 
     return score
+
+
+def sample_scorer(config, reference, example_shape=None):
+    """`make_scorer` of config.eval.classifier_workdir and config.eval.inception_weights
+    (either key may be absent): score(samples, labels=None) -> dict against
+    reference, or None when neither is set."""
+    e = config.eval
+    return make_scorer(reference, classifier_workdir=e.get("classifier_workdir", ""),
+                       inception_weights=e.get("inception_weights", ""),
+                       example_shape=example_shape)

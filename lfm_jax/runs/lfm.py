@@ -9,9 +9,10 @@ validation NLL worse than before it, a final model worse than the base N(0, I)),
 metrics.jsonl (every block's training losses, one after another: "step" counts over
 all blocks, "block" and "block_step" say where), samples.png, loss.png,
 block_nll.png and, where the data density is known, chi_square.png. Images: with
-config.eval.classifier_workdir, the classifier scores of guided samples per weight
-(`image_eval.classifier_scores`: fd_classifier_w<w>, accuracy_w<w>, best_w,
-samples_w<w>.npz; NOT Inception FID).
+config.eval.classifier_workdir and / or config.eval.inception_weights, the scores of
+guided samples per weight (`image_eval.sample_scores`: fd_classifier_w<w> (NOT
+Inception FID), accuracy_w<w>, best_w; fid_inception_w<w> (standard FID, pytorch-fid);
+samples_w<w>.npz).
 
 Evaluation solves with config.eval.ode and on_failure="nan": test points and samples
 whose solve fails (e.g. an adaptive solve exhausting max_steps on a stiff stretch of a
@@ -135,8 +136,8 @@ def evaluate(config, model, params_list, dataset, key, workdir, *, mesh=None,
             results, _ = common.evaluation_summary(
                 k_metric, lp, samples, dataset, workdir,
                 f"LFM, {model.num_blocks} blocks, test NLL {{test_nll:.3f}}")
-    if is_image:  # eval.classifier_workdir: fd_classifier / accuracy per guidance weight
-        image_eval.classifier_scores(
+    if is_image:  # eval.classifier_workdir / inception_weights: scores per guidance weight
+        image_eval.sample_scores(
             results, config, network,
             lambda z, y, w: image_eval.lfm_generate(emodel, network, params_list, z, y, w,
                                                     mesh=mesh),

@@ -13,8 +13,10 @@ A rule whose key path does not exist in the config is skipped, so the same table
 serves configs from before and after a key is added or moved (the ODE settings live
 in config.eval.ode.* and config.lfm.push_ode.*: solver, rtol, atol, num_steps,
 max_steps). Names (solver, interpolant, objective ...) are checked by the registries
-that use them; this module checks numbers, and one path: config.eval.classifier_workdir
-(`check_classifier_workdir`: a trained classifier of the same data split).
+that use them; this module checks numbers, and two paths: config.eval.classifier_workdir
+(`check_classifier_workdir`: a trained classifier of the same data split) and
+config.eval.inception_weights (`check_inception_weights`: the local Inception weights
+file, and pytorch-fid installed).
 """
 
 from __future__ import annotations
@@ -222,6 +224,7 @@ def validate_config(config) -> None:
             raise InvalidConfigError(f"config.{rule.path} must be {rule.requirement}, got "
                              f"{values[rule.path]!r} ({others})")
     check_classifier_workdir(config)
+    check_inception_weights(config)
 
 
 def check_classifier_workdir(config) -> None:
@@ -246,3 +249,20 @@ def check_classifier_workdir(config) -> None:
             f"config.eval.classifier_workdir: the classifier in {path} was trained on "
             f"another data split ({lines}); its training images may be this run's "
             f"held-out test images. Train one with this run's data settings and seed.")
+
+
+def check_inception_weights(config) -> None:
+    """With config.eval.inception_weights set: torch and pytorch-fid import and the
+    weights file exists (`inception_fid.check_weights`), so a run stops before any
+    training, not at its evaluation. Raises FileNotFoundError / ImportError, the
+    message starting "config.eval.inception_weights: " and naming the path or the
+    install command."""
+    path = get_path(config, "eval.inception_weights", "")
+    if not path:
+        return
+    from lfm_jax import inception_fid
+
+    try:
+        inception_fid.check_weights(path)
+    except (FileNotFoundError, ImportError) as e:
+        raise type(e)(f"config.eval.inception_weights: {e}") from e
