@@ -2,6 +2,7 @@
 network: a stand-in weights file with pytorch-fid's architecture and random weights,
 written here; our features and FID against pytorch-fid's own network and distance;
 errors; the check before training; the FM digits job reporting fid_inception_w<w>.
+Needs torch, torchvision and pytorch-fid installed (`pip install -e .[fid]`).
 
 The real 2048-d distance (scipy's sqrtm in pytorch-fid) takes 30 s or more on a
 2-core CPU, so the fast tests check what our code passes to pytorch-fid's
@@ -15,14 +16,11 @@ import sys
 
 import numpy as np
 import pytest
+import torch
+from pytorch_fid import fid_score, inception
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("pytorch_fid")
-
-from pytorch_fid import fid_score, inception  # noqa: E402
-
-from lfm_jax import images, inception_fid  # noqa: E402
-from lfm_jax.runs import image_eval, validation  # noqa: E402
+from lfm_jax import images, inception_fid
+from lfm_jax.runs import image_eval, validation
 
 
 @pytest.fixture(scope="module")
