@@ -87,15 +87,15 @@ def _modules():
 
 
 def check_weights(path) -> str:
-    """The absolute path of a local Inception weights file, after checking that torch /
-    pytorch-fid import (ImportError naming `INSTALL`) and that the file exists
-    (FileNotFoundError naming the path). Reads nothing from the file."""
-    _modules()
+    """The absolute path of a local Inception weights file, after checking that the
+    file exists (FileNotFoundError naming the path) and that torch / pytorch-fid import
+    (ImportError naming `INSTALL`). Reads nothing from the file."""
     full = os.path.abspath(os.path.expanduser(os.fspath(path)))
     if not os.path.isfile(full):
         raise FileNotFoundError(
             f"Inception weights {full} not found: standard FID needs pytorch-fid's "
             f"{WEIGHTS_FILE} on this machine (it is never downloaded at run time)")
+    _modules()
     return full
 
 
