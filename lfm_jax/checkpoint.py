@@ -73,9 +73,13 @@ def set_aside(path: str) -> str | None:
     return moved if exists else None
 
 
+_barriers = [0]  # every process passes the same barriers in the same order
+
+
 def _barrier(name: str) -> None:
     if jax.process_count() > 1:
-        ocp.multihost.sync_global_processes(ocp.multihost.unique_barrier_key(name))
+        _barriers[0] += 1
+        ocp.multihost.sync_global_processes(f"{name}:{_barriers[0]}")
 
 
 class CheckpointError(RuntimeError):
