@@ -7,8 +7,8 @@
 (pass the same --config and --config.* overrides as for training: the block networks
 are rebuilt from them.)
 
-1. Load the LFM's block params from W/blocks/<n>/params.msgpack (no retraining; a
-   missing block is a clear error) and its pushed training data.
+1. Load the LFM's block params from W/blocks/<n>/artefacts (`runs.block_store`; no
+   retraining; a missing block is a clear error) and its pushed training data.
 2. Distil every block's inverse T_n^{-1} into a flow map with
    `distill.distill_lfm_blocks` (pairs: the block's pushed data x_l and its OU partner
    x_r; the teacher is the block velocity v_n, default Lagrangian map distillation).

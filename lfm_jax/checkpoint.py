@@ -16,13 +16,21 @@ Saves are asynchronous. Use the checkpointer as a context manager (or call `clos
 in a `finally`), so that a save in flight is finished on any error instead of being
 left as `<step>.orbax-checkpoint-tmp` at interpreter exit.
 
-Interval policy: orbax's `save_interval_steps` saves when `step % interval == 0`,
-which never fires when the fused-call length does not divide the interval; the
-rule here is "the first step past each multiple of save_every" (`should_save`).
+Interval policy: orbax's `save_interval_steps` (`FixedIntervalPolicy`) saves when
+`step % interval == 0`, which never fires when the fused-call length does not divide
+the interval; the manager here decides with orbax's save-decision protocol and
+`PastMultiplePolicy`, "the first step at or past each multiple of save_every", plus
+orbax's `PreemptionCheckpointingPolicy` (a save at a preemption sync point of a
+multi-host job), as orbax's own default does (`Checkpointer.should_save`).
+
+`set_aside(path)` is the rename to `<path>.damaged` (numbered if taken) that every
+process of a multi-process run waits for, also used for the LFM block artefacts
+(`runs.block_store`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import warnings
 
@@ -30,6 +38,48 @@ import jax
 import orbax.checkpoint as ocp
 
 DAMAGED_SUFFIX = ".damaged"
+
+
+@dataclasses.dataclass
+class PastMultiplePolicy(ocp.checkpoint_managers.SaveDecisionPolicy):
+    """Orbax save-decision policy: save at the first step at or past each multiple of
+    `interval` since the newest checkpoint (none: since step 0); interval <= 0 never
+    saves. Unlike `FixedIntervalPolicy` (`step % interval == 0`), it fires when the
+    steps advance in fused calls whose length does not divide the interval."""
+
+    interval: int
+
+    def should_save(self, step, previous_steps, *, context) -> bool:
+        del context
+        if self.interval <= 0:
+            return False
+        last = max((s.step for s in previous_steps), default=0)
+        return step.step // self.interval > last // self.interval
+
+
+def set_aside(path: str) -> str | None:
+    """Rename `path` to `<path>.damaged` (`.damaged.1`, ... if taken) on process 0,
+    between two barriers of all processes (none reads it while it moves, all see it
+    moved afterwards). Returns the new name (None if there was nothing to move)."""
+    moved, i = path + DAMAGED_SUFFIX, 0
+    while os.path.exists(moved if i == 0 else f"{moved}.{i}"):
+        i += 1
+    moved = moved if i == 0 else f"{moved}.{i}"
+    exists = os.path.exists(path)
+    _barrier("lfm_jax:set_aside:before")
+    if jax.process_index() == 0 and exists:
+        os.replace(path, moved)
+    _barrier("lfm_jax:set_aside:after")
+    return moved if exists else None
+
+
+_barriers = [0]  # every process passes the same barriers in the same order
+
+
+def _barrier(name: str) -> None:
+    if jax.process_count() > 1:
+        _barriers[0] += 1
+        ocp.multihost.sync_global_processes(f"{name}:{_barriers[0]}")
 
 
 class CheckpointError(RuntimeError):
@@ -42,7 +92,8 @@ class Checkpointer:
     Args:
       directory: checkpoint folder (created if missing).
       save_every: `should_save(step)` is true for the first step at or past each
-        multiple of save_every (<= 0: never; `save(..., force=True)` still saves).
+        multiple of save_every since the newest checkpoint (`PastMultiplePolicy`;
+        <= 0: never; `save(..., force=True)` still saves).
       keep: number of newest checkpoints kept (>= 1).
       async_save: write in a background thread (the device-to-host copy is done
         before `save` returns, so the saved state may be donated afterwards).
@@ -54,10 +105,13 @@ class Checkpointer:
             raise ValueError(f"keep must be >= 1, got {keep}")
         self.directory = os.path.abspath(os.fspath(directory))
         self.save_every = int(save_every)
-        self._last_saved = None
+        policies = ocp.checkpoint_managers
         self._options = ocp.CheckpointManagerOptions(
             max_to_keep=int(keep), create=True, enable_async_checkpointing=async_save,
-            cleanup_tmp_directories=True)
+            cleanup_tmp_directories=True,
+            save_decision_policy=policies.AnySavePolicy([
+                PastMultiplePolicy(self.save_every),
+                policies.PreemptionCheckpointingPolicy()]))
         self.manager = ocp.CheckpointManager(self.directory, options=self._options)
 
     def __enter__(self) -> "Checkpointer":
@@ -77,20 +131,16 @@ class Checkpointer:
         return os.path.join(self.directory, str(int(step)))
 
     def should_save(self, step: int) -> bool:
-        if self.save_every <= 0:
-            return False
-        last = self._last_saved if self._last_saved is not None else (
-            self.latest_step() or 0)
-        return step // self.save_every > last // self.save_every
+        """Whether step is due for a checkpoint (orbax's decision with the policy
+        above; false at or before the newest checkpoint)."""
+        return bool(self.manager.should_save(int(step)))
 
     def save(self, step: int, state, force: bool = False) -> bool:
         """Save `state` at `step` (no-op if that step is already saved)."""
         step = int(step)
         if step in self.manager.all_steps():
             return False
-        saved = self.manager.save(step, args=ocp.args.StandardSave(state), force=True)
-        self._last_saved = step
-        return saved
+        return self.manager.save(step, args=ocp.args.StandardSave(state), force=True)
 
     def restore(self, target, step: int | None = None):
         """Restore into the structure, shapes, dtypes and shardings of `target`.
@@ -111,7 +161,6 @@ class Checkpointer:
             except Exception as e:  # noqa: BLE001 - reported with the path
                 raise CheckpointError(f"cannot restore checkpoint {self.step_path(step)}: "
                                       f"{type(e).__name__}: {e}") from e
-            self._last_saved = int(step)
             return restored
         failures = []
         for s in reversed(self.all_steps()):
@@ -119,14 +168,13 @@ class Checkpointer:
                 restored = self._restore_step(s, abstract)
             except Exception as e:  # noqa: BLE001 - any read error means damaged
                 path = self.step_path(s)
-                moved = path + DAMAGED_SUFFIX
                 failures.append(f"{path} ({type(e).__name__}: {str(e)[:200]})")
+                moved = set_aside(path)
+                self.manager.reload()
                 warnings.warn(f"checkpoint {path} is damaged ({type(e).__name__}: "
                               f"{str(e)[:200]}); moved to {moved}, trying the previous "
                               "one", RuntimeWarning, stacklevel=2)
-                self._set_aside(path, moved)
                 continue
-            self._last_saved = s
             return restored
         if failures:
             raise CheckpointError(
@@ -136,14 +184,6 @@ class Checkpointer:
 
     def _restore_step(self, step: int, abstract):
         return self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
-
-    def _set_aside(self, path: str, moved: str) -> None:
-        if jax.process_index() == 0 and os.path.isdir(path):
-            i = 0
-            while os.path.exists(moved if i == 0 else f"{moved}.{i}"):
-                i += 1
-            os.replace(path, moved if i == 0 else f"{moved}.{i}")
-        self.manager.reload()
 
     def wait(self) -> None:
         """Block until every save in flight is written."""

@@ -63,6 +63,33 @@ def test_restore_with_every_checkpoint_damaged_names_them(tmp_path):
                 ckpt.restore(_state(0))
 
 
+def test_interval_policy_saves_first_step_past_each_multiple(tmp_path):
+    """orbax's manager decides (`PastMultiplePolicy`): fused calls of 3 steps with an
+    interval of 20 save at 21, 42, 60, 81 (orbax's FixedIntervalPolicy: only at 60);
+    a restart continues from the newest checkpoint; interval 0 never saves."""
+    directory = str(tmp_path / "ckpt")
+    with checkpoint.Checkpointer(directory, save_every=20, keep=10, async_save=False) as ckpt:
+        assert ckpt.manager.should_save(21)  # the policy is the manager's
+        for step in range(3, 90, 3):
+            if ckpt.should_save(step):
+                ckpt.save(step, _state(step))
+        assert ckpt.all_steps() == [21, 42, 60, 81]
+        assert not ckpt.should_save(81) and not ckpt.should_save(60)
+    with checkpoint.Checkpointer(directory, save_every=20) as ckpt:
+        assert not ckpt.should_save(99) and ckpt.should_save(100)
+    with checkpoint.Checkpointer(directory, save_every=0) as ckpt:
+        assert not ckpt.should_save(10_000)
+
+
+def test_set_aside_numbers_taken_names(tmp_path):
+    for i in range(3):
+        (tmp_path / "a").mkdir()
+        moved = checkpoint.set_aside(str(tmp_path / "a"))
+        assert moved == str(tmp_path / "a.damaged") + ("" if i == 0 else f".{i}")
+        assert os.path.isdir(moved) and not os.path.exists(tmp_path / "a")
+    assert checkpoint.set_aside(str(tmp_path / "a")) is None
+
+
 def test_empty_directory_returns_target(tmp_path):
     target = _state(7)
     with checkpoint.Checkpointer(str(tmp_path / "none")) as ckpt:

@@ -1,5 +1,5 @@
 """Whole jobs (`runs.get(method)(config, workdir)`) with tiny settings: divergence and
-restart, damaged block files, training time and steps over restarts, NLL warnings."""
+restart, damaged block artefacts, training time and steps over restarts, NLL warnings."""
 
 import json
 import os
@@ -128,23 +128,62 @@ def test_lfm_steps_and_train_time_add_up_across_restarts(interrupted_lfm):
                                                     reverse=True)
 
 
-def test_lfm_damaged_block_files_are_rebuilt_with_a_warning(interrupted_lfm):
+def _artefacts(workdir, n):
+    """{item: value} of block n's artefacts (params as saved, no template needed)."""
+    from lfm_jax.runs import block_store
+
+    with block_store.BlockArtefacts(workdir, n, read_only=True) as store:
+        raw = store.params()
+        report = {k: v for k, v in store.report().items() if not k.endswith("time_s")}
+        return {"params": raw, "train_pushed": store.train_pushed(),
+                "val_pushed": store.val_pushed((None, None)), "report": report}
+
+
+def _item_files(workdir, n, item):
+    """The version folder of block n's artefacts and the data files of `item` in it
+    (orbax's OCDBT data files, d/*, which hold the array bytes; a report's JSON)."""
+    art = os.path.join(workdir, "blocks", str(n), "artefacts")
+    (version,) = [d for d in os.listdir(art) if d.isdigit()]
+    folder = os.path.join(art, version, item)
+    if item == "report":
+        return os.path.join(art, version), [os.path.join(folder, "metadata")]
+    return os.path.join(art, version), [os.path.join(r, f) for r, _, fs in os.walk(folder)
+                                        for f in fs if os.path.basename(r) == "d"]
+
+
+def test_lfm_damaged_block_artefacts_are_rebuilt_with_a_warning(interrupted_lfm):
+    """A truncated or garbled file inside a block's artefacts (orbax composite): a
+    warning naming the item, the version set aside as <version>.damaged, the item
+    recomputed (params: restored from the block's checkpoint) to the same values."""
+    import jax
+
     config, workdir, results, _ = interrupted_lfm
-    block1, block2 = os.path.join(workdir, "blocks", "1"), os.path.join(workdir, "blocks", "2")
-    damaged = [os.path.join(block1, "params.msgpack"), os.path.join(block1, "train_pushed.npy"),
-               os.path.join(block2, "val_pushed.npy"), os.path.join(block2, "report.json")]
-    before = {p: open(p, "rb").read() for p in damaged}
-    for p in damaged:
-        with open(p, "r+b") as f:
-            f.truncate(len(before[p]) // 2)
+    damaged = [(1, "params", "truncate"), (1, "train_pushed", "garble"),
+               (2, "val_pushed", "garble"), (2, "report", "truncate")]
+    before = {n: _artefacts(workdir, n) for n in (1, 2)}
+    versions = {}
+    for n, item, how in damaged:
+        versions[n], paths = _item_files(workdir, n, item)
+        for path in paths:
+            size = os.path.getsize(path)
+            with open(path, "r+b") as f:
+                if how == "truncate":
+                    f.truncate(size // 2)
+                else:  # flip 8 bytes in the middle: the data may still parse
+                    f.seek(size // 2)
+                    chunk = f.read(8)
+                    f.seek(size // 2)
+                    f.write(bytes(b ^ 0xFF for b in chunk))
     with pytest.warns(RuntimeWarning) as caught:
         again = runs.get("lfm")(config, workdir)
     messages = "\n".join(str(w.message) for w in caught)
-    for p in damaged:
-        assert p in messages, messages
-        assert os.path.exists(p + ".damaged")
-    for p in damaged[:3]:  # restored from the checkpoint / recomputed: the same bytes
-        assert open(p, "rb").read() == before[p], p
+    for n, item, _ in damaged:
+        assert os.path.join(versions[n], item) in messages, messages
+        assert os.path.isdir(versions[n] + ".damaged")
+    for n in (1, 2):  # restored from the checkpoint / recomputed: the same values
+        # (the report's timings aside)
+        jax.tree_util.tree_map(np.testing.assert_array_equal, _artefacts(workdir, n),
+                               before[n])
     assert again["test_nll"] == results["test_nll"]
     assert [b["val_nll"] for b in again["blocks"]] == [b["val_nll"] for b in results["blocks"]]
 

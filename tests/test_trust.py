@@ -238,3 +238,83 @@ def test_kill9_during_checkpoint_save_then_restart_matches_uninterrupted(tmp_pat
     assert start in (8, 12)  # 12 if the killed write had been committed, else 8
     np.testing.assert_array_equal(np.load(tmp_path / "a.npy"), np.load(tmp_path / "b.npy"))
     assert not [p for p in os.listdir(tmp_path / "b") if "tmp" in p]
+
+
+_BLOCKS_KILL_SCRIPT = '''
+import os, signal, sys, threading, time
+import jax, numpy as np
+from configs import default
+from lfm_jax.runs import block_store, common, lfm_blocks
+
+kill_version, runs = int(sys.argv[1]), sys.argv[2:]  # runs: workdir, out, ...
+config = default.get_config()
+config.method = "lfm"
+config.data.n_train, config.data.n_val, config.data.n_test = 256, 64, 64
+config.model.hidden, config.model.num_frequencies = (16, 16), 2
+c = config.lfm
+c.num_blocks, c.step_c, c.free_last_block, c.steps_per_block = 2, 0.3, True, 20
+c.push_ode.solver, c.push_ode.num_steps = "euler", 4
+c.chunk_size, c.n_val = 128, 32
+t = config.train
+t.batch_size, t.steps_per_call, t.checkpoint_every, t.warmup_steps = 32, 10, 10, 0
+dataset = common.load_data(config)
+
+
+def kill_while_saving(workdir):
+    """SIGKILL this process while version kill_version of block 1's artefacts is
+    being written (its temporary folder exists)."""
+    folder = block_store.artefacts_dir(workdir, 1)
+    while True:
+        names = os.listdir(folder) if os.path.isdir(folder) else []
+        if any(n.startswith(f"{kill_version}.orbax-checkpoint-tmp") for n in names):
+            os.kill(os.getpid(), signal.SIGKILL)
+        time.sleep(0.0005)
+
+
+for workdir, out in zip(runs[::2], runs[1::2]):
+    if kill_version > 0:
+        threading.Thread(target=kill_while_saving, args=(workdir,), daemon=True).start()
+    _, params_list, _ = lfm_blocks.train_blocks(config, dataset, workdir, verbose=False,
+                                                callback=lambda b, s, m: print(
+                                                    workdir, "trains", b, s, flush=True))
+    with block_store.BlockArtefacts(workdir, 1, read_only=True) as store:
+        pushed = store.train_pushed()
+    leaves = jax.tree_util.tree_leaves(jax.device_get(params_list)) + [pushed]
+    np.save(out, np.concatenate([np.ravel(x) for x in leaves]))
+'''
+
+
+def test_kill9_during_block_artefacts_save_then_restart_matches_uninterrupted(tmp_path):
+    """SIGKILL while block 1's artefacts are written (orbax's temporary folder of
+    version 1: the params, or 2: the pushed rows); the same command then ends with the
+    params and pushed rows of an uninterrupted run, without training block 1 again."""
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    script = tmp_path / "blocks_script.py"
+    script.write_text(_BLOCKS_KILL_SCRIPT)
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "", "PYTHONPATH": os.getcwd()}
+
+    def run(kill_version, *runs):
+        return subprocess.run([sys.executable, str(script), str(kill_version),
+                               *map(str, runs)], cwd=os.getcwd(), env=env,
+                              capture_output=True, text=True, timeout=300)
+
+    for version in (1, 2):
+        killed = run(version, tmp_path / f"k{version}", tmp_path / "unused.npy")
+        assert killed.returncode == -9, killed.stderr[-3000:]
+        art = os.listdir(tmp_path / f"k{version}" / "blocks" / "1" / "artefacts")
+        assert f"{version}.orbax-checkpoint-tmp" in " ".join(art), art
+    # one process: the uninterrupted run, then the restarts
+    both = run(0, tmp_path / "a", tmp_path / "a.npy", tmp_path / "k1", tmp_path / "k1.npy",
+               tmp_path / "k2", tmp_path / "k2.npy")
+    assert both.returncode == 0, both.stderr[-3000:]
+    for version in (1, 2):
+        workdir = tmp_path / f"k{version}"
+        assert f"{workdir} trains 1" not in both.stdout  # block 1 not trained again
+        np.testing.assert_array_equal(np.load(tmp_path / f"k{version}.npy"),
+                                      np.load(tmp_path / "a.npy"))
+        art = os.listdir(workdir / "blocks" / "1" / "artefacts")
+        assert len(art) == 1 and art[0].isdigit(), art  # the unfinished one removed

@@ -285,18 +285,6 @@ def save_bytes(path: str, data: bytes) -> None:
         f.write(data)
 
 
-def save_npy(path: str, arr) -> None:
-    """Write an array to path atomically in .npy format."""
-    with atomic_open(path) as f:
-        np.save(f, np.asarray(arr))
-
-
 def save_json(path: str, obj) -> None:
     """Write obj (arrays converted to lists) as indented JSON, atomically."""
     save_bytes(path, json.dumps(log_lib.to_python(obj), indent=2).encode())
-
-
-def load_npy(path: str):
-    """The array saved at path, or None if there is no such file."""
-    return np.load(path) if os.path.exists(path) else None
-

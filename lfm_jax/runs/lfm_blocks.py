@@ -5,21 +5,27 @@
      trained blocks 1..n-1 (on device: `lfm.make_sample_batch`, and the loss
      `flow_matching.make_loss(..., lfm.ou_pairs)`, flow matching on the OU pair);
   2. it trains with `train.make_train_step` / `train.fit` (fused steps, orbax
-     checkpoints in blocks/<n>/ckpt, per-step keys fold_in(key_n, step));
-  3. its final params (raw and EMA) are saved to blocks/<n>/params.msgpack, then the
-     training set and the validation subset are pushed through it (chunks sharded over
-     the mesh) and saved, with the cumulative log-determinant of the validation points,
-     as .npy files (the last block trains nothing after it, so only the first
-     max(lfm.n_val, one device call of lfm.chunk_size rows per device) training rows
-     go through it, for its report's moment check); then
-     blocks/<n>/report.json (`lfm_reports.block_report`).
-Every file is written atomically (`lfm_jax.files`), so a run killed at any moment
-and restarted with the same command restores blocks < n with their pushed data (only
-what is missing is recomputed) and resumes inside block n from its latest checkpoint,
-ending with the same params as an uninterrupted run. A file damaged afterwards is set
-aside as `<path>.damaged` with a warning naming it (`files.load_or_none`) and rebuilt:
-pushed data and reports are recomputed, a block's params.msgpack is restored from the
-block's checkpoint (or, without one, the block is retrained).
+     checkpoints in blocks/<n>/ckpt, per-step keys fold_in(key_n, step), losses in
+     blocks/<n>/loss.jsonl);
+  3. its artefacts go to one orbax composite checkpoint, blocks/<n>/artefacts
+     (`block_store.BlockArtefacts`), each as soon as it is computed: its final params
+     (raw and EMA), then the training set pushed through it (chunks sharded over the
+     mesh; the last block trains nothing after it, so only the first max(lfm.n_val,
+     one device call of lfm.chunk_size rows per device) training rows go through it,
+     for its report's moment check), then the validation subset pushed through it
+     with its cumulative log-determinant, and its report (`lfm_reports.block_report`).
+Orbax commits every version of the composite atomically (a temporary folder renamed
+when complete; an unfinished one is removed on the next start), so a run killed at
+any moment and restarted with the same command restores blocks < n with their pushed
+data (only what is missing is recomputed: a block killed during its push restarts
+the push from its saved params, or from its final train checkpoint without training
+again) and resumes inside block n from its latest checkpoint, ending with the same
+params as an uninterrupted run. An artefact damaged afterwards (a truncated, garbled
+or deleted file; arrays carry a CRC-32) is reported with a warning naming it, its
+version is set aside as `<version>.damaged`, and it is rebuilt: pushed data and
+reports are recomputed, params restored from the block's checkpoint (or, without
+one, the block is retrained). Every process of a multi-process run takes part in
+these saves and restores (orbax's are collective).
 
 Each block's training time and steps add up across restarts
 (`provenance.TrainClock`, blocks/<n>/train_clock.json): its report's `train_time_s`
@@ -40,12 +46,11 @@ import jax
 import numpy as np
 
 from lfm_jax import checkpoint, distributed, lfm, phases
-from lfm_jax import files as file_io
 from lfm_jax import logging as log_lib
 from lfm_jax import train
-from lfm_jax.runs import common, data_feed, lfm_reports, provenance
-from lfm_jax.runs.lfm_parts import (BlockFiles, block_data, block_timing, load_params,
-                                    make_trainer, push_training_data)
+from lfm_jax.runs import block_store, common, data_feed, lfm_reports, provenance
+from lfm_jax.runs.lfm_parts import (BlockFiles, block_data, block_timing, make_trainer,
+                                    push_training_data)
 
 
 # ---------------------------------------------------------------------- training
@@ -99,67 +104,71 @@ def train_blocks(config, dataset, workdir: str, *, mesh=None, trainer=None, call
 
     for n in range(1, model.num_blocks + 1):
         files = BlockFiles(workdir, n)
-        # a damaged params.msgpack is set aside (warning) and restored from the
-        # block's checkpoint (its final step), or retrained without one
-        saved = file_io.load_or_none(load_params, files.params, template)
-        if saved is None:
-            if c.warm_start and raw_prev is not None:
-                init = raw_prev
-            else:
-                init = network.init(jax.random.fold_in(init_key, n))
-            with phases.phase(clock, "train"):
-                saved, _ = _train_one_block(
-                    n, hs[n - 1], x_train, init, trainer, files, config,
-                    jax.random.fold_in(train_key, n), mesh, callback, verbose,
-                    block_train_budget_s, x_val, y_train)
-            file_io.save_msgpack(files.params, saved)
-        timing = block_timing(files)
-        raw_prev = saved["params"]
-        params = saved["ema_params"] if config.eval.use_ema else saved["params"]
-        params_list.append(params)
+        # every artefact is loaded, or computed and saved as soon as it is; a damaged
+        # one is set aside with a warning and recomputed (params: restored from the
+        # block's final checkpoint, or retrained without one)
+        with block_store.BlockArtefacts(workdir, n) as store:
+            saved = store.params(template, recover=True)
+            if saved is None:
+                if c.warm_start and raw_prev is not None:
+                    init = raw_prev
+                else:
+                    init = network.init(jax.random.fold_in(init_key, n))
+                with phases.phase(clock, "train"):
+                    saved, _ = _train_one_block(
+                        n, hs[n - 1], x_train, init, trainer, files, config,
+                        jax.random.fold_in(train_key, n), mesh, callback, verbose,
+                        block_train_budget_s, x_val, y_train)
+                store.save(params=saved)
+            timing = block_timing(files)
+            raw_prev = saved["params"]
+            params = saved["ema_params"] if config.eval.use_ema else saved["params"]
+            params_list.append(params)
 
-        t0 = time.perf_counter()
-        # the last block's push trains nothing: only the rows its report checks, but
-        # at least one full device call (chunk_size rows a device), so that the push
-        # program compiled for the earlier blocks is reused (a smaller call is a new
-        # shape: a recompilation that costs more than the rows on a GPU)
-        n_last = max(c.n_val, c.chunk_size * mesh.shape[distributed.DATA_AXIS])
-        x_push = x_train if n < model.num_blocks else x_train[:n_last]
-        x_next = file_io.load_or_none(file_io.load_npy, files.train, shape=x_push.shape)
-        if x_next is None:
-            with phases.phase(clock, "push"):
-                x_next = push_training_data(
-                    model, params, x_push, n, mesh=mesh, network=network,
-                    labels=None if y_train is None else y_train[: len(x_push)])
-            file_io.save_npy(files.train, x_next)
-        push_time = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        v_next = file_io.load_or_none(file_io.load_npy, files.val, shape=x_val.shape)
-        v_logdet = file_io.load_or_none(file_io.load_npy, files.val_logdet,
-                                        shape=(len(x_val),))
-        if v_next is None or v_logdet is None:
-            # a failed validation point is NaN (left out of the val NLL and counted as
-            # val_n_failed), not the end of the run.
-            with phases.phase(clock, "block val NLL"):
-                v_next, delta = model.block_log_det(
-                    params, x_val, method=c.divergence, n_probes=c.n_probes,
-                    key=jax.random.fold_in(div_key, n), mesh=mesh)
-            v_logdet = val_logdet + delta
-            file_io.save_npy(files.val, v_next)
-            file_io.save_npy(files.val_logdet, v_logdet)
-        val_time = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            # the last block's push trains nothing: only the rows its report checks,
+            # but at least one full device call (chunk_size rows a device), so that the
+            # push program compiled for the earlier blocks is reused (a smaller call is
+            # a new shape: a recompilation that costs more than the rows on a GPU)
+            n_last = max(c.n_val, c.chunk_size * mesh.shape[distributed.DATA_AXIS])
+            x_push = x_train if n < model.num_blocks else x_train[:n_last]
+            x_next = store.train_pushed(x_push.shape, recover=True)
+            if x_next is None:
+                with phases.phase(clock, "push"):
+                    x_next = push_training_data(
+                        model, params, x_push, n, mesh=mesh, network=network,
+                        labels=None if y_train is None else y_train[: len(x_push)])
+                store.save(train_pushed=x_next)
+            push_time = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            val = store.val_pushed(x_val.shape, recover=True)
+            new_val = val is None
+            if new_val:
+                # a failed validation point is NaN (left out of the val NLL and counted
+                # as val_n_failed), not the end of the run.
+                with phases.phase(clock, "block val NLL"):
+                    v_next, delta = model.block_log_det(
+                        params, x_val, method=c.divergence, n_probes=c.n_probes,
+                        key=jax.random.fold_in(div_key, n), mesh=mesh)
+                val = (v_next, val_logdet + delta)
+            v_next, v_logdet = val
+            val_time = time.perf_counter() - t0
 
-        report = file_io.load_or_none(file_io.load_json, files.report)
-        if report is None:
-            losses = log_lib.read_jsonl(files.loss) if os.path.exists(files.loss) else []
-            with phases.phase(clock, "block reports"):
-                report = lfm_reports.block_report(
-                    model, n, cum_h[n], x_push, x_next, v_next, v_logdet, log_p_val,
-                    losses, mesh)
-            # push_time_s: the training set through the block (part of LFM training);
-            # val_logdet_time_s: the validation points and their log-det (evaluation).
-            report.update(timing, push_time_s=push_time, val_logdet_time_s=val_time)
-            file_io.save_json(files.report, log_lib.to_python(report))
+            report = store.report(recover=True)
+            if report is None:
+                losses = log_lib.read_jsonl(files.loss) if os.path.exists(files.loss) else []
+                with phases.phase(clock, "block reports"):
+                    report = lfm_reports.block_report(
+                        model, n, cum_h[n], x_push, x_next, v_next, v_logdet, log_p_val,
+                        losses, mesh)
+                # push_time_s: the training set through the block (part of LFM
+                # training); val_logdet_time_s: the validation points and their log-det
+                # (evaluation).
+                report.update(timing, push_time_s=push_time, val_logdet_time_s=val_time)
+                report = log_lib.to_python(report)
+                store.save(val_pushed=val if new_val else None, report=report)
+            elif new_val:
+                store.save(val_pushed=val)
         reports.append(report)
         if verbose:
             print(lfm_reports.format_report(report), flush=True)

@@ -1,8 +1,8 @@
 """Local Flow Matching distillation: each trained block's map distilled into a flow map.
 
 `load_trained_blocks` reads an LFM trained in a workdir (`lfm_blocks.train_blocks`),
-`block_inputs` gives block n's input data x_l ~ q_{n-1} (read from the block files, or
-pushed again), and `distill_blocks` distils every block (`distill.distill_lfm_blocks`),
+`block_inputs` gives block n's input data x_l ~ q_{n-1} (read from the block artefacts,
+`block_store`, or pushed again), and `distill_blocks` distils every block (`distill.distill_lfm_blocks`),
 saving each distilled block so that a rerun resumes.
 """
 
@@ -18,46 +18,48 @@ import jax
 import numpy as np
 
 from lfm_jax import interpolants, lfm
-from lfm_jax.runs import common, lfm_parts
+from lfm_jax.runs import block_store, common, lfm_parts
 
 
 def load_trained_blocks(config, workdir: str, example_shape):
     """(network, model, params_list) of an LFM trained in workdir (blocks/<n>/), not
-    retrained. Raises FileNotFoundError naming the missing file and the command that
-    trains it. params: EMA if config.eval.use_ema (as `train_blocks` returns them)."""
+    retrained. Raises FileNotFoundError naming the untrained block and the command
+    that trains it, ValueError for params that are damaged or of another network.
+    params: EMA if config.eval.use_ema (as `train_blocks` returns them)."""
     network = common.velocity_network(config, tuple(example_shape))
     model = lfm_parts.make_model(config, network, tuple(example_shape))
     template = jax.eval_shape(network.init, jax.random.PRNGKey(0))  # structure only
     params_list = []
     for n in range(1, model.num_blocks + 1):
-        path = os.path.join(workdir, "blocks", str(n), "params.msgpack")
-        if not os.path.exists(path):
+        try:
+            saved = block_store.load_params(workdir, n, template)
+        except FileNotFoundError as err:
             raise FileNotFoundError(
-                f"{path} is missing: block {n} of {model.num_blocks} is not trained in "
+                f"{err}: block {n} of {model.num_blocks} is not trained in "
                 f"{workdir}. Train the LFM first (same config and overrides), e.g. "
                 f"`python -m experiments.train --config configs/lfm_checkerboard.py "
-                f"--workdir {workdir}`")
-        try:
-            saved = lfm_parts.load_params(path, template)
-        except Exception as err:  # wrong architecture for this config
-            raise ValueError(f"cannot load {path} with this config's network "
-                             f"(hidden={tuple(config.model.hidden)}): {err}") from err
+                f"--workdir {workdir}`") from err
+        except Exception as err:  # damaged, or another architecture than this config's
+            raise ValueError(f"cannot load block {n}'s params with this config's network "
+                             f"(hidden={tuple(config.model.hidden)}): {err}. Rerunning the "
+                             f"training command on {workdir} repairs damaged ones") from err
         params_list.append(saved["ema_params"] if config.eval.use_ema else saved["params"])
     return network, model, params_list
 
 
 def block_inputs(workdir: str, model, params_list, x_train, n: int, *, mesh=None):
     """x_l ~ q_{n-1} for block n: the training set pushed through blocks 1..n-1, read
-    from blocks/<n-1>/train_pushed.npy (pushed again, and saved, if missing)."""
+    from block n-1's artefacts (pushed again, and saved, if missing or damaged)."""
     if n == 1:
         return np.asarray(x_train)
-    path = lfm_parts.BlockFiles(workdir, n - 1).train
-    x = common.load_npy(path)
-    if x is None:
-        x = lfm_parts.push_training_data(model, params_list[n - 2],
-                               block_inputs(workdir, model, params_list, x_train, n - 1,
-                                            mesh=mesh), n - 1, mesh=mesh)
-        common.save_npy(path, x)
+    with block_store.BlockArtefacts(workdir, n - 1) as store:
+        x = store.train_pushed(recover=True)
+        if x is None:
+            x = lfm_parts.push_training_data(
+                model, params_list[n - 2],
+                block_inputs(workdir, model, params_list, x_train, n - 1, mesh=mesh),
+                n - 1, mesh=mesh)
+            store.save(train_pushed=x)
     return x
 
 

@@ -1,8 +1,8 @@
 """What the LFM block loop (`lfm_blocks.train_blocks`) is built from: the block
 trainer of a config (network, model, optimiser, the jitted fused step), the paths of a
-block's files under <workdir>/blocks/<n> and their loaders, and the push of the
-training set through a trained block (which must succeed for every point, else
-`PushFailedError`)."""
+block's training files under <workdir>/blocks/<n> (its artefacts: `block_store`) and
+its train clock, and the push of the training set through a trained block (which must
+succeed for every point, else `PushFailedError`)."""
 
 from __future__ import annotations
 
@@ -91,26 +91,16 @@ def make_trainer(config, example_shape, mesh, sampler=None) -> Trainer:
 # ------------------------------------------------------------------------- files
 
 class BlockFiles:
-    """Paths of block n's artefacts under workdir/blocks/<n> (created)."""
+    """Paths of block n's training files under workdir/blocks/<n> (created): its
+    train checkpoints, loss log and train clock. Its artefacts (params, pushed data,
+    report) are in `block_store.BlockArtefacts(workdir, n)`."""
 
     def __init__(self, workdir, n):
         self.dir = os.path.join(workdir, "blocks", str(n))
         os.makedirs(self.dir, exist_ok=True)
         self.ckpt = os.path.join(self.dir, "ckpt")
-        self.params = os.path.join(self.dir, "params.msgpack")
-        self.train = os.path.join(self.dir, "train_pushed.npy")
-        self.val = os.path.join(self.dir, "val_pushed.npy")
-        self.val_logdet = os.path.join(self.dir, "val_logdet.npy")
-        self.report = os.path.join(self.dir, "report.json")
         self.loss = os.path.join(self.dir, "loss.jsonl")
         self.clock = os.path.join(self.dir, "train_clock.json")
-
-
-def load_params(path, template) -> dict:
-    """{"params", "ema_params"} of a block saved at path (structure of template).
-
-    Raises FileNotFoundError, or `files.DamagedFileError` naming the path."""
-    return file_io.load_msgpack(path, {"params": template, "ema_params": template})
 
 
 def block_timing(files) -> dict:

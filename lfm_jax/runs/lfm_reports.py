@@ -1,4 +1,5 @@
-"""Per-block reports of Local Flow Matching training (blocks/<n>/report.json).
+"""Per-block reports of Local Flow Matching training (saved with the block's
+artefacts, `block_store`).
 
 Each block's report holds the validation NLL of the model truncated after it (nats,
 bits/dim; failed solves left out and counted as `val_n_failed`), the OU moment check of
