@@ -138,22 +138,29 @@ def _pushed(workdir, n):
         return store.train_pushed()
 
 
+def _outputs(procs, timeout):
+    """Each process's output, in order, after checking that it exited with 0; all are
+    killed if one does not end within timeout seconds."""
+    outs = []
+    for p in procs:
+        try:
+            out, _ = p.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            raise
+        assert p.returncode == 0, out[-3000:]
+        outs.append(out)
+    return outs
+
+
 def test_two_processes_train_as_one_process_with_four_devices(tmp_path):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     address = f"localhost:{_free_port()}"
     multi, single = tmp_path / "multi", tmp_path / "single"
     procs = [_start([str(multi), address, str(i)], 2, root) for i in range(2)]
     procs.append(_start([str(single)], 4, root))
-    outs = []
-    for p in procs:
-        try:
-            out, _ = p.communicate(timeout=420)
-        except subprocess.TimeoutExpired:
-            for q in procs:
-                q.kill()
-            raise
-        outs.append(out)
-        assert p.returncode == 0, out[-3000:]
+    outs = _outputs(procs, 420)
     assert "DRIVER DONE 0 4" in outs[0] and "DRIVER DONE 1 4" in outs[1], outs[0][-2000:]
     assert "DRIVER DONE 0 4" in outs[2]
 
@@ -208,12 +215,5 @@ def test_two_processes_save_block_artefacts_and_set_damage_aside(tmp_path):
     address = f"localhost:{_free_port()}"
     procs = [_start([str(tmp_path), address, str(i)], 2, root, STORE_DRIVER)
              for i in range(2)]
-    for i, p in enumerate(procs):
-        try:
-            out, _ = p.communicate(timeout=200)
-        except subprocess.TimeoutExpired:
-            for q in procs:
-                q.kill()
-            raise
-        assert p.returncode == 0, out[-3000:]
+    for i, out in enumerate(_outputs(procs, 200)):
         assert f"STORE DONE {i} ['1', '3.damaged']" in out, out[-3000:]
