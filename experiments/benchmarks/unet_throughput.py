@@ -7,7 +7,8 @@
 
 On a GPU (several minutes: on an H100 XLA compiled ours' 10-step fused program in 79 s
 (fp32) and 74 s (bf16) in the memory subprocesses alone, so a 200 s limit ended the run
-before any timing; give it 10 minutes, or --fused=1 / --nomemory for a shorter run):
+before any timing; give it 10 minutes, or --nomemory for a shorter run, which reports
+XLA's static memory estimate of ours' compiled step instead of a measured peak):
 
     python -m experiments.benchmarks.unet_throughput --seconds=3 --repeats=3 \
         --out=experiments/benchmarks/results_gpu/unet
@@ -89,6 +90,10 @@ at --jax_mem_fraction so torch has room beside it. No statistics on a CPU. The
 children compile into a fresh persistent compilation cache that the main process then
 reads, so each of our programs is compiled once: our setup seconds are the child's
 cold compilation (the JSON also has the main process's "setup_s_from_cache").
+With --nomemory (or where a child failed) ours' column is XLA's static estimate of
+the compiled step's peak (`compiled.memory_analysis()`, buffer assignment of
+arguments, outputs and temporaries; the JSON's "xla_peak_bytes", recorded for every
+row of ours) and the table says so.
 
 --devices N (N > 1): ours also runs data parallel over the first N local devices
 (a 1-D "data" mesh, `distributed.make_mesh`; the batch sharded with NamedSharding,
@@ -231,9 +236,27 @@ def build_ours(dtype: str, devices: int, s: dict):
     trainer.sync()
     setup_s = time.perf_counter() - t0
     info = {"params": int(net.num_params(trainer.state.params)),
+            "xla_peak_bytes": _xla_peak_bytes(compiled),
             "xla_compiled": _flops(compiled.cost_analysis()),
             "xla_lowered": _flops(lowered.cost_analysis()), "global_batch": batch}
     return trainer, setup_s, info
+
+
+def _xla_peak_bytes(compiled):
+    """XLA's static estimate of the program's peak device memory (its buffer
+    assignment: arguments, outputs and temporaries, aliased buffers once), from
+    `compiled.memory_analysis()`; None where the backend gives none."""
+    try:
+        m = compiled.memory_analysis()
+    except Exception:  # noqa: BLE001  (not every backend implements it)
+        return None
+    if m is None:
+        return None
+    peak = getattr(m, "peak_memory_in_bytes", None)
+    if peak is None:
+        peak = (m.argument_size_in_bytes + m.output_size_in_bytes
+                + m.temp_size_in_bytes - m.alias_size_in_bytes)
+    return int(peak)
 
 
 def _flops(analysis):
@@ -449,6 +472,7 @@ def main(argv):
     on_gpu = platform == "gpu"
     device_name = jax.devices()[0].device_kind
     trainers, setup, info, memory, precision = {}, {}, {}, {}, {}
+    memory_source = {}  # rows whose memory is XLA's estimate, not a measured peak
     for name, (dtype, n_dev) in names.items():
         if n_dev > jax.local_device_count():
             notes.append(f"{name} skipped: {n_dev} devices asked, "
@@ -458,6 +482,9 @@ def main(argv):
         trainers[name] = (tr, s["fused"], info[name]["global_batch"])
         child = children.get(name, {})
         memory[name] = child.get("peak_bytes")
+        if memory[name] is None and on_gpu and info[name].get("xla_peak_bytes"):
+            memory[name] = info[name]["xla_peak_bytes"]
+            memory_source[name] = "XLA memory_analysis"
         if child.get("setup_s") is not None:  # the cold compilation, in the child
             info[name]["setup_s_from_cache"] = setup[name]
             setup[name] = child["setup_s"]
@@ -525,12 +552,16 @@ def main(argv):
         r = {"precision": precision[name], "params": params, "global_batch": batch,
              "steps_per_s": sps, "images_per_s": sps * batch,
              "model_flops_per_s": step_flops * sps, "setup_s": setup[name],
-             "peak_memory_bytes": memory.get(name), "samples_steps_per_s": samples[name]}
+             "peak_memory_bytes": memory.get(name),
+             "peak_memory_source": memory_source.get(name, "measured" if memory.get(name)
+                                                     else None),
+             "samples_steps_per_s": samples[name]}
         n_dev = names[name][1] if name in names else 1
         r["mfu"] = (step_flops * sps / (n_dev * peak[precision[name]])
                     if on_gpu and precision[name] in peak else None)
         if name in info:
             r["xla_flops_per_step"] = info[name]["xla_compiled"]
+            r["xla_peak_bytes"] = info[name]["xla_peak_bytes"]
             r["setup_s_from_cache"] = info[name].get("setup_s_from_cache")
         base = name.rsplit("_x", 1)[0]
         if n_dev > 1 and base in trainers:
@@ -543,6 +574,11 @@ def main(argv):
                      f"({100 * rel:+.2f} %)."
                      + (f" WARNING: they differ by more than {100 * RATIO_WARN:.0f} %; "
                         "nothing was adjusted." if abs(rel) > RATIO_WARN else ""))
+    if memory_source:
+        notes.append("Peak memory of " + ", ".join(sorted(memory_source)) + ": XLA's "
+                     "buffer assignment of the compiled step (compiled.memory_analysis(): "
+                     "arguments + outputs + temporaries), an estimate, not a measured "
+                     "allocator peak (--memory measures it in subprocesses).")
     if not on_gpu:
         notes.append("Not a GPU: no MFU and no peak memory; the numbers check that the "
                      "script runs, they are no measurement.")
