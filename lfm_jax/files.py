@@ -8,7 +8,7 @@ POSIX within one file system). A file can still be damaged afterwards (a full di
 at copy time, a truncated transfer); loaders then raise `DamagedFileError` (a
 ValueError whose message starts with the path).
 
-Derived files (e.g. data pushed through a trained block) can be recomputed:
+Derived files (e.g. a cached teacher, a train clock) can be recomputed:
 `load_or_none(load_fn, path, ...)` returns None for a missing file and, with a
 warning naming the path, for a damaged one, so the caller recomputes and rewrites it.
 

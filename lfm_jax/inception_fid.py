@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 
 from lfm_jax import images as images_lib
+from lfm_jax import lfm
 
 __all__ = ["METRIC", "WEIGHTS_FILE", "INSTALL", "Inception", "check_weights",
            "load_network", "as_network_input", "features", "statistics", "fid",
@@ -160,7 +161,7 @@ def as_network_input(images) -> np.ndarray:
     if len(x) == 0:
         raise ValueError("images: no rows")
     if x.dtype != np.uint8:
-        bad = ~np.isfinite(x.reshape(len(x), -1)).all(axis=1)
+        bad = lfm.failed_rows(x)
         if bad.any():
             raise ValueError(f"images: {int(bad.sum())} of {len(x)} rows hold NaN / inf "
                              f"(e.g. row {int(np.argmax(bad))}); drop them first")

@@ -21,7 +21,7 @@ import os
 import jax
 import numpy as np
 
-from lfm_jax import checkpoint, images
+from lfm_jax import checkpoint, images, lfm
 from lfm_jax import classifier as clf
 
 SPEC_FILE = "classifier.json"
@@ -93,19 +93,11 @@ def load(workdir: str, example_shape=None):
     return model, params
 
 
-def finite_rows(x) -> np.ndarray:
-    """(n,) bool: the rows of x (n, ...) without a NaN / inf (all of a uint8 set)."""
-    x = np.asarray(x)
-    if x.dtype == np.uint8:
-        return np.ones(len(x), bool)
-    return np.all(np.isfinite(x.reshape(len(x), -1)), axis=1)
-
-
 def as_scored(x) -> np.ndarray:
     """The finite rows of x (n, H, W, C) at 8-bit bin centres, float32: uint8 images
     mapped (`images.to_centered`), float images in [-1, 1] quantised first."""
     x = np.asarray(x)
-    k = x if x.dtype == np.uint8 else images.quantize(x[finite_rows(x)])
+    k = x if x.dtype == np.uint8 else images.quantize(x[~lfm.failed_rows(x)])
     return np.asarray(images.to_centered(k))
 
 
@@ -115,7 +107,7 @@ def score(classifier, params, samples, reference, labels=None) -> dict:
     generated images and held-out test images), "accuracy": fraction of samples
     classified as their `labels` (n,) (only when labels are given), "n_scored",
     "n_dropped" (non-finite rows, left out), "notes": {"fd_classifier": DISCLAIMER}}."""
-    keep = finite_rows(samples)
+    keep = ~lfm.failed_rows(samples)
     x = as_scored(samples)
     if len(x) < 2:
         raise ValueError(f"need at least 2 finite samples to score, got {len(x)}")
@@ -138,7 +130,7 @@ def save_samples(path: str, samples, labels=None) -> int:
     from lfm_jax.runs import common
 
     s = np.asarray(samples)
-    good = finite_rows(s)
+    good = ~lfm.failed_rows(s)
     arrays = {"images": np.asarray(images.quantize(s[good]))}
     if labels is not None:
         arrays["labels"] = np.asarray(labels, np.int32)[good]
