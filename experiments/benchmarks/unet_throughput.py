@@ -8,7 +8,8 @@
 On a GPU (several minutes: on an H100 XLA compiled ours' 10-step fused program in 79 s
 (fp32) and 74 s (bf16) in the memory subprocesses alone, so a 200 s limit ended the run
 before any timing; give it 10 minutes, or --nomemory for a shorter run, which reports
-XLA's static memory estimate of ours' compiled step instead of a measured peak):
+the JAX allocator's peak for ours' first row and XLA's static memory estimate of the
+compiled step for the others):
 
     python -m experiments.benchmarks.unet_throughput --seconds=3 --repeats=3 \
         --out=experiments/benchmarks/results_gpu/unet
@@ -90,7 +91,10 @@ at --jax_mem_fraction so torch has room beside it. No statistics on a CPU. The
 children compile into a fresh persistent compilation cache that the main process then
 reads, so each of our programs is compiled once: our setup seconds are the child's
 cold compilation (the JSON also has the main process's "setup_s_from_cache").
-With --nomemory (or where a child failed) ours' column is XLA's static estimate of
+With --nomemory (or where a child failed) ours' first row reports the JAX allocator's
+peak_bytes_in_use after compiling and running it (`device.memory_stats()`; it never
+resets, so only the first row of a process is its own; the JSON's
+"allocator_peak_bytes_so_far" for every row), the later rows XLA's static estimate of
 the compiled step's peak (`compiled.memory_analysis()`, buffer assignment of
 arguments, outputs and temporaries; the JSON's "xla_peak_bytes", recorded for every
 row of ours) and the table says so.
@@ -238,8 +242,21 @@ def build_ours(dtype: str, devices: int, s: dict):
     info = {"params": int(net.num_params(trainer.state.params)),
             "xla_peak_bytes": _xla_peak_bytes(compiled),
             "xla_compiled": _flops(compiled.cost_analysis()),
-            "xla_lowered": _flops(lowered.cost_analysis()), "global_batch": batch}
+            "xla_lowered": _flops(lowered.cost_analysis()), "global_batch": batch,
+            "allocator_peak_bytes": _allocator_peak_bytes(jax.local_devices()[0])}
     return trainer, setup_s, info
+
+
+def _allocator_peak_bytes(device):
+    """The device allocator's peak bytes in use so far in this process
+    (`device.memory_stats()["peak_bytes_in_use"]`; GPU / TPU), None where the backend
+    keeps no statistics (CPU). It never resets, so it is one row's peak only for the
+    first row built in a process."""
+    try:
+        stats = device.memory_stats()
+    except Exception:  # noqa: BLE001  (not every backend implements it)
+        return None
+    return int(stats["peak_bytes_in_use"]) if stats and "peak_bytes_in_use" in stats else None
 
 
 def _xla_peak_bytes(compiled):
@@ -436,7 +453,8 @@ def markdown(result) -> str:
                  f"{r['images_per_s']:.0f}", f"{1e3 / r['steps_per_s']:.1f}",
                  f"{r['model_flops_per_s'] / 1e12:.2f}",
                  f"{100 * mfu:.1f}%" if mfu is not None else "-",
-                 f"{mem / 2**20:.0f}" if mem else "-", f"{r['setup_s']:.1f}",
+                 (f"{mem / 2**20:.0f}" + ("*" if str(r.get("peak_memory_source")).startswith(
+                     "XLA") else "")) if mem else "-", f"{r['setup_s']:.1f}",
                  f"{sc:.2f}x" if sc is not None else "-"]
         lines.append("| " + " | ".join(cells) + " |")
     f = result["flops_per_step"]
@@ -472,16 +490,21 @@ def main(argv):
     on_gpu = platform == "gpu"
     device_name = jax.devices()[0].device_kind
     trainers, setup, info, memory, precision = {}, {}, {}, {}, {}
-    memory_source = {}  # rows whose memory is XLA's estimate, not a measured peak
+    memory_source = {}  # rows whose memory is not a child's measured peak: where it is from
     for name, (dtype, n_dev) in names.items():
         if n_dev > jax.local_device_count():
             notes.append(f"{name} skipped: {n_dev} devices asked, "
                          f"{jax.local_device_count()} present.")
             continue
+        trainers_before = len(trainers)
         tr, setup[name], info[name] = build_ours(dtype, n_dev, s)
         trainers[name] = (tr, s["fused"], info[name]["global_batch"])
         child = children.get(name, {})
         memory[name] = child.get("peak_bytes")
+        if memory[name] is None and on_gpu and not trainers_before and info[name].get(
+                "allocator_peak_bytes"):  # the first row: the allocator's peak is its own
+            memory[name] = info[name]["allocator_peak_bytes"]
+            memory_source[name] = "JAX allocator peak (first row of the process)"
         if memory[name] is None and on_gpu and info[name].get("xla_peak_bytes"):
             memory[name] = info[name]["xla_peak_bytes"]
             memory_source[name] = "XLA memory_analysis"
@@ -562,6 +585,7 @@ def main(argv):
         if name in info:
             r["xla_flops_per_step"] = info[name]["xla_compiled"]
             r["xla_peak_bytes"] = info[name]["xla_peak_bytes"]
+            r["allocator_peak_bytes_so_far"] = info[name]["allocator_peak_bytes"]
             r["setup_s_from_cache"] = info[name].get("setup_s_from_cache")
         base = name.rsplit("_x", 1)[0]
         if n_dev > 1 and base in trainers:
@@ -574,8 +598,14 @@ def main(argv):
                      f"({100 * rel:+.2f} %)."
                      + (f" WARNING: they differ by more than {100 * RATIO_WARN:.0f} %; "
                         "nothing was adjusted." if abs(rel) > RATIO_WARN else ""))
-    if memory_source:
-        notes.append("Peak memory of " + ", ".join(sorted(memory_source)) + ": XLA's "
+    measured_first = sorted(k for k, v in memory_source.items() if v.startswith("JAX"))
+    if measured_first:
+        notes.append("Peak memory of " + ", ".join(measured_first) + ": the JAX "
+                     "allocator's peak_bytes_in_use after compiling and running it, the "
+                     "first row of the process (later rows would include it).")
+    estimated = sorted(k for k, v in memory_source.items() if v.startswith("XLA"))
+    if estimated:
+        notes.append("* Peak memory of " + ", ".join(estimated) + ": XLA's "
                      "buffer assignment of the compiled step (compiled.memory_analysis(): "
                      "arguments + outputs + temporaries), an estimate, not a measured "
                      "allocator peak (--memory measures it in subprocesses).")
