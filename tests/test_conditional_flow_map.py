@@ -173,7 +173,8 @@ def save_untrained_classifier(workdir: str) -> str:
     config = classifier_digits.get_config()
     config.classifier.channels, config.classifier.features = (8,), 32
     model = classifier.make_classifier((8, 8, 1), 10, channels=(8,), features=32)
-    classifier_job.save(config, model, model.init(jax.random.PRNGKey(0)), 0, workdir)
+    params = jax.jit(model.init)(jax.random.PRNGKey(0))  # one compilation
+    classifier_job.save(config, model, params, 0, workdir)
     return workdir
 
 
