@@ -27,14 +27,26 @@ also samples_<method>[_k<K>].npz, uint8).
 Images (an LFM trained with configs/lfm_digits.py[:mnist]): the students are
 unconditional two-time U-Nets of the blocks' preset (--unet_channels to change the
 width; --width / --depth are for MLPs); a class-conditional LFM is distilled and
-compared through its null-class (unguided) field (`lfm_distill.student_flow_map`).
+compared through its null-class (unguided) field (`lfm_distill.student_flow_map`),
+unless --guidance_w=w: then every block's teacher is its guided field
+v(t, x, null) + w (v(t, x, y) - v(t, x, null)) with each training pair's label, the
+students are class-conditional (same family, the LFM's num_classes), and the
+comparison gives sample i the label i % num_classes for every method (the LFM's
+guided ODE generation at w, its guided Euler steps, the distilled maps given the
+labels), scored with the classifier's accuracy against the labels too
+(`lfm_distill.distill_blocks`, `distill_eval.compare`); output in
+W/distill/<objective>_w<w>. --guidance_w on an unconditional LFM is an error before
+any work.
+
+    python -m experiments.distill_lfm --config configs/lfm_digits.py:mnist \
+        --config.data.path=../shared/data/mnist \
+        --config.eval.classifier_workdir=runs/clf_mnist --workdir W --guidance_w 1
+
 With --config.eval.classifier_workdir (if the config has that key) the samples are
 scored by that classifier; with --config.eval.inception_weights=<local
 pt_inception-2015-12-05-6726825d.pth> also by standard FID (pytorch-fid). Both are
 checked before any distillation (`validation.validate_config`).
 """
-
-import os
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -58,7 +70,12 @@ flags.DEFINE_float("lr", 1e-3, "Learning rate (cosine schedule).")
 flags.DEFINE_float("ema_decay", 0.995, "EMA of the flow-map params (used for sampling).")
 flags.DEFINE_string("sample_steps", "1,2,4", "Comma-separated K (flow-map steps per block).")
 flags.DEFINE_integer("n_samples", 2000, "Samples per method.")
-flags.DEFINE_string("out", "", "Output directory (default W/distill/<objective>).")
+flags.DEFINE_string("out", "", "Output directory (default W/distill/<objective>, or "
+                    "W/distill/<objective>_w<w> with --guidance_w).")
+flags.DEFINE_float("guidance_w", None, "Guided distillation of a class-conditional LFM: "
+                   "every block's teacher is its classifier-free guided field at this "
+                   "weight and the students are class-conditional flow maps (unset: the "
+                   "null-class field, unconditional students).")
 flags.mark_flags_as_required(["workdir"])
 
 
@@ -68,55 +85,15 @@ def main(argv):
     from absl import logging
 
     logging.set_verbosity(logging.WARNING)
-    import time
+    from lfm_jax.runs import lfm_distill
 
-    import jax
-
-    from lfm_jax import logging as log_lib
-    from lfm_jax.runs import common, distill_eval, lfm_distill, validation
-
-    config = FLAGS.config
-    validation.validate_config(config)
-    workdir = os.path.abspath(os.path.expanduser(FLAGS.workdir))
-    out = FLAGS.out or os.path.join(workdir, "distill", FLAGS.objective)
-    os.makedirs(out, exist_ok=True)
-    dataset = common.load_data(config)
-    mesh = common.make_mesh(config)
-    example_shape = tuple(dataset.train.shape[1:])
-    network, model, params_list = lfm_distill.load_trained_blocks(config, workdir, example_shape)
-    N = model.num_blocks
-    print(f"devices: {jax.devices()}  data: {config.data.name}  LFM blocks: {N}  "
-          f"objective: {FLAGS.objective}")
-
-    t0 = time.perf_counter()
-    maps, infos = lfm_distill.distill_blocks(
-        config, workdir, network, model, params_list, dataset.train, out_dir=out,
-        objective=FLAGS.objective, hidden=(FLAGS.width,) * FLAGS.depth, steps=FLAGS.steps,
-        batch_size=FLAGS.batch_size, lr=FLAGS.lr, ema_decay=FLAGS.ema_decay,
-        unet_channels=FLAGS.unet_channels, unet_time_scale=FLAGS.unet_time_scale,
-        mesh=mesh)
-    distill_time = time.perf_counter() - t0
-
-    ks = [int(k) for k in FLAGS.sample_steps.split(",") if k.strip()]
-    rows = distill_eval.compare(config, model, params_list, maps, dataset, out,
-                                sample_steps=ks, n_samples=FLAGS.n_samples, mesh=mesh)
-    unet = config.model.get("kind", "mlp") == "unet"
-    student = (lfm_distill.student_description(config, FLAGS.unet_channels,
-                                                   FLAGS.unet_time_scale) if unet
-               else {"kind": "mlp", "hidden": [FLAGS.width] * FLAGS.depth})
-    table = distill_eval.table(rows) + (
-        f"\n\n{config.data.name}, {N} LFM blocks, objective {FLAGS.objective}, "
-        f"{FLAGS.steps} steps/block, student {student}, {FLAGS.n_samples} samples from "
-        f"the same noise per method ({len(dataset.test)} test points); distillation "
-        f"{distill_time:.1f}s this run ({sum('loaded' in i for i in infos)} blocks "
-        f"loaded from checkpoints).")
-    print(table)
-    with open(os.path.join(out, "table.md"), "w") as f:
-        f.write(table + "\n")
-    log_lib.write_json(os.path.join(out, "results.json"), {
-        "workdir": workdir, "objective": FLAGS.objective, "num_blocks": N,
-        "steps": FLAGS.steps, "student": student, "n_samples": FLAGS.n_samples,
-        "distill_time_s": distill_time, "blocks": infos, "rows": rows})
+    lfm_distill.run(
+        FLAGS.config, FLAGS.workdir, objective=FLAGS.objective, steps=FLAGS.steps,
+        hidden=(FLAGS.width,) * FLAGS.depth, unet_channels=FLAGS.unet_channels,
+        unet_time_scale=FLAGS.unet_time_scale, batch_size=FLAGS.batch_size, lr=FLAGS.lr,
+        ema_decay=FLAGS.ema_decay,
+        sample_steps=[int(k) for k in FLAGS.sample_steps.split(",") if k.strip()],
+        n_samples=FLAGS.n_samples, out_dir=FLAGS.out, guidance_w=FLAGS.guidance_w)
 
 
 if __name__ == "__main__":

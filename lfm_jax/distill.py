@@ -13,7 +13,9 @@ Batch losses `loss_fn(params, key, batch, step=0) -> (loss, aux)` for
 `lfm_jax.train.make_train_step`: `make_loss(name, flow_map, teacher=None, ...)`, name a
 key of `losses.OBJECTIVES` (the per-example loss, default (s, t) sampler and whether a
 teacher is needed come from its record). A batch is either x1 (n, ...) (data; x0 ~ N(0, I) is drawn inside) or a pair
-(x0, x1) of arrays (n, ...), e.g. (x_r, x_l) for an LFM block's inverse. Distillation
+(x0, x1) of arrays (n, ...), e.g. (x_r, x_l) for an LFM block's inverse; with class
+labels y (n,) it is (x0, x1, y) or {"x": x1, "y": y}, training a class-conditional
+student whose per-example closures are bound to the example's label. Distillation
 points are x = I_s (the interpolant at the map's start time), which has the teacher's
 marginal rho_s when the teacher was trained by flow matching on the same interpolant
 and pairs.
@@ -28,8 +30,10 @@ from typing import Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from lfm_jax import flow_map as flow_map_lib
+from lfm_jax import guidance
 from lfm_jax import interpolants as interpolants_lib
 from lfm_jax import losses
 
@@ -39,9 +43,25 @@ from lfm_jax import losses
 # ---------------------------------------------------------------------------
 
 def velocity_teacher(network, params) -> Callable:
-    """b(t, x) = network.apply(params, t, x) with parameters frozen (stop-gradient)."""
+    """b(t, x) = network.apply(params, t, x) with parameters frozen (stop-gradient).
+
+    A class-conditional network's teacher also takes a label, b(t, x, y) =
+    network.apply(params, t, x, y) (y: one example's int label), the form labelled
+    batches of `make_loss` call."""
     params = jax.lax.stop_gradient(params)
-    return lambda t, x: network.apply(params, t, x)
+    return lambda t, x, *y: network.apply(params, t, x, *y)
+
+
+def guided_teacher(network, params, w) -> Callable:
+    """b(t, x, y) = v(t, x, null) + w (v(t, x, y) - v(t, x, null)), the classifier-free
+    guided field of a class-conditional velocity network (`guidance.guided_apply`, both
+    branches in one call) with parameters frozen, for labelled batches of `make_loss`.
+    At the null label it is the null field for every w."""
+    if getattr(network, "null_label", None) is None:
+        raise ValueError("a guided teacher needs a class-conditional velocity network "
+                         "with a null label (num_classes set); this network has none")
+    params = jax.lax.stop_gradient(params)
+    return lambda t, x, y: guidance.guided_apply(network, y, w)(params, t, x)
 
 
 def load_velocity_params(directory: str, template_state, use_ema: bool = True):
@@ -61,8 +81,9 @@ def load_velocity_params(directory: str, template_state, use_ema: bool = True):
 
 
 def time_reversed(b: Callable) -> Callable:
-    """The reversed field t -> -b(1 - t, x): its time-0 -> 1 flow inverts b's."""
-    return lambda t, x: -b(1.0 - t, x)
+    """The reversed field t -> -b(1 - t, x): its time-0 -> 1 flow inverts b's (a
+    labelled teacher b(t, x, y) gives -b(1 - t, x, y))."""
+    return lambda t, x, *y: -b(1.0 - t, x, *y)
 
 
 def _rk4_step(b, s, t, x):
@@ -95,11 +116,20 @@ def ode_flow_map(b: Callable, num_steps: int = 8) -> Callable:
 # ---------------------------------------------------------------------------
 
 def _pairs(key, batch):
-    """(x0, x1) from a batch: x1 alone (x0 ~ N(0, I) drawn here) or a pair (x0, x1)."""
+    """(x0, x1, y) from a batch: x1 alone or {"x": x1(, "y": y)} (x0 ~ N(0, I) drawn
+    here), a pair (x0, x1) or a labelled triple (x0, x1, y); y None when unlabelled."""
+    if isinstance(batch, dict):
+        x1, y = batch["x"], batch.get("y")
+        return jax.random.normal(key, x1.shape, x1.dtype), x1, y
     if isinstance(batch, (tuple, list)):
-        x0, x1 = batch
-        return x0, x1
-    return jax.random.normal(key, batch.shape, batch.dtype), batch
+        if len(batch) == 2:
+            x0, x1 = batch
+            return x0, x1, None
+        if len(batch) == 3:
+            return tuple(batch)
+        raise ValueError(f"a tuple batch is (x0, x1) or (x0, x1, y), got {len(batch)} "
+                         f"arrays")
+    return jax.random.normal(key, batch.shape, batch.dtype), batch, None
 
 
 def _intermediate_midpoint(key, s, t):
@@ -117,12 +147,24 @@ INTERMEDIATE_TIMES = {"midpoint": _intermediate_midpoint, "uniform": _intermedia
 def make_loss(name: str, flow_map: flow_map_lib.FlowMap, teacher: Optional[Callable] = None,
               *, interp=None, time_sampler: Optional[str] = None, sampler_kwargs=None,
               intermediate: str = "uniform", teacher_map: Optional[Callable] = None,
-              teacher_substeps: int = 4, **options) -> Callable:
+              teacher_substeps: int = 4, label_dropout: float = 0.0,
+              **options) -> Callable:
     """Batch loss (params, key, batch, step=0) -> (mean loss, aux) of objective `name`.
 
     Per example: `losses.OBJECTIVES[name].loss(c, interp, s, u, t, x0, x1, **options)`
     with c = `flow_map.closures(params, teacher, teacher_map)` (the student's X, its own
     velocity v_{t,t} by one network call, its learned lv(s, t) if attached).
+
+    Labelled batches ((x0, x1, y) or {"x": x1, "y": y}; y (n,) int labels) train a
+    class-conditional student (`FlowMap` of a network with num_classes): example i's
+    closures are bound to its label y_i, replaced by the network's null label with
+    probability `label_dropout` (`guidance.drop_labels`, key fold_in(key, 3)), so one
+    network learns the conditional maps X(s, t, x, y) and the null map X(s, t, x, null)
+    (classifier-free guidance, `guidance.guided_flow_map`). The teacher is then
+    b(t, x, y) and is bound to the same (possibly dropped) label, so the null map learns
+    the teacher's null field; a `teacher_map` is likewise X(s, t, x, y). Unlabelled
+    batches go exactly as before (no label: the null class of a class-conditional
+    network).
 
     Args:
       name: a key of `losses.OBJECTIVES`.
@@ -136,6 +178,7 @@ def make_loss(name: str, flow_map: flow_map_lib.FlowMap, teacher: Optional[Calla
         the progressive self-distillation only).
       teacher_map: frozen teacher map for progressive distillation (default:
         `ode_flow_map(teacher, teacher_substeps)`, teacher_substeps RK4 steps per jump).
+      label_dropout: probability in [0, 1] of the null label in labelled batches.
       options: the objective's keyword options (`Objective.options`), overriding its
         defaults; any other name is an error.
     aux: fraction of the batch off the diagonal s = t.
@@ -149,9 +192,12 @@ def make_loss(name: str, flow_map: flow_map_lib.FlowMap, teacher: Optional[Calla
                          f"not {sorted(unknown)}")
     if objective.needs_teacher and teacher is None:
         raise ValueError(f"objective {name!r} needs a teacher velocity")
+    if not 0.0 <= float(label_dropout) <= 1.0:
+        raise ValueError(f"label_dropout must be in [0, 1], got {label_dropout}")
     if not objective.needs_teacher:
         teacher = teacher_map = None
-    elif teacher_map is None:
+    own_teacher_map = objective.needs_teacher and teacher_map is None
+    if own_teacher_map:
         teacher_map = ode_flow_map(teacher, teacher_substeps)
     options = {**objective.options, **options}
     interp = interpolants_lib.linear() if interp is None else interp
@@ -162,21 +208,53 @@ def make_loss(name: str, flow_map: flow_map_lib.FlowMap, teacher: Optional[Calla
                          f"{sorted(INTERMEDIATE_TIMES)}")
     sample_u = INTERMEDIATE_TIMES[intermediate]
 
+    def labelled_closures(params, y):
+        """Closures of ONE example bound to its label y (student and teacher)."""
+        if teacher is None:
+            b = b_map = None
+        else:
+            b = lambda t_, x_: teacher(t_, x_, y)  # noqa: E731
+            b_map = (ode_flow_map(b, teacher_substeps) if own_teacher_map else
+                     (lambda s_, t_, x_: teacher_map(s_, t_, x_, y)))
+        return flow_map.closures(params, b, b_map, label=y)
+
     def loss_fn(params, key, batch, step=0):
         k_pair, k_time, k_u = jax.random.split(key, 3)
-        x0, x1 = _pairs(k_pair, batch)
+        x0, x1, y = _pairs(k_pair, batch)
         s, t = sample_st(k_time, x1.shape[0], step)
         s, t = s.astype(x1.dtype), t.astype(x1.dtype)
         u = sample_u(k_u, s, t)
-        c = flow_map.closures(params, teacher, teacher_map)
+        if y is None:
+            c = flow_map.closures(params, teacher, teacher_map)
 
-        def one(*args):
-            return objective.loss(c, interp, *args, **options)
+            def one(*args):
+                return objective.loss(c, interp, *args, **options)
 
-        total = jax.vmap(one)(s, u, t, x0, x1)
+            total = jax.vmap(one)(s, u, t, x0, x1)
+        else:
+            y = _labels_for(flow_map, jax.random.fold_in(key, 3), y, label_dropout)
+
+            def one_labelled(s_, u_, t_, a, b, y_):
+                return objective.loss(labelled_closures(params, y_), interp, s_, u_, t_,
+                                      a, b, **options)
+
+            total = jax.vmap(one_labelled)(s, u, t, x0, x1, y)
         return jnp.mean(total), {"off_diagonal": jnp.mean((s != t).astype(total.dtype))}
 
     return loss_fn
+
+
+def _labels_for(flow_map, key, y, label_dropout):
+    """The labels a labelled batch trains with: y (int32), each replaced by the
+    student's null label with probability label_dropout; a clear error for a student
+    that is not class-conditional."""
+    null = flow_map.null_label
+    if null is None:
+        raise ValueError("a labelled batch needs a class-conditional student flow map "
+                         "(a network with num_classes set); this one has no labels")
+    if isinstance(label_dropout, (int, float)) and float(label_dropout) == 0.0:
+        return jnp.asarray(y, jnp.int32)
+    return guidance.drop_labels(key, y, float(label_dropout), null)
 
 
 # ---------------------------------------------------------------------------
@@ -190,8 +268,10 @@ def train_flow_map(loss_fn: Callable, flow_map: flow_map_lib.FlowMap, data, *, k
                    init_params=None):
     """Train a flow map with `lfm_jax.train` (jitted fused steps, on-device batches).
 
-    data: x1 array (n, ...) or a pair (x0, x1). Returns (state, history); use
-    state.ema_params (or state.params) for sampling.
+    data: x1 array (n, ...), a pair (x0, x1), or labelled: (x0, x1, y) or
+    {"x": x1, "y": y} with y (n,) int labels (a class-conditional flow map; see
+    `make_loss`). Batches draw the same rows of every array (`data.sample_batch`).
+    Returns (state, history); use state.ema_params (or state.params) for sampling.
     """
     from lfm_jax import data as data_lib
     from lfm_jax import distributed, train
@@ -231,8 +311,12 @@ def distill_lfm_blocks(block_velocities: Sequence[Callable], block_pairs: Sequen
     supplies the distillation points x = I_s.
 
     Args:
-      block_velocities: [b_1, ..., b_N], closures b_n(t, x) (parameters bound).
-      block_pairs: [(x_l, x_r), ...] arrays (m, ...) per block (the LFM training pairs).
+      block_velocities: [b_1, ..., b_N], closures b_n(t, x) (parameters bound), or
+        b_n(t, x, y) for labelled pairs (e.g. `guided_teacher`).
+      block_pairs: [(x_l, x_r), ...] arrays (m, ...) per block (the LFM training pairs),
+        or labelled triples (x_l, x_r, y), y (m,) int labels: the student (then
+        class-conditional) is trained on (x_r, x_l, y) with the teacher bound to each
+        pair's label (`make_loss`), learning X(s, t, x, y).
       make_flow_map: () -> FlowMap (a fresh student per block).
       objective: a key of `losses.OBJECTIVES`; an objective without a teacher ignores
         the block velocity and learns the block's pairs directly (a flow-map
@@ -247,17 +331,31 @@ def distill_lfm_blocks(block_velocities: Sequence[Callable], block_pairs: Sequen
     losses.get_objective(objective)  # unknown names fail before any training
     interp = interpolants_lib.trig() if interp is None else interp
     out = []
-    for n, (b, (x_l, x_r)) in enumerate(zip(block_velocities, block_pairs)):
+    for n, (b, pair) in enumerate(zip(block_velocities, block_pairs)):
+        if len(pair) not in (2, 3):
+            raise ValueError(f"block {n + 1}: pairs are (x_l, x_r) or (x_l, x_r, y), got "
+                             f"{len(pair)} arrays")
+        x_l, x_r, *y = pair
         fmap = make_flow_map()
         loss_fn = make_loss(objective, fmap, time_reversed(b), interp=interp,
                             **(loss_kwargs or {}))
-        state, _ = train_flow_map(loss_fn, fmap, (x_r, x_l),
+        state, _ = train_flow_map(loss_fn, fmap, (x_r, x_l, *y),
                                   key=jax.random.fold_in(key, n), **(train_kwargs or {}))
         out.append((fmap, state.ema_params))
     return out
 
 
-def generate_lfm(block_maps: Sequence, z, num_steps: int = 1):
+def _block_map(fmap, params, label=None, guidance_w=None) -> Callable:
+    """One block's X(s, t, x): unlabelled, conditional on label, or guided at w."""
+    if label is None:
+        return fmap.bind(params)
+    if guidance_w is None:
+        return fmap.bind(params, label)
+    return guidance.guided_flow_map(fmap, params, label, guidance_w)
+
+
+def generate_lfm(block_maps: Sequence, z, num_steps: int = 1, labels=None,
+                 guidance_w=None):
     """x = F_1( ... F_N(z)) with F_n = K-step sampling of block n's distilled inverse.
 
     block_maps: [(flow_map_n, params_n)] in block order (as `distill_lfm_blocks`
@@ -265,33 +363,67 @@ def generate_lfm(block_maps: Sequence, z, num_steps: int = 1):
     data-side samples (t = 0 of block 1), generation running the blocks backward,
     N to 1, each map from its noise side (its t = 0) to its data side (its t = 1).
     Cost N x K network calls per sample.
+
+    labels: optional (n,) int labels of class-conditional maps: row i goes through
+    X(s, t, x, labels[i]) (one network call a step), or, with guidance_w = w, through
+    the guided map X_null + w (X_y - X_null) (`guidance.guided_flow_map`, both
+    branches in one call). guidance_w without labels is an error.
     """
+    if labels is None and guidance_w is not None:
+        raise ValueError("guidance_w needs labels (one class label per row of z)")
     times = flow_map_lib.uniform_grid(num_steps)
     x = z
     for fmap, params in reversed(list(block_maps)):
-        x = flow_map_lib.sample(fmap.bind(params), x, times)
+        if labels is None:
+            x = flow_map_lib.sample(fmap.bind(params), x, times)
+        else:
+            def one(xi, yi, fmap=fmap, params=params):
+                return flow_map_lib.sample(_block_map(fmap, params, yi, guidance_w), xi,
+                                           times, batched=False)
+
+            x = jax.vmap(one)(x, jnp.asarray(labels, jnp.int32))
     return x
 
 
 @functools.lru_cache(maxsize=32)
-def _generate_rows(flow_maps: tuple, num_steps: int) -> Callable:
-    """`distributed.sharded_map` fn: (params_list, key, z (c, ...), idx) -> generate_lfm."""
+def _generate_rows(flow_maps: tuple, num_steps: int, labelled: bool = False,
+                   guided: bool = False) -> Callable:
+    """`distributed.sharded_map` fn: (params, key, z (c, ...), idx) -> generate_lfm;
+    params the list of block params, or {"maps", "labels"(, "w")} when labelled (row
+    idx's label params["labels"][idx])."""
 
-    def fn(params_list, key, z, idx):
-        return generate_lfm(list(zip(flow_maps, params_list)), z, num_steps)
+    def fn(params, key, z, idx):
+        if not labelled:
+            return generate_lfm(list(zip(flow_maps, params)), z, num_steps)
+        return generate_lfm(list(zip(flow_maps, params["maps"])), z, num_steps,
+                            labels=params["labels"][idx],
+                            guidance_w=params["w"] if guided else None)
 
     return fn
 
 
 def generate_lfm_sharded(block_maps: Sequence, z, num_steps: int = 1, *, mesh=None,
-                         chunk_size=None):
+                         chunk_size=None, labels=None, guidance_w=None):
     """`generate_lfm` over the rows of the host array z (n, ...), split over the mesh's
     devices in calls of chunk_size rows per device (`distributed.sharded_map`; memory
     bounded by one call, compiled once per (maps, K, chunk shape)). A single
-    [(flow_map, params)] is plain K-step flow-map sampling from 0 to 1. Returns numpy."""
+    [(flow_map, params)] is plain K-step flow-map sampling from 0 to 1. labels (n,)
+    and guidance_w as in `generate_lfm` (w is an argument of the compiled function:
+    one compilation for every w). Returns numpy."""
     from lfm_jax import distributed
 
+    if labels is None and guidance_w is not None:
+        raise ValueError("guidance_w needs labels (one class label per row of z)")
     flow_maps = tuple(fmap for fmap, _ in block_maps)
     params = [p for _, p in block_maps]
-    return distributed.sharded_map(_generate_rows(flow_maps, int(num_steps)), params, z,
-                                   mesh=mesh, chunk_size=chunk_size)
+    if labels is not None:
+        labels = np.asarray(labels, np.int32)
+        if labels.shape != (len(z),):
+            raise ValueError(f"labels must have shape ({len(z)},) (one per row of z), got "
+                             f"{labels.shape}")
+        params = {"maps": params, "labels": labels}
+        if guidance_w is not None:
+            params["w"] = np.asarray(guidance_w, np.float32)
+    fn = _generate_rows(flow_maps, int(num_steps), labels is not None,
+                        guidance_w is not None)
+    return distributed.sharded_map(fn, params, z, mesh=mesh, chunk_size=chunk_size)

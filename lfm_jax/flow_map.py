@@ -131,11 +131,19 @@ class FlowMap:
 
     Methods (one example; x of shape `example_shape`, s and t scalars):
       init(key) -> params
-      apply(params, s, t, x) -> X_{s,t}(x), same shape as x
-      diagonal_velocity(params, t, x) -> v_{t,t}(x) = b_t(x), one network call
-      bind(params) -> closure X(s, t, x)
-      closures(params, teacher=None, teacher_map=None) -> `Closures` for the losses
-        (X, v_{t,t}, and lv(s, t) when a weighting is attached, else 0)
+      apply(params, s, t, x, y=None) -> X_{s,t}(x), same shape as x
+      diagonal_velocity(params, t, x, y=None) -> v_{t,t}(x) = b_t(x), one network call
+      bind(params, label=None) -> closure X(s, t, x)
+      closures(params, teacher=None, teacher_map=None, label=None) -> `Closures` for
+        the losses (X, v_{t,t}, and lv(s, t) when a weighting is attached, else 0)
+
+    Class-conditional maps: with a class-conditional network
+    (`conditional.ConditionalNetwork`, num_classes set) y is ONE example's int label
+    (scalar, may be traced), the null label `network.null_label` the unconditional
+    branch; y=None passes no label (the network's null class for a class-conditional
+    network, and the only choice for an unconditional one, whose calls stay exactly as
+    they were). `bind(params, label)` / `closures(..., label=y)` bind the label, so the
+    per-example losses and `sample` see plain X(s, t, x) closures.
     """
 
     network: networks.Network
@@ -152,22 +160,49 @@ class FlowMap:
             params["weight"] = self.weighting.init(k_w)
         return params
 
-    def apply(self, params, s, t, x):
-        """X_{s,t}(x) = x + (t - s) v_{s,t}(x); exactly x when s == t."""
-        v = self.network.apply(params["net"], s, t, x)
+    @property
+    def num_classes(self) -> Optional[int]:
+        """The network's number of classes (None: not class-conditional)."""
+        return getattr(self.network, "num_classes", None)
+
+    @property
+    def null_label(self) -> Optional[int]:
+        """The network's null label (None: not class-conditional)."""
+        return getattr(self.network, "null_label", None)
+
+    def _net(self, params, *args, y=None):
+        if y is None:  # exactly the unconditional call
+            return self.network.apply(params["net"], *args)
+        if self.num_classes is None:
+            raise TypeError("this flow map's network is not class-conditional; it takes "
+                            "no label (build it with num_classes set)")
+        return self.network.apply(params["net"], *args, y)
+
+    def apply(self, params, s, t, x, y=None):
+        """X_{s,t}(x) = x + (t - s) v_{s,t}(x[, y]); exactly x when s == t."""
+        v = self._net(params, s, t, x, y=y)
         return x + (t - s) * v
 
-    def diagonal_velocity(self, params, t, x):
-        """v_{t,t}(x), the velocity b_t(x) of the flow the map represents."""
-        return self.network.apply(params["net"], t, t, x)
+    def diagonal_velocity(self, params, t, x, y=None):
+        """v_{t,t}(x[, y]), the velocity b_t(x) of the flow the map represents."""
+        return self._net(params, t, t, x, y=y)
 
-    def bind(self, params) -> Callable:
-        return functools.partial(self.apply, params)
+    def bind(self, params, label=None) -> Callable:
+        """X(s, t, x) with params (and, when given, the label of ONE example) bound."""
+        if label is None:
+            return functools.partial(self.apply, params)
+        return lambda s, t, x: self.apply(params, s, t, x, label)
 
-    def closures(self, params, teacher=None, teacher_map=None) -> Closures:
-        """The student's X, v_{t,t} and lv with `params` bound, plus the teacher."""
-        return Closures(X=self.bind(params),
-                        velocity=functools.partial(self.diagonal_velocity, params),
+    def closures(self, params, teacher=None, teacher_map=None, label=None) -> Closures:
+        """The student's X, v_{t,t} and lv with `params` (and `label`, one example's
+        class label, when given) bound, plus the teacher closures as given (a
+        labelled loss binds the teacher's label itself: `distill.make_loss`)."""
+        if label is None:
+            velocity = functools.partial(self.diagonal_velocity, params)
+        else:
+            velocity = lambda t, x: self.diagonal_velocity(params, t, x, label)  # noqa: E731
+        return Closures(X=self.bind(params, label),
+                        velocity=velocity,
                         log_variance=(None if self.weighting is None else
                                       functools.partial(self.weighting.apply, params["weight"])),
                         teacher=teacher, teacher_map=teacher_map)

@@ -162,7 +162,8 @@ def test_image_config_variants():
 
 def test_flow_map_student_is_a_two_time_unet():
     """model.kind = "unet" gives the flow-map job a two-time U-Net student X(s, t, x) of
-    the image shape; a class-conditional flow map is refused with a clear error."""
+    the image shape; with model.num_classes a class-conditional one X(s, t, x, y)
+    (null label num_classes)."""
     from configs import flow_map as fm_config
     from lfm_jax.runs import flow_map as fm_job
 
@@ -171,8 +172,8 @@ def test_flow_map_student_is_a_two_time_unet():
     fmap = fm_job.make_student(config, (8, 8, 1))
     assert fmap.network.num_classes is None
     config.model.num_classes = 10
-    with pytest.raises(NotImplementedError, match="num_classes"):
-        fm_job.make_student(config, (8, 8, 1))
+    fmap = fm_job.make_student(config, (8, 8, 1))
+    assert fmap.num_classes == 10 and fmap.null_label == 10
 
 
 def test_digits_fm_with_host_fed_batches(tmp_path):

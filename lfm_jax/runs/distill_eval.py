@@ -16,6 +16,14 @@ Images (`image_data.ImageData`) save every method's samples instead
 config.eval.classifier_workdir and / or config.eval.inception_weights set, add the
 scores against the test images (`image_eval.sample_scorer`: fd_classifier, NOT
 Inception FID; fid_inception, standard FID by pytorch-fid, biased upward at small N).
+
+Guided distillation (`compare(guidance_w=w)`, maps of `lfm_distill.distill_blocks(
+guidance_w=w)`): sample i has the label i % num_classes for every method; lfm_ode is
+the LFM's guided generation at w with those labels (every block's guided field,
+`image_eval.lfm_generate`, as the LFM job's guided samples), lfm_euler the same field
+by K Euler steps, distilled the class-conditional students given the labels; the
+samples are saved with their labels (.png one row per class) and, with the
+classifier, the rows add its "accuracy" of the samples against their labels.
 """
 
 from __future__ import annotations
@@ -30,24 +38,41 @@ from lfm_jax import distill, lfm, ode, plots, timing
 from lfm_jax.runs import common, image_data, image_eval
 
 
-def generators(config, model, params_list, maps, sample_steps, *, mesh=None) -> list:
+def generators(config, model, params_list, maps, sample_steps, *, mesh=None,
+               labels=None, guidance_w=None, network=None) -> list:
     """[(method, K, network calls or None, generate(z) -> samples)] in table order (see
-    the module doc); maps: [(flow_map, params)] per block (`lfm_distill.distill_blocks`)."""
+    the module doc); maps: [(flow_map, params)] per block (`lfm_distill.distill_blocks`).
+
+    Guided (guidance_w = w, labels (n,) the label of each row of z, network the LFM's
+    class-conditional velocity network): lfm_ode and lfm_euler solve every block's
+    guided field at w with row i's label (`image_eval.lfm_generate`), and the distilled
+    maps are conditional on the labels (`distill.generate_lfm_sharded(labels=)`: the
+    students of guided distillation learned the guided maps). Network calls count
+    flow-map or velocity calls per block step (a guided velocity call evaluates both
+    branches in one batched call)."""
     from lfm_jax.runs import lfm as lfm_run
 
+    guided = guidance_w is not None
+    if guided and (labels is None or network is None):
+        raise ValueError("guided generators need labels and the LFM's network")
     teacher = lfm_run.eval_model(config, model)
     chunk = config.eval.chunk_size
     opts = teacher.ode
     label = "adaptive" if opts.num_steps is None else f"{opts.solver} x{opts.num_steps}"
-    out = [("lfm_ode", label, None, lambda z: teacher.push_backward(params_list, z,
-                                                                      mesh=mesh))]
+
+    def solve(m):  # the LFM's generation with model m's ODE options
+        if guided:
+            return lambda z: image_eval.lfm_generate(m, network, params_list, z, labels,
+                                                     float(guidance_w), mesh=mesh)
+        return lambda z: m.push_backward(params_list, z, mesh=mesh)
+
+    out = [("lfm_ode", label, None, solve(teacher))]
     for k in sample_steps:
         k, calls = int(k), model.num_blocks * int(k)
         euler = dataclasses.replace(teacher, ode=ode.Options(solver="euler", num_steps=k))
         out.append(("distilled", k, calls, lambda z, k=k: distill.generate_lfm_sharded(
-            maps, z, k, mesh=mesh, chunk_size=chunk)))
-        out.append(("lfm_euler", k, calls,
-                    lambda z, m=euler: m.push_backward(params_list, z, mesh=mesh)))
+            maps, z, k, mesh=mesh, chunk_size=chunk, labels=labels if guided else None)))
+        out.append(("lfm_euler", k, calls, solve(euler)))
     return out
 
 
@@ -61,20 +86,38 @@ def squared_distance(samples, reference) -> float:
 
 
 def compare(config, model, params_list, maps, dataset, out_dir: str, *,
-            sample_steps=(1, 2, 4), n_samples: int = 2000, mesh=None) -> list:
+            sample_steps=(1, 2, 4), n_samples: int = 2000, mesh=None,
+            guidance_w=None, network=None) -> list:
     """Generate with every method of `generators` from the same noise, write the
-    samples (module doc) to out_dir and return the rows (dicts)."""
+    samples (module doc) to out_dir and return the rows (dicts).
+
+    guidance_w = w (maps from guided distillation, `lfm_distill.distill_blocks`; image
+    data of a class-conditional LFM): sample i has the label i % num_classes for every
+    method, the LFM rows are guided at w, the distilled rows conditional on the
+    labels; the samples are saved with their labels and scored with them (the
+    classifier's "accuracy" of the samples against their labels); rows carry
+    "guidance_w". network: the LFM's velocity network (default: rebuilt from config)."""
     is_image = isinstance(dataset, image_data.ImageData)
     key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 7)
     k_z, k_metric = jax.random.split(key)
     shape = tuple(dataset.train.shape[1:])
     z = np.asarray(jax.random.normal(k_z, (int(n_samples),) + shape))
+    labels = None
+    if guidance_w is not None:
+        if not is_image:
+            raise ValueError("guided comparison needs labelled image data")
+        network = common.velocity_network(config, shape) if network is None else network
+        num_classes = getattr(network, "num_classes", None)
+        if num_classes is None:
+            raise ValueError("guidance_w needs a class-conditional LFM network")
+        labels = np.arange(len(z), dtype=np.int32) % int(num_classes)
     test = np.asarray(dataset.test)
     score = image_eval.sample_scorer(config, test, shape) if is_image else None
     rows, ref = [], None
     N = model.num_blocks
     for method, k, calls, generate in generators(config, model, params_list, maps,
-                                                 sample_steps, mesh=mesh):
+                                                 sample_steps, mesh=mesh, labels=labels,
+                                                 guidance_w=guidance_w, network=network):
         samples, seconds = timing.timed(generate, z)
         samples = np.asarray(samples)
         ref = samples if ref is None else ref
@@ -86,11 +129,15 @@ def compare(config, model, params_list, maps, dataset, out_dir: str, *,
                    "n_failed": int(lfm.failed_rows(x).sum()),
                    "mse_to_ode": squared_distance(x, ref)}
             name = method if method in ("lfm_ode", "noise") else f"{method}_k{k}"
+            if guidance_w is not None:
+                row["guidance_w"] = float(guidance_w)
             if is_image:
                 row["mse_to_ode_per_dim"] = row["mse_to_ode"] / x[0].size
-                image_eval.save_samples(out_dir, name, x, title=f"{name}, {N} blocks")
+                tag = "" if guidance_w is None else f", w={float(guidance_w):g}"
+                image_eval.save_samples(out_dir, name, x, labels,
+                                        title=f"{name}, {N} blocks{tag}")
                 if score is not None:
-                    row.update(score(x))
+                    row.update(score(x, labels))
             else:
                 row.update(common.sample_metrics(k_metric, x, test))
                 row["energy_distance_to_ode"] = common.sample_metrics(
@@ -119,7 +166,7 @@ def table(rows) -> str:
     """Markdown table of the rows of `compare` (the vector metrics, or any classifier
     scores, when the rows have them)."""
     extra = [c for c in VECTOR_COLUMNS if c[1] in rows[0]]
-    extra += [(n, n, "{:.4f}") for n in rows[0] if n in image_eval.SCORES]
+    extra += [(n, n, "{:.4f}") for n in rows[0] if n in (*image_eval.SCORES, "accuracy")]
     cols = [("method", "method", "{}"), ("K per block", "K", "{}"),
             ("network calls", "network_calls", "{}"), *extra,
             ("MSE to ODE samples", "mse_to_ode", "{:.4f}"), ("failed", "n_failed", "{}")]

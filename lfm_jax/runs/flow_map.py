@@ -13,6 +13,14 @@ flow map training with checkpoints, few-step evaluation.
    step): samples_k<K>.npz (uint8) and samples_k<K>.png per K, and the classifier
    scores / standard FID when config.eval.classifier_workdir / inception_weights is
    set (`evaluate_images`). metrics.json.
+
+Class-conditional maps (image data, config.model.num_classes > 0): the student is
+X(s, t, x, y) (`make_student`), trained on labelled batches with labels dropped to the
+null class with probability config.fm.p_uncond (`distill.make_loss(label_dropout=)`;
+a teacher objective's FM teacher is class-conditional too and bound to the same
+label); each K is evaluated per guidance weight in config.eval.guidance_ws with the
+guided map (`evaluate_guided`: samples_k<K>_w<w>.npz / .png, fd_classifier_K<K>_w<w>,
+accuracy_K<K>_w<w>, best_w_K<K>).
 """
 
 from __future__ import annotations
@@ -80,13 +88,17 @@ def make_flow_map_and_loss(config, objective: str, example_shape, teacher=None):
     The (s, t) sampler is config.flow_map.time_sampler, or the objective's default when
     that is empty; its options (e.g. diagonal_fraction) apply either way. The
     objective's own options (`losses.Objective.options`) are read from the section
-    when it has a key of that name.
+    when it has a key of that name. A class-conditional student (config.model.
+    num_classes > 0) trains on labelled batches with labels dropped to the null class
+    with probability config.fm.p_uncond (`distill.make_loss(label_dropout=...)`).
     """
     fcfg = config.flow_map
     record = losses.get_objective(objective)
     fmap = make_student(config, example_shape)
     sampler = fcfg.time_sampler or record.time_sampler
     options = {k: fcfg[k] for k in record.options if k in fcfg}
+    if fmap.num_classes is not None:  # classifier-free guidance training
+        options["label_dropout"] = float(config.fm.p_uncond)
     loss_fn = distill.make_loss(
         objective, fmap, teacher, interp=interpolants.get(fcfg.interpolant),
         time_sampler=sampler,
@@ -98,17 +110,24 @@ def make_flow_map_and_loss(config, objective: str, example_shape, teacher=None):
 def make_student(config, example_shape) -> flow_map.FlowMap:
     """The student FlowMap of config.model: an MLP (`flow_map.make_flow_map`) or, with
     model.kind "unet", `FlowMap(network=models.network(config, shape, num_times=2))`.
-    Class-conditional flow maps are not wired into the flow-map losses yet."""
+    config.model.num_classes > 0: a class-conditional two-time network (the U-Net's
+    label embedding, or `conditional.conditional_mlp`), X(s, t, x, y) with the null
+    label num_classes."""
+    from lfm_jax import conditional
     from lfm_jax.runs import models
 
     m, fcfg = config.model, config.flow_map
-    if int(m.get("num_classes", 0)) > 0:
-        raise NotImplementedError("the flow-map job trains unconditional maps only; set "
-                                  "config.model.num_classes=0")
+    weighting = flow_map.loss_weighting() if fcfg.learned_weighting else None
     if m.get("kind", "mlp") == "unet":
-        weighting = flow_map.loss_weighting() if fcfg.learned_weighting else None
         return flow_map.FlowMap(network=models.network(config, example_shape, num_times=2),
                                 weighting=weighting)
+    if int(m.get("num_classes", 0)) > 0:
+        net = conditional.conditional_mlp(
+            tuple(example_shape), num_classes=int(m.num_classes), num_times=2,
+            hidden=tuple(m.hidden), activation=m.activation,
+            num_frequencies=m.num_frequencies, max_frequency=m.max_frequency,
+            zero_init_output=fcfg.zero_init_output)
+        return flow_map.FlowMap(network=net, weighting=weighting)
     return flow_map.make_flow_map(example_shape, hidden=tuple(m.hidden),
                                   activation=m.activation,
                                   num_frequencies=m.num_frequencies,
@@ -131,6 +150,7 @@ def run(config, workdir: str, clock=None) -> dict:
         dataset = common.load_data(config)
     example_shape = dataset.train.shape[1:]
     is_image = isinstance(dataset, image_data.ImageData)
+    image_data.check_classes(config, dataset)  # labels: image data sets only
     mesh = common.make_mesh(config)
     name = fcfg.objective
     record = losses.get_objective(name)
@@ -142,8 +162,9 @@ def run(config, workdir: str, clock=None) -> dict:
     opt = common.optimizer(config)
     if is_image:  # uint8 training images, dequantised afresh every step
         images_of = image_data.sample_batch(tcfg.batch_size, config.data.random_flip)
-        sample_batch, train_np = (lambda k, d: images_of(k, d)["x"],
-                                  image_data.train_data(dataset))
+        sample_batch = (images_of if fmap.num_classes is not None  # {"x", "y"}
+                        else lambda k, d: images_of(k, d)["x"])
+        train_np = image_data.train_data(dataset)
     else:
         sample_batch, train_np = (lambda k, d: data_lib.sample_batch(k, d, tcfg.batch_size),
                                   np.asarray(dataset.train))
@@ -208,10 +229,14 @@ def evaluate_images(config, fmap, params, z, dataset, workdir, results, key, *,
     eval.classifier_workdir and / or eval.inception_weights set, the scores of the
     samples against the test images (`image_eval.sample_scorer`: fd_classifier,
     fid_inception; what they are in results["notes"]). No 2-D sample metrics. Returns
-    {"time_s_K<K>": ..., and "<score>_K<K>" per score}."""
+    {"time_s_K<K>": ..., and "<score>_K<K>" per score}. A class-conditional map goes
+    to `evaluate_guided` instead."""
     test = np.asarray(dataset.test)
     with phases.phase(clock, "sample scores"):
         score = image_eval.sample_scorer(config, test, dataset.example_shape)
+    if fmap.num_classes is not None:
+        return evaluate_guided(config, fmap, params, z, score, workdir, results,
+                               clock=clock, mesh=mesh)
     summary = {}
     for k in config.flow_map.sample_steps:
         with phases.phase(clock, "sampling (timed, 4 calls per K)"):
@@ -233,4 +258,76 @@ def evaluate_images(config, fmap, params, z, dataset, workdir, results, key, *,
                         if n not in ("steps", "n_samples")})
         print(f"K={k}: {1e3 * seconds:.2f} ms for {len(samples)} images"
               + "".join(f"  {n} {row[n]:.4f}" for n in row if n in image_eval.SCORES))
+    return summary
+
+
+def evaluate_guided(config, fmap, params, z, score, workdir, results, *, clock=None,
+                    mesh=None) -> dict:
+    """Images from a class-conditional map: per K and per guidance weight w of
+    config.eval.guidance_ws, the K-step samples of the guided map
+    X_w = X_null + w (X_y - X_null) (`guidance.guided_flow_map`) from the same noise z
+    and the same labels (i % num_classes for row i) for every w; their sampling wall
+    time at the first w (best of 3 after a warm-up; the guided cost does not depend on
+    w: both branches in one call); samples_k<K>_w<w>.npz (uint8 images and labels) and
+    samples_k<K>_w<w>.png (one row per class); with a scorer (`image_eval.
+    sample_scorer`) the scores of the samples against the test images and, with the
+    classifier, the accuracy of the classifier on the samples against their labels.
+    results["sampling"] gets one row per K with a "guidance" list (one dict per w).
+    Returns {"time_s_K<K>", "n_samples_failed_K<K>_w<w>", "<score>_K<K>_w<w>"
+    (fd_classifier, fid_inception), "accuracy_K<K>_w<w>", and per K over the weights
+    "best_w_K<K>" / "fd_classifier_best_K<K>" (lowest fd_classifier) and
+    "best_w_inception_K<K>" / "fid_inception_best_K<K>"}."""
+    import math
+
+    ws = [float(w) for w in config.eval.guidance_ws]
+    if not ws:
+        raise ValueError("config.eval.guidance_ws is empty: a class-conditional flow map "
+                         "is evaluated at each guidance weight in it (e.g. (1.0,))")
+    z = np.asarray(z)
+    labels = np.arange(len(z), dtype=np.int32) % int(fmap.num_classes)
+    chunk = config.eval.chunk_size
+    summary = {}
+    for k in config.flow_map.sample_steps:
+        row = {"steps": int(k), "n_samples": int(len(z)), "guidance": []}
+        dists = {m: {} for m in image_eval.SCORES}
+        for j, w in enumerate(ws):
+            def generate(zz, k=k, w=w):
+                return distill.generate_lfm_sharded(
+                    [(fmap, params)], zz, k, mesh=mesh, chunk_size=chunk, labels=labels,
+                    guidance_w=w)
+
+            with phases.phase(clock, "sampling (timed, 4 calls per K)" if j == 0
+                              else "sampling"):
+                if j == 0:
+                    samples, row["time_s"] = timing.timed(generate, z)
+                else:
+                    samples = generate(z)
+            tag = f"_w{w:g}"
+            entry = {"w": w, "n_samples_failed": int(lfm.failed_rows(samples).sum())}
+            with phases.phase(clock, "plots"):
+                image_eval.save_samples(workdir, f"k{k}{tag}", samples, labels,
+                                        title=f"{config.flow_map.objective}, K={k}, w={w:g}")
+            if score is not None:
+                with phases.phase(clock, "sample scores"):
+                    s = score(samples, labels)
+                results.setdefault("notes", {}).update(s.pop("notes"))
+                entry.update(s)
+                for m in image_eval.SCORES:
+                    if m in s:
+                        dists[m][w] = s[m]
+            row["guidance"].append(entry)
+            summary.update({f"{n}_K{k}{tag}": v for n, v in entry.items() if n != "w"})
+            print(f"K={k} w={w:g}: " + "  ".join(
+                f"{n} {entry[n]:.4f}" for n in (*image_eval.SCORES, "accuracy")
+                if n in entry), flush=True)
+        for m, suffix in zip(image_eval.SCORES, ("", "_inception")):
+            if dists[m]:
+                best = min(ws, key=lambda w: dists[m][w] if math.isfinite(dists[m][w])
+                           else math.inf)
+                row[f"best_w{suffix}"], row[f"{m}_best"] = best, dists[m][best]
+                summary[f"best_w{suffix}_K{k}"] = best
+                summary[f"{m}_best_K{k}"] = dists[m][best]
+        summary[f"time_s_K{k}"] = row["time_s"]
+        results["sampling"].append(row)
+        print(f"K={k}: {1e3 * row['time_s']:.2f} ms for {len(z)} guided images", flush=True)
     return summary

@@ -27,7 +27,8 @@ grids and the trajectory of a few images through the LFM blocks.
   compilation), fd_n_dropped_w<w> the failed samples left out; results["notes"]
   says what each score is.
 - Flow maps and distilled LFMs (`save_samples`): samples_<name>.npz (uint8) and a grid
-  samples_<name>.png per method / K; `sample_scorer`: the same optional scores.
+  samples_<name>.png per method / K (one row per class for labelled samples);
+  `sample_scorer`: the same optional scores.
 """
 
 from __future__ import annotations
@@ -214,13 +215,32 @@ def sample_scores(results: dict, config, network, generate, key, dataset,
 def save_samples(out_dir: str, name: str, samples, labels=None, *, title: str = "",
                  max_grid: int = 100) -> None:
     """samples_<name>.npz (`classifier_eval.save_samples`: the finite rows as uint8
-    "images" and int32 "labels" if given); and samples_<name>.png, a grid of the first max_grid images, 10 a row."""
+    "images" and int32 "labels" if given); and samples_<name>.png, a grid of the first
+    max_grid images, 10 a row, or with labels one row per class (`class_rows`: up to
+    10 images of each class, rows labelled y=<class>; failed rows drawn blank)."""
     x = np.asarray(samples, np.float32)
     classifier_eval.save_samples(os.path.join(out_dir, f"samples_{name}.npz"), x, labels)
     bad = lfm.failed_rows(x)
-    shown = np.where(bad.reshape((-1,) + (1,) * (x.ndim - 1)), 0.0, x)[:max_grid]
-    plots.plot_image_grid(os.path.join(out_dir, f"samples_{name}.png"), shown,
-                          max(1, -(-len(shown) // 10)), title=title or None)
+    shown = np.where(bad.reshape((-1,) + (1,) * (x.ndim - 1)), 0.0, x)
+    path = os.path.join(out_dir, f"samples_{name}.png")
+    if labels is None:
+        shown = shown[:max_grid]
+        plots.plot_image_grid(path, shown, max(1, -(-len(shown) // 10)),
+                              title=title or None)
+        return
+    rows, classes = class_rows(labels, per_class=max(1, min(10, max_grid // 10)))
+    plots.plot_image_grid(path, shown[rows.reshape(-1)], len(classes), title=title or None,
+                          row_labels=[f"y={c}" for c in classes])
+
+
+def class_rows(labels, per_class: int = 10):
+    """(indices (k, m), classes (k,)): the first m = min(per_class, the rarest class's
+    count) rows of each of the k classes present in labels (n,), in class order (a
+    per-class grid of samples drawn with labels i % num_classes, say)."""
+    labels = np.asarray(labels)
+    classes = np.unique(labels)
+    m = min([int(per_class)] + [int((labels == c).sum()) for c in classes])
+    return np.stack([np.flatnonzero(labels == c)[:m] for c in classes]), classes
 
 
 def make_scorer(reference, *, classifier_workdir: str = "", inception_weights: str = "",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import time
 
@@ -47,20 +48,45 @@ def load_trained_blocks(config, workdir: str, example_shape):
     return network, model, params_list
 
 
-def block_inputs(workdir: str, model, params_list, x_train, n: int, *, mesh=None):
+def block_inputs(workdir: str, model, params_list, x_train, n: int, *, mesh=None,
+                 labels=None, network=None):
     """x_l ~ q_{n-1} for block n: the training set pushed through blocks 1..n-1, read
-    from block n-1's artefacts (pushed again, and saved, if missing or damaged)."""
+    from block n-1's artefacts (pushed again, and saved, if missing or damaged).
+
+    The rows stay in x_train's order (every push maps row i to row i), so row i of
+    block n's inputs has the training label labels[i]. A class-conditional LFM pushed
+    its training data with each row's label (`lfm_blocks.train_blocks`); pass labels
+    (n,) and its network to push again the same way (without them, the unlabelled
+    push of an unconditional LFM)."""
     if n == 1:
         return np.asarray(x_train)
     with block_store.BlockArtefacts(workdir, n - 1) as store:
         x = store.train_pushed(recover=True)
         if x is None:
+            x_prev = block_inputs(workdir, model, params_list, x_train, n - 1, mesh=mesh,
+                                  labels=labels, network=network)
             x = lfm_parts.push_training_data(
-                model, params_list[n - 2],
-                block_inputs(workdir, model, params_list, x_train, n - 1, mesh=mesh),
-                n - 1, mesh=mesh)
+                model, params_list[n - 2], x_prev, n - 1, mesh=mesh, network=network,
+                labels=None if labels is None else np.asarray(labels)[: len(x_prev)])
             store.save(train_pushed=x)
     return x
+
+
+def check_guidance(config, guidance_w, network=None) -> None:
+    """ValueError unless guidance_w is None (null-class distillation) or a finite
+    weight >= 0 for a class-conditional LFM (config.model.num_classes > 0, and the
+    network, when given, class-conditional)."""
+    if guidance_w is None:
+        return
+    w = float(guidance_w)
+    if not (math.isfinite(w) and w >= 0):
+        raise ValueError(f"guidance_w must be a finite weight >= 0, got {guidance_w}")
+    k = int(config.model.get("num_classes", 0))
+    if k <= 0 or (network is not None and getattr(network, "num_classes", None) is None):
+        raise ValueError(f"guidance_w={w:g} needs a class-conditional LFM "
+                         f"(config.model.num_classes > 0, labelled image data); this "
+                         f"LFM is unconditional (num_classes={k}). Leave guidance_w "
+                         f"unset to distil its field")
 
 
 def distill_blocks(config, workdir: str, network, model, params_list, x_train, *,
@@ -69,7 +95,7 @@ def distill_blocks(config, workdir: str, network, model, params_list, x_train, *
                    lr: float = 1e-3, ema_decay: float = 0.995, steps_per_call: int = 100,
                    max_pairs: int = 0, unet_channels: int = 0,
                    unet_time_scale: float = 0.0, key=None, mesh=None,
-                   verbose: bool = True):
+                   verbose: bool = True, guidance_w=None, train_labels=None):
     """Distil every block's inverse into a flow map (`distill.distill_lfm_blocks`).
 
     Block n's pairs are its pushed data x_l (`block_inputs`) and the OU partner
@@ -83,18 +109,42 @@ def distill_blocks(config, workdir: str, network, model, params_list, x_train, *
     finished blocks instead of retraining them (a rerun with other settings in the same
     out_dir is an error).
 
+    Guided distillation (guidance_w = w set; a class-conditional LFM only, else
+    ValueError before any work): the student is class-conditional (the same family
+    with the LFM's num_classes), the teacher of block n the guided field
+    v_w(t, x, y) = v_n(t, x, null) + w (v_n(t, x, y) - v_n(t, x, null))
+    (`distill.guided_teacher`) bound to each pair's label, and the pairs are
+    (x_l, x_r, y) with y = train_labels (n,) (the labels of x_train: the pushed data
+    keep x_train's row order, `block_inputs`). No label dropout: the student learns
+    X(s, t, x, y), the flow map of the guided field of label y (at the null label the
+    null field). guidance_w is recorded in settings.json (only when set).
+
     Returns:
       ([(flow_map, params)] in block order, [per-block info dicts]).
     """
     from lfm_jax import distill, losses
 
     losses.get_objective(objective)  # an unknown name fails before any work
+    check_guidance(config, guidance_w, network)
+    guided = guidance_w is not None
+    if guided:
+        if train_labels is None:
+            raise ValueError("guidance_w needs train_labels, the class labels of x_train "
+                             "(e.g. dataset.train_labels)")
+        train_labels = np.asarray(train_labels, np.int32)
+        if train_labels.shape != (len(x_train),):
+            raise ValueError(f"train_labels must have shape ({len(x_train)},) (one per row "
+                             f"of x_train), got {train_labels.shape}")
+    conditional_lfm = getattr(network, "num_classes", None) is not None
+    push_labels = train_labels if conditional_lfm and train_labels is not None else None
     mesh = common.make_mesh(config) if mesh is None else mesh
     os.makedirs(out_dir, exist_ok=True)
     settings = {"objective": objective, "hidden": list(hidden), "steps": int(steps),
                 "batch_size": int(batch_size), "lr": float(lr), "ema_decay": float(ema_decay),
                 "max_pairs": int(max_pairs), "interpolant": config.lfm.interpolant,
                 "num_blocks": model.num_blocks}
+    if guided:  # (settings of null-class distillation stay as before)
+        settings["guidance_w"] = float(guidance_w)
     if config.model.get("kind", "mlp") == "unet":  # (MLP settings files stay as before)
         settings["student"] = student_description(config, unet_channels, unet_time_scale)
     settings_path = os.path.join(out_dir, "settings.json")
@@ -108,7 +158,7 @@ def distill_blocks(config, workdir: str, network, model, params_list, x_train, *
         common.save_json(settings_path, settings)
     key = jax.random.PRNGKey(config.seed + 1) if key is None else key
     fmap = student_flow_map(config, model.example_shape, hidden, unet_channels,
-                            unet_time_scale)
+                            unet_time_scale, conditional=guided)
     interp = interpolants.get(config.lfm.interpolant)
     spc = max(1, min(int(steps_per_call), int(steps)))
     train_kwargs = dict(num_steps=int(steps) // spc * spc, batch_size=int(batch_size),
@@ -125,26 +175,108 @@ def distill_blocks(config, workdir: str, network, model, params_list, x_train, *
             info["loaded"] = True
         else:
             k_n = jax.random.fold_in(key, n)
-            x_l = block_inputs(workdir, model, params_list, x_train, n, mesh=mesh)
+            x_l = block_inputs(workdir, model, params_list, x_train, n, mesh=mesh,
+                               labels=push_labels, network=network)
             if max_pairs and len(x_l) > max_pairs:
                 x_l = x_l[:max_pairs]
             x_r = np.asarray(lfm.ou_step(jax.random.fold_in(k_n, 0), jax.numpy.asarray(x_l),
                                          model.step_sizes[n - 1]))
-            b = distill.velocity_teacher(network, params_list[n - 1])
+            if guided:  # row i of x_l is training row i: its label train_labels[i]
+                b = distill.guided_teacher(network, params_list[n - 1], float(guidance_w))
+                pairs = (x_l, x_r, train_labels[: len(x_l)])
+            else:
+                b = distill.velocity_teacher(network, params_list[n - 1])
+                pairs = (x_l, x_r)
             t0 = time.perf_counter()
             ((_, params),) = distill.distill_lfm_blocks(
-                [b], [(x_l, x_r)], lambda: fmap, objective=objective, key=k_n, interp=interp,
+                [b], [pairs], lambda: fmap, objective=objective, key=k_n, interp=interp,
                 train_kwargs=train_kwargs)
             params = jax.device_get(params)
             info["train_time_s"] = time.perf_counter() - t0
             common.save_bytes(path, flax.serialization.to_bytes(params))
             if verbose:
-                print(f"distilled block {n}/{model.num_blocks} ({objective}) in "
+                print(f"distilled block {n}/{model.num_blocks} ({objective}"
+                      f"{f', guided w={float(guidance_w):g}' if guided else ''}) in "
                       f"{info['train_time_s']:.1f}s -> {path}", flush=True)
         maps.append((fmap, params))
         infos.append(info)
     return maps, infos
 
+
+
+def default_out_dir(workdir: str, objective: str, guidance_w=None) -> str:
+    """workdir/distill/<objective>, or workdir/distill/<objective>_w<w> when guided."""
+    name = objective if guidance_w is None else f"{objective}_w{float(guidance_w):g}"
+    return os.path.join(workdir, "distill", name)
+
+
+def run(config, workdir: str, *, objective: str = "lmd", steps: int = 1500,
+        hidden=(128, 128, 128), unet_channels: int = 0, unet_time_scale: float = 0.0,
+        batch_size: int = 256, lr: float = 1e-3, ema_decay: float = 0.995,
+        sample_steps=(1, 2, 4), n_samples: int = 2000, out_dir: str = "",
+        guidance_w=None, max_pairs: int = 0, verbose: bool = True) -> dict:
+    """experiments/distill_lfm.py: load the LFM trained in workdir, distil its blocks
+    (`distill_blocks`, guided at guidance_w when set), compare the generations
+    (`distill_eval.compare`) and write table.md and results.json to out_dir (default
+    `default_out_dir`). The config is validated (`validation.validate_config`) and
+    guidance_w checked (`check_guidance`) before any data is loaded. Returns the
+    results.json contents."""
+    from lfm_jax import logging as log_lib
+    from lfm_jax.runs import distill_eval, validation
+
+    validation.validate_config(config)
+    check_guidance(config, guidance_w)
+    workdir = os.path.abspath(os.path.expanduser(workdir))
+    out = out_dir or default_out_dir(workdir, objective, guidance_w)
+    os.makedirs(out, exist_ok=True)
+    dataset = common.load_data(config)
+    mesh = common.make_mesh(config)
+    example_shape = tuple(dataset.train.shape[1:])
+    network, model, params_list = load_trained_blocks(config, workdir, example_shape)
+    N = model.num_blocks
+    guided = "" if guidance_w is None else f"  guidance w={float(guidance_w):g}"
+    if verbose:
+        print(f"devices: {jax.devices()}  data: {config.data.name}  LFM blocks: {N}  "
+              f"objective: {objective}{guided}")
+    t0 = time.perf_counter()
+    maps, infos = distill_blocks(
+        config, workdir, network, model, params_list, dataset.train, out_dir=out,
+        objective=objective, hidden=tuple(hidden), steps=steps, batch_size=batch_size,
+        lr=lr, ema_decay=ema_decay, unet_channels=unet_channels,
+        unet_time_scale=unet_time_scale, mesh=mesh, max_pairs=max_pairs,
+        verbose=verbose, guidance_w=guidance_w,
+        train_labels=getattr(dataset, "train_labels", None))
+    distill_time = time.perf_counter() - t0
+
+    rows = distill_eval.compare(config, model, params_list, maps, dataset, out,
+                                sample_steps=[int(k) for k in sample_steps],
+                                n_samples=n_samples, mesh=mesh, guidance_w=guidance_w,
+                                network=network)
+    unet = config.model.get("kind", "mlp") == "unet"
+    student = (student_description(config, unet_channels, unet_time_scale) if unet
+               else {"kind": "mlp", "hidden": list(hidden)})
+    if guidance_w is not None:
+        student["num_classes"] = int(config.model.num_classes)
+    how = ("" if guidance_w is None else
+           f", guided at w={float(guidance_w):g} (class-conditional students; sample i "
+           f"has label i % {int(config.model.num_classes)})")
+    table = distill_eval.table(rows) + (
+        f"\n\n{config.data.name}, {N} LFM blocks, objective {objective}{how}, "
+        f"{steps} steps/block, student {student}, {n_samples} samples from "
+        f"the same noise per method ({len(dataset.test)} test points); distillation "
+        f"{distill_time:.1f}s this run ({sum('loaded' in i for i in infos)} blocks "
+        f"loaded from checkpoints).")
+    if verbose:
+        print(table)
+    with open(os.path.join(out, "table.md"), "w") as f:
+        f.write(table + "\n")
+    results = {"workdir": workdir, "objective": objective, "num_blocks": N,
+               "steps": steps, "student": student, "n_samples": n_samples,
+               "guidance_w": None if guidance_w is None else float(guidance_w),
+               "distill_time_s": distill_time, "blocks": infos, "rows": rows,
+               "out_dir": out}
+    log_lib.write_json(os.path.join(out, "results.json"), results)
+    return results
 
 
 def student_description(config, unet_channels: int = 0,
@@ -158,7 +290,8 @@ def student_description(config, unet_channels: int = 0,
 
 
 def student_flow_map(config, example_shape, hidden=(256, 256, 256),
-                     unet_channels: int = 0, unet_time_scale: float = 0.0):
+                     unet_channels: int = 0, unet_time_scale: float = 0.0,
+                     conditional: bool = False):
     """The flow map every block is distilled into (one object, so all blocks share
     its compiled functions).
 
@@ -168,22 +301,35 @@ def student_flow_map(config, example_shape, hidden=(256, 256, 256),
     overrides the width, unet_time_scale > 0 the time embedding's scale). A class-conditional LFM is distilled through its null-class
     field v_n(t, x, null) (the unguided marginal flow, which carries q_{n-1} to q_n
     like the labelled fields do on average), and compared with the LFM's unguided
-    ODE generation; guided or per-class generation is not distilled.
+    ODE generation, unless `conditional`: then the student is the same family with
+    the LFM's config.model.num_classes, X(s, t, x, y) (`conditional.conditional_mlp`
+    of width `hidden` for "mlp"), for guided distillation (`distill_blocks`'s
+    guidance_w).
     """
     from lfm_jax import flow_map as flow_map_lib
 
     m = config.model
+    k = int(m.get("num_classes", 0))
+    if conditional and k <= 0:
+        raise ValueError("a class-conditional student needs config.model.num_classes > 0")
     if m.get("kind", "mlp") == "unet":
         from lfm_jax.runs import flow_map as flow_map_job
 
         student = copy.deepcopy(config)
         with student.unlocked():
-            student.model.num_classes = 0
+            student.model.num_classes = k if conditional else 0
             if unet_channels:
                 student.model.unet_channels = int(unet_channels)
             if unet_time_scale:
                 student.model.unet_time_scale = float(unet_time_scale)
         return flow_map_job.make_student(student, tuple(example_shape))
+    if conditional:
+        from lfm_jax import conditional as conditional_lib
+
+        return flow_map_lib.FlowMap(network=conditional_lib.conditional_mlp(
+            tuple(example_shape), num_classes=k, num_times=2, hidden=tuple(hidden),
+            activation=m.activation, num_frequencies=m.num_frequencies,
+            max_frequency=m.max_frequency))
     return flow_map_lib.make_flow_map(tuple(example_shape), hidden=tuple(hidden),
                                       activation=m.activation,
                                       num_frequencies=m.num_frequencies,

@@ -1,0 +1,182 @@
+"""Guided distillation of a class-conditional LFM (CPU, tiny MLPs, sklearn's 8x8
+digits, a handful of steps): every block's teacher is its classifier-free guided
+field at w, the students are class-conditional flow maps; the comparison generates
+with labels i % 10 for every method and scores the classifier's accuracy; guidance on
+an unconditional LFM is refused before any work."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tests.test_conditional_flow_map import save_untrained_classifier
+
+
+def _tiny_lfm(variant=""):
+    """configs/lfm_digits.py shrunk to 2 MLP blocks of 2 steps (seconds on a CPU)."""
+    from configs import lfm_digits
+
+    config = lfm_digits.get_config(variant)
+    config.model.kind = "mlp"
+    config.model.hidden, config.model.num_frequencies = (32, 32), 2
+    t = config.train
+    t.batch_size, t.steps_per_call, t.num_devices, t.warmup_steps = 16, 2, 1, 0
+    c = config.lfm
+    c.num_blocks, c.steps_per_block, c.n_val, c.chunk_size = 2, 2, 8, 512
+    c.push_ode.solver, c.push_ode.num_steps = "euler", 1
+    config.eval.ode.solver, config.eval.ode.num_steps = "heun", 2
+    config.eval.chunk_size = 8
+    config.log.tensorboard = False
+    return config
+
+
+def test_guidance_on_an_unconditional_lfm_is_refused_before_any_work(tmp_path):
+    from lfm_jax.runs import common, lfm_distill, lfm_parts
+
+    config = _tiny_lfm("uncond")
+    network = common.velocity_network(config, (8, 8, 1))
+    model = lfm_parts.make_model(config, network, (8, 8, 1))
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match="class-conditional LFM"):
+        lfm_distill.distill_blocks(config, str(tmp_path), network, model, [],
+                                   np.zeros((4, 8, 8, 1)), out_dir=str(out),
+                                   guidance_w=1.0, train_labels=np.zeros(4, np.int32))
+    assert not out.exists()  # nothing written
+    with pytest.raises(ValueError, match="class-conditional LFM"):  # nor data loaded
+        lfm_distill.run(config, str(tmp_path / "nowhere"), guidance_w=2.0)
+    assert not (tmp_path / "nowhere").exists()
+    cond = _tiny_lfm()
+    with pytest.raises(ValueError, match=">= 0"):
+        lfm_distill.check_guidance(cond, -1.0)
+    lfm_distill.check_guidance(cond, 1.5)  # a conditional LFM takes it
+    lfm_distill.check_guidance(config, None)  # unset: null-class distillation
+
+
+def test_conditional_student_depends_on_the_label():
+    from lfm_jax.runs import lfm_distill
+
+    config = _tiny_lfm()
+    fmap = lfm_distill.student_flow_map(config, (8, 8, 1), hidden=(16,), conditional=True)
+    assert fmap.num_classes == 10 and fmap.null_label == 10
+    params = fmap.init(jax.random.PRNGKey(0))
+    x = jnp.ones((8, 8, 1))
+    a = fmap.apply(params, 0.0, 0.5, x, 1)
+    b = fmap.apply(params, 0.0, 0.5, x, 7)
+    assert float(jnp.max(jnp.abs(a - b))) > 1e-4
+    plain = lfm_distill.student_flow_map(config, (8, 8, 1), hidden=(16,))
+    assert plain.num_classes is None  # today's null-class student
+    with pytest.raises(ValueError, match="num_classes"):
+        lfm_distill.student_flow_map(_tiny_lfm("uncond"), (8, 8, 1), conditional=True)
+
+
+@pytest.fixture(scope="module")
+def conditional_lfm(tmp_path_factory):
+    """(config, workdir) of a class-conditional digits LFM of 2 MLP blocks
+    with randomly initialised params, saved in the block artefacts as
+    `lfm_blocks.train_blocks` saves trained ones (seconds instead of the training and
+    pushes; the pushed training data are then recomputed, with each row's label, by
+    `lfm_distill.block_inputs`), and a (randomly initialised) classifier."""
+    from lfm_jax.runs import block_store, common
+
+    root = tmp_path_factory.mktemp("guided")
+    config = _tiny_lfm()
+    config.eval.classifier_workdir = save_untrained_classifier(str(root / "clf"))
+    network = common.velocity_network(config, (8, 8, 1))
+    workdir = str(root / "lfm")
+    for n in (1, 2):
+        p = jax.device_get(jax.jit(network.init)(jax.random.PRNGKey(n)))
+        with block_store.BlockArtefacts(workdir, n) as store:
+            store.save(params={"params": p, "ema_params": p})
+    return config, workdir
+
+
+def test_guided_distillation_of_a_digits_lfm_end_to_end(conditional_lfm):
+    """The LFM distilled with guidance_w = 2 by `lfm_distill.run` (what
+    experiments/distill_lfm.py --guidance_w runs): settings and results record w; every
+    row (guided ODE, distilled K, guided Euler K) is scored with the classifier's
+    accuracy against the labels i % 10 saved with the samples."""
+    from lfm_jax.runs import lfm_distill
+
+    config, workdir = conditional_lfm
+    kw = dict(objective="lmd", steps=2, hidden=(32, 32), batch_size=8, max_pairs=64,
+              sample_steps=(1,), n_samples=20, verbose=False)
+    res = lfm_distill.run(config, workdir, guidance_w=2.0, **kw)
+    out = os.path.join(workdir, "distill", "lmd_w2")
+    assert res["out_dir"] == out and res["guidance_w"] == 2.0
+    assert json.load(open(os.path.join(out, "settings.json")))["guidance_w"] == 2.0
+    rows = json.load(open(os.path.join(out, "results.json")))["rows"]
+    assert [(r["method"], r["K"]) for r in rows] == [
+        ("lfm_ode", "heun x2"), ("distilled", 1), ("lfm_euler", 1)]
+    for r in rows:
+        assert r["guidance_w"] == 2.0 and r["n_failed"] == 0
+        assert 0.0 <= r["accuracy"] <= 1.0 and np.isfinite(r["fd_classifier"])
+        name = r["method"] if r["method"] == "lfm_ode" else f"{r['method']}_k{r['K']}"
+        with np.load(os.path.join(out, f"samples_{name}.npz")) as f:
+            assert f["images"].shape == (20, 8, 8, 1)
+            np.testing.assert_array_equal(f["labels"], np.arange(20) % 10)
+        assert os.path.exists(os.path.join(out, f"samples_{name}.png"))
+    assert "accuracy" in open(os.path.join(out, "table.md")).read()
+
+
+def test_guided_students_teacher_and_generators(conditional_lfm, tmp_path):
+    """The guided students are class-conditional and their maps depend on the label;
+    block 2's pairs are the training data pushed through block 1 with each row's label
+    (the LFM's own push); the guided generators (teacher ODE, Euler) differ from the
+    unguided ones and use the labels; labels are required; settings.json holds w: the
+    same w loads the distilled blocks, another w (or none) into the same directory is
+    refused."""
+    from lfm_jax import distill
+    from lfm_jax.runs import common, distill_eval, image_eval, lfm_distill
+
+    config, workdir = conditional_lfm
+    dataset = common.load_data(config)
+    network, model, params_list = lfm_distill.load_trained_blocks(
+        config, workdir, dataset.example_shape)
+    x2 = lfm_distill.block_inputs(workdir, model, params_list, dataset.train, 2,
+                                  labels=dataset.train_labels, network=network)
+    rows = np.arange(0, len(x2), 97)
+    want = image_eval.guided_solve(network, params_list[0], dataset.train[rows],
+                                   dataset.train_labels[rows], 1.0, 0.0, 1.0,
+                                   options=model.ode)
+    np.testing.assert_allclose(x2[rows], want, atol=1e-4)
+    maps, _ = lfm_distill.distill_blocks(
+        config, workdir, network, model, params_list, dataset.train,
+        out_dir=str(tmp_path / "d"), objective="lsd", hidden=(16,), steps=2,
+        batch_size=8, max_pairs=32, verbose=False, guidance_w=1.0,
+        train_labels=dataset.train_labels)
+    fmap = maps[0][0]
+    assert fmap.num_classes == 10 and maps[1][0] is fmap
+    z = np.asarray(jax.random.normal(jax.random.PRNGKey(1), (6, 8, 8, 1)))
+    y = np.arange(6, dtype=np.int32)
+    a = distill.generate_lfm_sharded(maps, z, 1, labels=y)
+    b = distill.generate_lfm_sharded(maps, z, 1, labels=(y + 3) % 10)
+    assert np.max(np.abs(a - b)) > 1e-4
+
+    labels = np.arange(6, dtype=np.int32) % 10
+    guided = distill_eval.generators(config, model, params_list, maps, (1,),
+                                     labels=labels, guidance_w=2.0, network=network)
+    plain = distill_eval.generators(config, model, params_list, maps, (1,))
+    assert [g[:2] for g in guided] == [g[:2] for g in plain]
+    for (_, _, _, gen_w), (_, _, _, gen_0) in zip(guided, plain):
+        x_w, x_0 = np.asarray(gen_w(z)), np.asarray(gen_0(z))
+        assert x_w.shape == z.shape and np.max(np.abs(x_w - x_0)) > 1e-4
+    with pytest.raises(ValueError, match="labels"):
+        distill_eval.generators(config, model, params_list, maps, (1,), guidance_w=2.0)
+    with pytest.raises(ValueError, match="train_labels"):
+        lfm_distill.distill_blocks(config, workdir, network, model, params_list,
+                                   dataset.train, out_dir=str(tmp_path / "x"),
+                                   guidance_w=1.0)
+    # settings: the same w loads the distilled blocks; another w, or none, is refused
+    same = dict(out_dir=str(tmp_path / "d"), objective="lsd", hidden=(16,), steps=2,
+                batch_size=8, max_pairs=32, verbose=False,
+                train_labels=dataset.train_labels)
+    _, infos = lfm_distill.distill_blocks(config, workdir, network, model, params_list,
+                                          dataset.train, guidance_w=1.0, **same)
+    assert all(i.get("loaded") for i in infos)
+    for other in (2.0, None):
+        with pytest.raises(ValueError, match="other settings"):
+            lfm_distill.distill_blocks(config, workdir, network, model, params_list,
+                                       dataset.train, guidance_w=other, **same)
