@@ -25,7 +25,8 @@ vector study (`experiments.compare_lfm_fm`), each run a normal resumable job:
 Every run is evaluated by its job (test bits/dim, and with the classifier
 fd_classifier / accuracy per w, samples_w*.npz). The table (compare_images.md / .json
 in W) collects them. `--variant ""` runs the same on sklearn's 8x8 digits (CPU checks).
-Finished runs are skipped on a rerun (their metrics.json exists). With --seeds s1,s2,...
+Finished runs are skipped on a rerun (their metrics.json exists); a failed run does not
+stop the others, but the driver then exits with status 1 naming it. With --seeds s1,s2,...
 each seed's study goes to W/seed_<s> (its own classifier: the data split follows the
 seed) and W/compare_images.md has the mean and standard error over the seeds.
 """
@@ -226,10 +227,13 @@ def main(argv):
         raise app.UsageError(f"unknown runs {unknown}; known: {known}")
     seeds = [int(x) for x in FLAGS.seeds]
     if len(seeds) == 1:
-        run_study(FLAGS.workdir, seeds[0])
-        return
-    per_seed = [run_study(os.path.join(FLAGS.workdir, f"seed_{s}"), s) for s in seeds]
-    _write(FLAGS.workdir, mean_rows(per_seed), {"seeds": seeds, "per_seed": per_seed})
+        per_seed = [run_study(FLAGS.workdir, seeds[0])]
+    else:
+        per_seed = [run_study(os.path.join(FLAGS.workdir, f"seed_{s}"), s) for s in seeds]
+        _write(FLAGS.workdir, mean_rows(per_seed), {"seeds": seeds, "per_seed": per_seed})
+    failed = sorted({r["run"] for rows in per_seed for r in rows if "failed" in r})
+    if failed:  # the other runs went on; a script chaining this one sees the failure
+        sys.exit(f"failed runs: {', '.join(failed)} (their errors are above)")
 
 
 if __name__ == "__main__":

@@ -21,9 +21,11 @@
 # (default runs/mnist_study). Sizes from the environment: SEED (config.seed, also the
 # data split; 0), CS (classifier steps, 1500), SPB (LFM steps per block, 1000), DS
 # (distillation steps per block, 300), FMS (flow-map steps, 1000), HS (FM steps of the
-# feed rows, 1000), N (samples per score, 1000), NLL (test images of the bits/dim, 200).
+# feed rows, 1000), N (samples per score, 1000), NLL (test images of the bits/dim, 200),
+# CAL (steps of the FM timing run that sets the equal-time steps, 500). Step counts of
+# the jobs must be multiples of their configs' train.steps_per_call (50 on MNIST).
 # Set VN= (empty) and MNIST_DIR= "" to run the same chain on the 8x8 digits (a CPU
-# smoke test with small sizes, e.g. VN= CS=50 SPB=50 DS=30 FMS=50 HS=50 N=100 NLL=20).
+# smoke test with small sizes, e.g. VN= CS=50 SPB=50 DS=30 FMS=50 HS=50 N=50 NLL=10 CAL=50).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -34,7 +36,7 @@ N=${N:-1000}; NLL=${NLL:-200}
 CMP=("$PY" -m experiments.compare_lfm_fm_images --workdir "$W" --variant "$VN"
      ${M:+--data_path "$M"} --seeds "$SEED" --steps_per_block "$SPB"
      --fm_equal_channels 64 --fm_equal_steps -1 --guidance_ws 0,1,2,3 --fd_samples "$N"
-     --classifier_steps "$CS" --set eval.nll_examples="$NLL" --set eval.ode.rtol=1e-4
+     --classifier_steps "$CS" --calibration_steps "${CAL:-500}" --set eval.nll_examples="$NLL" --set eval.ode.rtol=1e-4
      --set eval.ode.atol=1e-4 --set lfm.push_ode.rtol=1e-4 --set lfm.push_ode.atol=1e-4)
 set -x
 "${CMP[@]}" --runs classifier,lfm || exit 1
