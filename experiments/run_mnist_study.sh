@@ -6,7 +6,8 @@
 #      (experiments.compare_lfm_fm_images --runs classifier,lfm), scored at w = 0..3;
 #   2. its blocks distilled into flow maps, sampled with K = 1, 2, 4 steps per block
 #      against the adaptive-ODE teacher (experiments.distill_lfm, Lagrangian map
-#      distillation, U-Net students; the LFM's null-class field);
+#      distillation, U-Net students): the LFM's null-class field, then its guided
+#      field at w = GW (class-conditional students, --guidance_w);
 #   3. flow maps trained directly (LSD, PSD; configs/flow_map_digits.py:<obj>,mnist),
 #      K = 1, 2, 4;
 #   4. FM under the paper protocol and FM with equal parameters at measured equal time
@@ -22,7 +23,8 @@
 # data split; 0), CS (classifier steps, 1500), SPB (LFM steps per block, 1000), DS
 # (distillation steps per block, 300), FMS (flow-map steps, 1000), HS (FM steps of the
 # feed rows, 1000), N (samples per score, 1000), NLL (test images of the bits/dim, 200),
-# CAL (steps of the FM timing run that sets the equal-time steps, 500). Step counts of
+# CAL (steps of the FM timing run that sets the equal-time steps, 500), GW (guidance
+# weight of the guided distillation, 1: MNIST's best w). Step counts of
 # the jobs must be multiples of their configs' train.steps_per_call (50 on MNIST).
 # Set VN= (empty) and MNIST_DIR= "" to run the same chain on the 8x8 digits (a CPU
 # smoke test with small sizes, e.g. VN= CS=50 SPB=50 DS=30 FMS=50 HS=50 N=50 NLL=10 CAL=50).
@@ -32,7 +34,7 @@ PY=${PYTHON:-python3}
 M=${1-../shared/data/mnist}; W=${2:-runs/mnist_study}
 VN=${VN-mnist}; SEED=${SEED:-0}
 CS=${CS:-1500}; SPB=${SPB:-1000}; DS=${DS:-300}; FMS=${FMS:-1000}; HS=${HS:-1000}
-N=${N:-1000}; NLL=${NLL:-200}
+N=${N:-1000}; NLL=${NLL:-200}; GW=${GW:-1}
 CMP=("$PY" -m experiments.compare_lfm_fm_images --workdir "$W" --variant "$VN"
      ${M:+--data_path "$M"} --seeds "$SEED" --steps_per_block "$SPB"
      --fm_equal_channels 64 --fm_equal_steps -1 --guidance_ws 0,1,2,3 --fd_samples "$N"
@@ -44,6 +46,8 @@ set -x
 mapfile -t LFM < <("$PY" -c "import json, sys; print('\n'.join(json.load(open(sys.argv[1]))['commands']['lfm'][3:]))" "$W/compare_images.json")
 "$PY" -m experiments.distill_lfm "${LFM[@]}" --objective lmd --steps "$DS" --batch_size 128 \
   --lr 5e-4 --unet_time_scale 1 --sample_steps 1,2,4 --n_samples "$N"
+"$PY" -m experiments.distill_lfm "${LFM[@]}" --objective lmd --steps "$DS" --batch_size 128 \
+  --lr 5e-4 --unet_time_scale 1 --sample_steps 1,2,4 --n_samples "$N" --guidance_w "$GW"
 for o in lsd psd; do
   "$PY" -m experiments.train --config "configs/flow_map_digits.py:$o${VN:+,$VN}" \
     --workdir "$W/fmap_$o" ${M:+--config.data.path="$M"} --config.seed="$SEED" \

@@ -13,24 +13,12 @@ import numpy as np
 import pytest
 
 from tests.test_conditional_flow_map import save_untrained_classifier
+from tests.test_image_flow_maps import tiny_digits_lfm_config
 
 
 def _tiny_lfm(variant=""):
     """configs/lfm_digits.py shrunk to 2 MLP blocks of 2 steps (seconds on a CPU)."""
-    from configs import lfm_digits
-
-    config = lfm_digits.get_config(variant)
-    config.model.kind = "mlp"
-    config.model.hidden, config.model.num_frequencies = (32, 32), 2
-    t = config.train
-    t.batch_size, t.steps_per_call, t.num_devices, t.warmup_steps = 16, 2, 1, 0
-    c = config.lfm
-    c.num_blocks, c.steps_per_block, c.n_val, c.chunk_size = 2, 2, 8, 512
-    c.push_ode.solver, c.push_ode.num_steps = "euler", 1
-    config.eval.ode.solver, config.eval.ode.num_steps = "heun", 2
-    config.eval.chunk_size = 8
-    config.log.tensorboard = False
-    return config
+    return tiny_digits_lfm_config(variant)
 
 
 def test_guidance_on_an_unconditional_lfm_is_refused_before_any_work(tmp_path):

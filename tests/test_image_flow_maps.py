@@ -91,17 +91,12 @@ def test_sample_scorer_is_optional(monkeypatch, tmp_path):
     assert list(labels) == [0, 2] and ref is reference
 
 
-@pytest.mark.parametrize("kind", [
-    "mlp", pytest.param("unet", marks=pytest.mark.slow)])  # U-Net: ~3 min on a CPU
-def test_distill_digits_lfm_into_flow_maps(kind, tmp_path):
-    """A tiny class-conditional digits LFM (2 blocks, a few steps each) distilled into
-    unconditional flow maps (U-Nets of the LFM's preset, or MLPs; null-class
-    teacher); per K the distilled and Euler generations are timed, compared with the
-    ODE samples of the same noise and saved."""
+def tiny_digits_lfm_config(variant: str = "", kind: str = "mlp"):
+    """configs/lfm_digits.py[:variant] shrunk to 2 blocks of 2 steps (MLP 32x32, or a
+    U-Net of 8 base channels): seconds on a CPU."""
     from configs import lfm_digits
-    from lfm_jax.runs import common, distill_eval, lfm_blocks, lfm_distill
 
-    config = lfm_digits.get_config()
+    config = lfm_digits.get_config(variant)
     config.model.kind, config.model.unet_channels = kind, 8
     config.model.hidden, config.model.num_frequencies = (32, 32), 2
     t = config.train
@@ -112,6 +107,19 @@ def test_distill_digits_lfm_into_flow_maps(kind, tmp_path):
     config.eval.ode.solver, config.eval.ode.num_steps = "heun", 2
     config.eval.chunk_size = 8
     config.log.tensorboard = False
+    return config
+
+
+@pytest.mark.parametrize("kind", [
+    "mlp", pytest.param("unet", marks=pytest.mark.slow)])  # U-Net: ~3 min on a CPU
+def test_distill_digits_lfm_into_flow_maps(kind, tmp_path):
+    """A tiny class-conditional digits LFM (2 blocks, a few steps each) distilled into
+    unconditional flow maps (U-Nets of the LFM's preset, or MLPs; null-class
+    teacher); per K the distilled and Euler generations are timed, compared with the
+    ODE samples of the same noise and saved."""
+    from lfm_jax.runs import common, distill_eval, lfm_blocks, lfm_distill
+
+    config = tiny_digits_lfm_config(kind=kind)
     dataset = common.load_data(config)
     workdir = str(tmp_path / "lfm")
     lfm_blocks.train_blocks(config, dataset, workdir, verbose=False)
