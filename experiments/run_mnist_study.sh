@@ -9,7 +9,8 @@
 #      distillation, U-Net students): the LFM's null-class field, then its guided
 #      field at w = GW (class-conditional students, --guidance_w);
 #   3. flow maps trained directly (LSD, PSD; configs/flow_map_digits.py:<obj>,mnist),
-#      K = 1, 2, 4;
+#      K = 1, 2, 4; with FMC=1 class-conditional ones (<obj>,mnist,cond), scored with
+#      guided sampling at w = 0..3;
 #   4. FM under the paper protocol and FM with equal parameters at measured equal time
 #      (compare_lfm_fm_images --fm_equal_steps=-1: a timing run sets its steps);
 #   5. FM with device- and host-fed batches (config.data.placement), for their speed.
@@ -49,8 +50,8 @@ mapfile -t LFM < <("$PY" -c "import json, sys; print('\n'.join(json.load(open(sy
 "$PY" -m experiments.distill_lfm "${LFM[@]}" --objective lmd --steps "$DS" --batch_size 128 \
   --lr 5e-4 --unet_time_scale 1 --sample_steps 1,2,4 --n_samples "$N" --guidance_w "$GW"
 for o in lsd psd; do
-  "$PY" -m experiments.train --config "configs/flow_map_digits.py:$o${VN:+,$VN}" \
-    --workdir "$W/fmap_$o" ${M:+--config.data.path="$M"} --config.seed="$SEED" \
+  "$PY" -m experiments.train --config "configs/flow_map_digits.py:$o${VN:+,$VN}${FMC:+,cond}" \
+    --workdir "$W/fmap_$o${FMC:+_cond}" ${M:+--config.data.path="$M"} --config.seed="$SEED" \
     --config.train.steps="$FMS" --config.eval.n_samples="$N" \
     "--config.flow_map.sample_steps=(1,2,4)" --config.eval.classifier_workdir="$W/classifier"
 done
