@@ -62,3 +62,21 @@ def test_equal_time_steps_from_a_timing_run():
 
     with pytest.raises(ValueError, match="calibration_steps"):
         timing.equal_time_steps(60.0, records[:2], calib_time, 50)
+
+
+def test_a_failed_run_makes_the_driver_exit_1_after_the_others(tmp_path):
+    """fm_paper's config is invalid (4 x 3 steps, not a multiple of steps_per_call), so
+    its job exits with an error before any work; the finished lfm run is still read and
+    tabulated, and the driver exits with status 1 naming the failed run (a chained
+    script, experiments/run_mnist_study.sh, sees it)."""
+    w = tmp_path / "study"
+    _fake_run(str(w / "lfm"), num_params=10, steps=12, train_time_s=1.0)
+    res = subprocess.run(
+        [sys.executable, "-m", "experiments.compare_lfm_fm_images", "--workdir", str(w),
+         "--variant", "", "--runs", "lfm,fm_paper", "--steps_per_block", "3"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "failed runs: fm_paper" in res.stderr
+    rows = json.load(open(w / "compare_images.json"))["rows"]
+    assert [r["run"] for r in rows] == ["lfm", "fm_paper"]
+    assert rows[0]["num_params"] == 10 and rows[1]["failed"].startswith("exit status")
