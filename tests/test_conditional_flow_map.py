@@ -24,6 +24,22 @@ def _cond_map(**kw):
     return flow_map.FlowMap(network=net, **kw)
 
 
+def test_make_flow_map_with_classes_is_conditional_and_refuses_unsupported_settings():
+    """make_flow_map(num_classes=k) builds X(s, t, x, y) with null label k (the students
+    of the flow-map job and of guided distillation); settings the conditional MLP does
+    not have are refused instead of silently ignored."""
+    fmap = flow_map.make_flow_map(SHAPE, hidden=(16,), num_frequencies=2, num_classes=K,
+                                  compute_dtype="float32", weight_init="lecun")
+    assert fmap.num_classes == K and fmap.null_label == K
+    params = fmap.init(jax.random.PRNGKey(0))
+    x = jnp.ones(SHAPE)
+    assert float(jnp.max(jnp.abs(fmap.apply(params, 0.0, 0.5, x, 0)
+                                 - fmap.apply(params, 0.0, 0.5, x, 2)))) > 1e-5
+    assert flow_map.make_flow_map(SHAPE, hidden=(16,)).num_classes is None
+    with pytest.raises(ValueError, match="compute_dtype"):
+        flow_map.make_flow_map(SHAPE, hidden=(16,), num_classes=K, compute_dtype="bfloat16")
+
+
 def _inputs(n=16, seed=0):
     k0, k1, ky = jax.random.split(jax.random.PRNGKey(seed), 3)
     x0 = jax.random.normal(k0, (n, *SHAPE))

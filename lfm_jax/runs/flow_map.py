@@ -111,24 +111,17 @@ def make_student(config, example_shape) -> flow_map.FlowMap:
     """The student FlowMap of config.model: an MLP (`flow_map.make_flow_map`) or, with
     model.kind "unet", `FlowMap(network=models.network(config, shape, num_times=2))`.
     config.model.num_classes > 0: a class-conditional two-time network (the U-Net's
-    label embedding, or `conditional.conditional_mlp`), X(s, t, x, y) with the null
-    label num_classes."""
-    from lfm_jax import conditional
+    label embedding, or `flow_map.make_flow_map(num_classes=...)`), X(s, t, x, y) with
+    the null label num_classes."""
     from lfm_jax.runs import models
 
     m, fcfg = config.model, config.flow_map
-    weighting = flow_map.loss_weighting() if fcfg.learned_weighting else None
     if m.get("kind", "mlp") == "unet":
+        weighting = flow_map.loss_weighting() if fcfg.learned_weighting else None
         return flow_map.FlowMap(network=models.network(config, example_shape, num_times=2),
                                 weighting=weighting)
-    if int(m.get("num_classes", 0)) > 0:
-        net = conditional.conditional_mlp(
-            tuple(example_shape), num_classes=int(m.num_classes), num_times=2,
-            hidden=tuple(m.hidden), activation=m.activation,
-            num_frequencies=m.num_frequencies, max_frequency=m.max_frequency,
-            zero_init_output=fcfg.zero_init_output)
-        return flow_map.FlowMap(network=net, weighting=weighting)
     return flow_map.make_flow_map(example_shape, hidden=tuple(m.hidden),
+                                  num_classes=int(m.get("num_classes", 0)) or None,
                                   activation=m.activation,
                                   num_frequencies=m.num_frequencies,
                                   max_frequency=m.max_frequency,

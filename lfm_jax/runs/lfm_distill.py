@@ -302,8 +302,8 @@ def student_flow_map(config, example_shape, hidden=(256, 256, 256),
     field v_n(t, x, null) (the unguided marginal flow, which carries q_{n-1} to q_n
     like the labelled fields do on average), and compared with the LFM's unguided
     ODE generation, unless `conditional`: then the student is the same family with
-    the LFM's config.model.num_classes, X(s, t, x, y) (`conditional.conditional_mlp`
-    of width `hidden` for "mlp"), for guided distillation (`distill_blocks`'s
+    the LFM's config.model.num_classes, X(s, t, x, y) (for "mlp" the conditional
+    `flow_map.make_flow_map` of width `hidden`), for guided distillation (`distill_blocks`'s
     guidance_w).
     """
     from lfm_jax import flow_map as flow_map_lib
@@ -323,14 +323,8 @@ def student_flow_map(config, example_shape, hidden=(256, 256, 256),
             if unet_time_scale:
                 student.model.unet_time_scale = float(unet_time_scale)
         return flow_map_job.make_student(student, tuple(example_shape))
-    if conditional:
-        from lfm_jax import conditional as conditional_lib
-
-        return flow_map_lib.FlowMap(network=conditional_lib.conditional_mlp(
-            tuple(example_shape), num_classes=k, num_times=2, hidden=tuple(hidden),
-            activation=m.activation, num_frequencies=m.num_frequencies,
-            max_frequency=m.max_frequency))
     return flow_map_lib.make_flow_map(tuple(example_shape), hidden=tuple(hidden),
+                                      num_classes=k if conditional else None,
                                       activation=m.activation,
                                       num_frequencies=m.num_frequencies,
                                       max_frequency=m.max_frequency)
