@@ -145,3 +145,16 @@ def test_other_image_jobs_write_classifier_scores(trained, tmp_path, method, var
     else:
         assert r["best_w"] in (1.0, 3.0) and 0 <= r["accuracy_w3"] <= 1
         assert os.path.exists(tmp_path / "samples_w1.npz")
+
+
+def test_best_weights_skip_non_finite_distances():
+    """image_eval.best_weights: per score the w of the lowest finite distance (a NaN
+    never wins), the Inception keys suffixed, scores without weights left out."""
+    from lfm_jax.runs import image_eval
+
+    got = image_eval.best_weights({"fd_classifier": {0.0: 9.0, 1.0: float("nan"),
+                                                     2.0: 4.0, 3.0: 5.0},
+                                   "fid_inception": {}})
+    assert got == {"best_w": 2.0, "fd_classifier_best": 4.0}
+    got = image_eval.best_weights({"fid_inception": {1.0: float("inf"), 2.0: 7.5}})
+    assert got == {"best_w_inception": 2.0, "fid_inception_best": 7.5}

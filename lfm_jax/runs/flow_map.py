@@ -270,8 +270,6 @@ def evaluate_guided(config, fmap, params, z, score, workdir, results, *, clock=N
     (fd_classifier, fid_inception), "accuracy_K<K>_w<w>", and per K over the weights
     "best_w_K<K>" / "fd_classifier_best_K<K>" (lowest fd_classifier) and
     "best_w_inception_K<K>" / "fid_inception_best_K<K>"}."""
-    import math
-
     ws = [float(w) for w in config.eval.guidance_ws]
     if not ws:
         raise ValueError("config.eval.guidance_ws is empty: a class-conditional flow map "
@@ -313,13 +311,9 @@ def evaluate_guided(config, fmap, params, z, score, workdir, results, *, clock=N
             print(f"K={k} w={w:g}: " + "  ".join(
                 f"{n} {entry[n]:.4f}" for n in (*image_eval.SCORES, "accuracy")
                 if n in entry), flush=True)
-        for m, suffix in zip(image_eval.SCORES, ("", "_inception")):
-            if dists[m]:
-                best = min(ws, key=lambda w: dists[m][w] if math.isfinite(dists[m][w])
-                           else math.inf)
-                row[f"best_w{suffix}"], row[f"{m}_best"] = best, dists[m][best]
-                summary[f"best_w{suffix}_K{k}"] = best
-                summary[f"{m}_best_K{k}"] = dists[m][best]
+        best = image_eval.best_weights(dists)
+        row.update(best)
+        summary.update({f"{n}_K{k}": v for n, v in best.items()})
         summary[f"time_s_K{k}"] = row["time_s"]
         results["sampling"].append(row)
         print(f"K={k}: {1e3 * row['time_s']:.2f} ms for {len(z)} guided images", flush=True)

@@ -160,6 +160,20 @@ SCORES = ("fd_classifier", "fid_inception")
 best_w_inception of the second."""
 
 
+def best_weights(dists: dict) -> dict:
+    """The guidance weight of the lowest distance per score: dists {score in SCORES:
+    {w: distance}} -> {"best_w": w*, "fd_classifier_best": d(w*)} for fd_classifier and
+    {"best_w_inception", "fid_inception_best"} for fid_inception (scores with no
+    weights left out; a non-finite distance never wins unless all are)."""
+    found = {}
+    for m, suffix in zip(SCORES, ("", "_inception")):
+        if dists.get(m):
+            best = min(dists[m], key=lambda w: dists[m][w] if math.isfinite(dists[m][w])
+                       else math.inf)
+            found.update({f"best_w{suffix}": best, f"{m}_best": dists[m][best]})
+    return found
+
+
 def sample_scores(results: dict, config, network, generate, key, dataset,
                   workdir: str, *, clock=None) -> dict:
     """Add the sample scores of config.eval (see the module docstring) to results (and
@@ -202,11 +216,7 @@ def sample_scores(results: dict, config, network, generate, key, dataset,
             print("  ".join(f"{m}{tag}: {s[m]:.4f}" for m in (*SCORES, "accuracy")
                             if m in s), flush=True)
         if k is not None:
-            for m, suffix in zip(SCORES, ("", "_inception")):
-                if dists[m]:
-                    best = min(ws, key=lambda w: dists[m][w] if math.isfinite(dists[m][w])
-                               else math.inf)
-                    found.update({f"best_w{suffix}": best, f"{m}_best": dists[m][best]})
+            found.update(best_weights(dists))
     results.update(found)
     results.setdefault("notes", {}).update(notes)
     return results
