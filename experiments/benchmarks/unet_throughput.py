@@ -248,20 +248,8 @@ def build_ours(dtype: str, devices: int, s: dict):
             "xla_peak_bytes": _xla_peak_bytes(compiled),
             "xla_compiled": _flops(compiled.cost_analysis()),
             "xla_lowered": _flops(lowered.cost_analysis()), "global_batch": batch,
-            "allocator_peak_bytes": _allocator_peak_bytes(jax.local_devices()[0])}
+            "allocator_peak_bytes": ours.peak_memory_bytes()}  # cumulative: see main
     return trainer, setup_s, info
-
-
-def _allocator_peak_bytes(device):
-    """The device allocator's peak bytes in use so far in this process
-    (`device.memory_stats()["peak_bytes_in_use"]`; GPU / TPU), None where the backend
-    keeps no statistics (CPU). It never resets, so it is one row's peak only for the
-    first row built in a process."""
-    try:
-        stats = device.memory_stats()
-    except Exception:  # noqa: BLE001  (not every backend implements it)
-        return None
-    return int(stats["peak_bytes_in_use"]) if stats and "peak_bytes_in_use" in stats else None
 
 
 def _xla_peak_bytes(compiled):
