@@ -19,7 +19,10 @@ A second try on an H100 (--nomemory, 400 s limit) was killed inside torch.compil
 set-up took 123 s (ours fp32), 158 s (ours bf16), 42 s (torchcfm eager) and 20 s
 (autocast). Every row is timed once right after it is built and its rate printed
 ("<row>: first timing ... images/s"), so a run cut short still leaves numbers in the
-log; the other --repeats are interleaved across the rows at the end.
+log; the other --repeats are interleaved across the rows at the end. A third try
+(--nomemory --seconds=2 --repeats=2, another H100) finished in 320 s: ours 3,195
+images/s fp32 and 5,404 bf16 against torchcfm's best 2,023 (torch.compile); the table
+is in BENCHMARKS.md section 7.
 
 Prints a Markdown table and writes unet_throughput.json / unet_throughput.md in --out:
 images/s, model FLOP utilisation (MFU), peak device memory and setup seconds of one
