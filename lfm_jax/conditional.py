@@ -44,6 +44,8 @@ __all__ = [
     "check_kind",
     "ConditionalMLP",
     "conditional_mlp",
+    "MLP_FIXED_SETTINGS",
+    "check_mlp_settings",
     "ContextGaussianMixture",
     "make_context_mixture",
 ]
@@ -137,6 +139,42 @@ class ConditionalMLP(nn.Module):
                             activation=self.activation, num_frequencies=self.num_frequencies,
                             max_frequency=self.max_frequency,
                             zero_init_output=self.zero_init_output)(times, h)
+
+
+MLP_FIXED_SETTINGS = {"time_embedding": "fourier", "softplus_beta": 1.0,
+                      "weight_init": "lecun", "compute_dtype": "float32"}
+"""Settings of `networks.velocity_mlp` / `two_time_mlp` that `conditional_mlp` does not
+take, with the values its MLP always uses (`networks.MLP`'s defaults)."""
+
+
+def check_mlp_settings(settings: dict, *, activation: str = "silu",
+                       what: str = "the conditional MLP", prefix: str = "") -> None:
+    """Refuse MLP settings that `conditional_mlp` would silently ignore.
+
+    settings: keyword arguments meant for `networks.velocity_mlp` / `two_time_mlp`
+    (time_embedding, softplus_beta, weight_init, compute_dtype, ...). An entry is
+    unsupported when its name is not in `MLP_FIXED_SETTINGS` or its value differs from
+    the one there; softplus_beta counts only with activation "softplus" (the only
+    activation that reads it, as in `networks.MLP`). `what` names the model in the
+    message and `prefix` is put before each setting's name (e.g. "config.model.").
+    The one check of `flow_map.make_flow_map(num_classes=...)` and
+    `runs.models.network`.
+
+    Raises:
+        ValueError: naming every unsupported setting and its value.
+    """
+    bad = {}
+    for name, value in settings.items():
+        if name not in MLP_FIXED_SETTINGS:
+            bad[name] = value
+        elif value != MLP_FIXED_SETTINGS[name] and not (
+                name == "softplus_beta" and activation != "softplus"):
+            bad[name] = value
+    if bad:
+        got = ", ".join(f"{prefix}{k}={v!r}" for k, v in sorted(bad.items()))
+        fixed = ", ".join(f"{k}={v!r}" for k, v in MLP_FIXED_SETTINGS.items())
+        raise ValueError(f"{what} does not support {got}: the class-conditional MLP "
+                         f"(conditional.conditional_mlp) always uses {fixed}")
 
 
 def conditional_mlp(example_shape, *, num_classes: Optional[int] = None,

@@ -3,6 +3,10 @@
 Teachers are velocity closures b(t, x) of ONE example:
 - `velocity_teacher(network, params)`: a trained flow-matching velocity
   (`load_velocity_params` restores its params from an `lfm_jax.checkpoint` directory).
+  It is a `Teacher`, b = apply(params, .) with the params kept apart, so that a
+  compiled training step can take them as an argument (`make_loss`'s
+  teacher_params, `BlockDistiller`: one compilation for the teachers of every LFM
+  block) instead of baking them in as constants.
 - `time_reversed(b)`: t -> -b(1 - t, x). Its flow map from 0 to 1 is the INVERSE of
   b's; an LFM block b_n (data side at t = 0, noise side at t = 1) is distilled through
   its reversed field, so the student carries noise to data, as generation needs.
@@ -25,8 +29,9 @@ Objectives and samplers are chosen by name here, in Python, before jit.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -42,26 +47,69 @@ from lfm_jax import losses
 # Teachers.
 # ---------------------------------------------------------------------------
 
-def velocity_teacher(network, params) -> Callable:
+@dataclasses.dataclass(frozen=True, eq=False)
+class Teacher:
+    """A frozen velocity b(t, x, *y) = apply(params, t, x, *y) (stop-gradient params),
+    with apply and params kept apart: teachers of one `apply` (e.g. the blocks of one
+    LFM network, `velocity_teacher`) differ only in params, which a compiled loss can
+    then take as an argument (`make_loss`'s loss_fn(..., teacher_params)).
+
+    apply: (params, t, x, *y) -> velocity of ONE example; compared with == to decide
+    whether two teachers share a compiled step, so it should be a stable function
+    (network.apply) or an equality-comparing wrapper (`_Reversed`, `_Guided`).
+    """
+
+    apply: Callable
+    params: Any
+
+    def __call__(self, t, x, *y):
+        return self.apply(jax.lax.stop_gradient(self.params), t, x, *y)
+
+    def with_params(self, params) -> "Teacher":
+        """The same teacher with other params (e.g. traced arguments of a step)."""
+        return Teacher(self.apply, params)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Guided:
+    """apply(params, t, x, y) = v(t, x, null) + w (v(t, x, y) - v(t, x, null))."""
+
+    network: Any
+    w: float
+
+    def __call__(self, params, t, x, y):
+        return guidance.guided_apply(self.network, y, self.w)(params, t, x)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Reversed:
+    """apply(params, t, x, *y) = -inner(params, 1 - t, x, *y) (`time_reversed`)."""
+
+    inner: Callable
+
+    def __call__(self, params, t, x, *y):
+        return -self.inner(params, 1.0 - t, x, *y)
+
+
+def velocity_teacher(network, params) -> Teacher:
     """b(t, x) = network.apply(params, t, x) with parameters frozen (stop-gradient).
 
     A class-conditional network's teacher also takes a label, b(t, x, y) =
     network.apply(params, t, x, y) (y: one example's int label), the form labelled
-    batches of `make_loss` call."""
-    params = jax.lax.stop_gradient(params)
-    return lambda t, x, *y: network.apply(params, t, x, *y)
+    batches of `make_loss` call. A `Teacher` (apply = network.apply)."""
+    return Teacher(network.apply, jax.lax.stop_gradient(params))
 
 
-def guided_teacher(network, params, w) -> Callable:
+def guided_teacher(network, params, w) -> Teacher:
     """b(t, x, y) = v(t, x, null) + w (v(t, x, y) - v(t, x, null)), the classifier-free
     guided field of a class-conditional velocity network (`guidance.guided_apply`, both
     branches in one call) with parameters frozen, for labelled batches of `make_loss`.
-    At the null label it is the null field for every w."""
+    At the null label it is the null field for every w. A `Teacher` (w is part of
+    its apply, params are apart)."""
     if getattr(network, "null_label", None) is None:
         raise ValueError("a guided teacher needs a class-conditional velocity network "
                          "with a null label (num_classes set); this network has none")
-    params = jax.lax.stop_gradient(params)
-    return lambda t, x, y: guidance.guided_apply(network, y, w)(params, t, x)
+    return Teacher(_Guided(network, w), jax.lax.stop_gradient(params))
 
 
 def load_velocity_params(directory: str, template_state, use_ema: bool = True):
@@ -82,7 +130,10 @@ def load_velocity_params(directory: str, template_state, use_ema: bool = True):
 
 def time_reversed(b: Callable) -> Callable:
     """The reversed field t -> -b(1 - t, x): its time-0 -> 1 flow inverts b's (a
-    labelled teacher b(t, x, y) gives -b(1 - t, x, y))."""
+    labelled teacher b(t, x, y) gives -b(1 - t, x, y)). A `Teacher` gives a `Teacher`
+    of the same params."""
+    if isinstance(b, Teacher):
+        return Teacher(_Reversed(b.apply), b.params)
     return lambda t, x, *y: -b(1.0 - t, x, *y)
 
 
@@ -149,7 +200,8 @@ def make_loss(name: str, flow_map: flow_map_lib.FlowMap, teacher: Optional[Calla
               intermediate: str = "uniform", teacher_map: Optional[Callable] = None,
               teacher_substeps: int = 4, label_dropout: float = 0.0,
               **options) -> Callable:
-    """Batch loss (params, key, batch, step=0) -> (mean loss, aux) of objective `name`.
+    """Batch loss (params, key, batch, step=0, teacher_params=None) -> (mean loss, aux)
+    of objective `name`.
 
     Per example: `losses.OBJECTIVES[name].loss(c, interp, s, u, t, x0, x1, **options)`
     with c = `flow_map.closures(params, teacher, teacher_map)` (the student's X, its own
@@ -183,7 +235,10 @@ def make_loss(name: str, flow_map: flow_map_lib.FlowMap, teacher: Optional[Calla
         defaults; any other name is an error.
     aux: fraction of the batch off the diagonal s = t.
     Note: `step` (for the annealed sampler) defaults to 0; `make_train_step(...,
-      loss_takes_step=True)` passes the training step.
+      loss_takes_step=True)` passes the training step. `teacher_params` (a `Teacher`
+      only; None: its own params) replaces the teacher's params, e.g. by an argument
+      of a compiled step (`make_train_step(..., loss_takes_context=True)`), so that
+      one compilation serves every teacher of the same apply (`BlockDistiller`).
     """
     objective = losses.get_objective(name)
     unknown = set(options) - set(objective.options)
@@ -197,8 +252,6 @@ def make_loss(name: str, flow_map: flow_map_lib.FlowMap, teacher: Optional[Calla
     if not objective.needs_teacher:
         teacher = teacher_map = None
     own_teacher_map = objective.needs_teacher and teacher_map is None
-    if own_teacher_map:
-        teacher_map = ode_flow_map(teacher, teacher_substeps)
     options = {**objective.options, **options}
     interp = interpolants_lib.linear() if interp is None else interp
     sample_st = flow_map_lib.get_time_pair_sampler(time_sampler or objective.time_sampler,
@@ -208,24 +261,37 @@ def make_loss(name: str, flow_map: flow_map_lib.FlowMap, teacher: Optional[Calla
                          f"{sorted(INTERMEDIATE_TIMES)}")
     sample_u = INTERMEDIATE_TIMES[intermediate]
 
-    def labelled_closures(params, y):
+    def teachers(teacher_params):
+        """(teacher, teacher_map): the teacher with teacher_params if given."""
+        b = teacher
+        if teacher_params is not None and teacher is not None:
+            if not isinstance(teacher, Teacher):
+                raise TypeError("teacher_params replaces the params of a `Teacher` "
+                                "(velocity_teacher, guided_teacher); this teacher is a "
+                                "plain function")
+            b = teacher.with_params(teacher_params)
+        b_map = ode_flow_map(b, teacher_substeps) if own_teacher_map else teacher_map
+        return b, b_map
+
+    def labelled_closures(params, y, b_full):
         """Closures of ONE example bound to its label y (student and teacher)."""
-        if teacher is None:
+        if b_full is None:
             b = b_map = None
         else:
-            b = lambda t_, x_: teacher(t_, x_, y)  # noqa: E731
+            b = lambda t_, x_: b_full(t_, x_, y)  # noqa: E731
             b_map = (ode_flow_map(b, teacher_substeps) if own_teacher_map else
                      (lambda s_, t_, x_: teacher_map(s_, t_, x_, y)))
         return flow_map.closures(params, b, b_map, label=y)
 
-    def loss_fn(params, key, batch, step=0):
+    def loss_fn(params, key, batch, step=0, teacher_params=None):
         k_pair, k_time, k_u = jax.random.split(key, 3)
         x0, x1, y = _pairs(k_pair, batch)
         s, t = sample_st(k_time, x1.shape[0], step)
         s, t = s.astype(x1.dtype), t.astype(x1.dtype)
         u = sample_u(k_u, s, t)
+        b_full, b_map_full = teachers(teacher_params)
         if y is None:
-            c = flow_map.closures(params, teacher, teacher_map)
+            c = flow_map.closures(params, b_full, b_map_full)
 
             def one(*args):
                 return objective.loss(c, interp, *args, **options)
@@ -235,8 +301,8 @@ def make_loss(name: str, flow_map: flow_map_lib.FlowMap, teacher: Optional[Calla
             y = _labels_for(flow_map, jax.random.fold_in(key, 3), y, label_dropout)
 
             def one_labelled(s_, u_, t_, a, b, y_):
-                return objective.loss(labelled_closures(params, y_), interp, s_, u_, t_,
-                                      a, b, **options)
+                return objective.loss(labelled_closures(params, y_, b_full), interp, s_,
+                                      u_, t_, a, b, **options)
 
             total = jax.vmap(one_labelled)(s, u, t, x0, x1, y)
         return jnp.mean(total), {"off_diagonal": jnp.mean((s != t).astype(total.dtype))}
@@ -273,6 +339,24 @@ def train_flow_map(loss_fn: Callable, flow_map: flow_map_lib.FlowMap, data, *, k
     `make_loss`). Batches draw the same rows of every array (`data.sample_batch`).
     Returns (state, history); use state.ema_params (or state.params) for sampling.
     """
+    fit = _flow_map_fitter(loss_fn, flow_map, num_steps=num_steps, batch_size=batch_size,
+                           lr=lr, schedule=schedule, warmup_steps=warmup_steps,
+                           grad_clip=grad_clip, ema_decay=ema_decay,
+                           steps_per_call=steps_per_call, mesh=mesh)
+    return fit(data, key=key, init_params=init_params)
+
+
+def _flow_map_fitter(loss_fn: Callable, flow_map: flow_map_lib.FlowMap, *,
+                     num_steps: int = 2000, batch_size: int = 256, lr: float = 1e-3,
+                     schedule: str = "cosine", warmup_steps: int = 0,
+                     grad_clip: float = 1.0, ema_decay: float = 0.999,
+                     steps_per_call: int = 100, mesh=None, takes_teacher: bool = False):
+    """`train_flow_map`'s optimiser and ONE jitted fused step, as
+    fit(data, *, key, init_params=None, teacher_params=None) -> (state, history):
+    every fit of the same data shapes reuses the compiled step. takes_teacher: the
+    step takes the teacher's params as an argument (`train.make_train_step`'s
+    loss_takes_context; loss_fn(params, key, batch, step, teacher_params) as
+    `make_loss` builds it), each fit passing its own teacher_params."""
     from lfm_jax import data as data_lib
     from lfm_jax import distributed, train
 
@@ -283,15 +367,24 @@ def train_flow_map(loss_fn: Callable, flow_map: flow_map_lib.FlowMap, data, *, k
                          f"({steps_per_call})")
     opt = train.make_optimizer(lr=lr, schedule=schedule, warmup_steps=warmup_steps,
                                total_steps=num_steps, grad_clip=grad_clip)
-    k_init, k_state = jax.random.split(key)
-    params = flow_map.init(k_init) if init_params is None else init_params
-    state = train.create_train_state(k_state, params, opt, mesh=mesh)
     step_fn = train.make_train_step(
         loss_fn, opt, loss_takes_step=True,
         sample_batch=functools.partial(data_lib.sample_batch, batch_size=batch_size),
-        steps_per_call=steps_per_call, ema_decay=ema_decay, mesh=mesh)
-    data = distributed.replicate(jax.tree_util.tree_map(jnp.asarray, data), mesh)
-    return train.fit(state, step_fn, data, num_steps, steps_per_call=steps_per_call)
+        steps_per_call=steps_per_call, ema_decay=ema_decay, mesh=mesh,
+        loss_takes_context=takes_teacher)
+
+    def fit(data, *, key, init_params=None, teacher_params=None):
+        k_init, k_state = jax.random.split(key)
+        params = flow_map.init(k_init) if init_params is None else init_params
+        state = train.create_train_state(k_state, params, opt, mesh=mesh)
+        data = distributed.replicate(jax.tree_util.tree_map(jnp.asarray, data), mesh)
+        step = step_fn
+        if takes_teacher:
+            context = distributed.replicate(teacher_params, mesh)
+            step = lambda st, d: step_fn(st, d, context)  # noqa: E731
+        return train.fit(state, step, data, num_steps, steps_per_call=steps_per_call)
+
+    return fit
 
 
 # ---------------------------------------------------------------------------
@@ -322,27 +415,81 @@ def distill_lfm_blocks(block_velocities: Sequence[Callable], block_pairs: Sequen
         the block velocity and learns the block's pairs directly (a flow-map
         replacement of the block).
       loss_kwargs, train_kwargs: keyword arguments of `make_loss`, `train_flow_map`.
+    Blocks are trained by one `BlockDistiller`: when make_flow_map returns one object
+    and the velocities are `Teacher`s of one apply (`velocity_teacher` /
+    `guided_teacher` of one network), every block runs the same compiled step.
     Returns:
       [(flow_map_n, params_n (EMA)), ...] in block order n = 1..N; each map carries
       noise-side points (t = 0) to data-side points (t = 1) of its block.
     """
     if len(block_velocities) != len(block_pairs):
         raise ValueError(f"{len(block_velocities)} velocities but {len(block_pairs)} pairs")
-    losses.get_objective(objective)  # unknown names fail before any training
-    interp = interpolants_lib.trig() if interp is None else interp
+    distiller = BlockDistiller(objective=objective, interp=interp,
+                               loss_kwargs=loss_kwargs, train_kwargs=train_kwargs)
     out = []
     for n, (b, pair) in enumerate(zip(block_velocities, block_pairs)):
         if len(pair) not in (2, 3):
             raise ValueError(f"block {n + 1}: pairs are (x_l, x_r) or (x_l, x_r, y), got "
                              f"{len(pair)} arrays")
-        x_l, x_r, *y = pair
         fmap = make_flow_map()
-        loss_fn = make_loss(objective, fmap, time_reversed(b), interp=interp,
-                            **(loss_kwargs or {}))
-        state, _ = train_flow_map(loss_fn, fmap, (x_r, x_l, *y),
-                                  key=jax.random.fold_in(key, n), **(train_kwargs or {}))
-        out.append((fmap, state.ema_params))
+        out.append((fmap, distiller.distill(fmap, b, pair,
+                                            key=jax.random.fold_in(key, n))))
     return out
+
+
+class BlockDistiller:
+    """Distils LFM blocks one at a time (`distill_lfm_blocks`, `runs.lfm_distill`)
+    with one compiled training step for all of them where possible.
+
+    `distill(fmap, b, pair, key)` trains the student fmap (fresh params from key) on
+    the block's inverse: pairs (x_l, x_r[, y]) trained as (x_r, x_l[, y]) with teacher
+    `time_reversed(b)` (`make_loss`, `train_flow_map` settings train_kwargs) and
+    returns the EMA params. When b is a `Teacher` the step takes the teacher's params
+    as an argument, and the loss and jitted step of the previous block are reused
+    while the student is the same object and the teacher's apply is equal (the
+    blocks of one LFM network: one compilation instead of one per block). The
+    arithmetic is the same as with the params baked in; only XLA can no longer
+    rewrite the teacher around constant params (e.g. split the first layer's product
+    over its concatenated input when the class-conditional MLP's null-label embedding
+    is a constant), so results can differ from a per-block step in the last bits
+    (and then equal the teacher evaluated with its params as an argument, as the LFM
+    itself runs it). A plain-function teacher is baked into a new step per block.
+    """
+
+    def __init__(self, *, objective: str = "lmd", interp=None, loss_kwargs=None,
+                 train_kwargs=None):
+        losses.get_objective(objective)  # unknown names fail before any training
+        self.objective = objective
+        self.interp = interpolants_lib.trig() if interp is None else interp
+        self.loss_kwargs = dict(loss_kwargs or {})
+        self.train_kwargs = dict(train_kwargs or {})
+        self._shared = None  # (student, teacher apply, fit) of the last Teacher block
+
+    def _fitter(self, fmap, teacher, takes_teacher: bool):
+        loss_fn = make_loss(self.objective, fmap, teacher, interp=self.interp,
+                            **self.loss_kwargs)
+        return _flow_map_fitter(loss_fn, fmap, takes_teacher=takes_teacher,
+                                **self.train_kwargs)
+
+    def distill(self, fmap: flow_map_lib.FlowMap, b: Callable, pair, *, key):
+        """EMA params of fmap trained on the inverse of block (b, pair); see the class."""
+        if len(pair) not in (2, 3):
+            raise ValueError(f"pairs are (x_l, x_r) or (x_l, x_r, y), got {len(pair)} "
+                             f"arrays")
+        x_l, x_r, *y = pair
+        data = (x_r, x_l, *y)
+        teacher = time_reversed(b)
+        if not isinstance(teacher, Teacher):
+            state, _ = self._fitter(fmap, teacher, False)(data, key=key)
+            return state.ema_params
+        shared = self._shared
+        if shared is None or shared[0] is not fmap or shared[1] != teacher.apply:
+            # (the loss holds this teacher only for its apply: every fit passes params)
+            shared = self._shared = (fmap, teacher.apply,
+                                     self._fitter(fmap, teacher, True))
+        state, _ = shared[2](data, key=key, teacher_params=teacher.params)
+        return state.ema_params
+
 
 
 def _block_map(fmap, params, label=None, guidance_w=None) -> Callable:

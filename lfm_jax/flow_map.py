@@ -208,12 +208,6 @@ class FlowMap:
                         teacher=teacher, teacher_map=teacher_map)
 
 
-# Settings of `networks.two_time_mlp` the class-conditional MLP does not have, with the
-# values it implicitly uses.
-_UNCONDITIONAL_ONLY = {"time_embedding": "fourier", "softplus_beta": 1.0,
-                       "weight_init": "lecun", "compute_dtype": "float32"}
-
-
 def make_flow_map(example_shape, hidden=(256, 256, 256, 256), activation="silu",
                   num_frequencies=8, max_frequency=64.0, zero_init_output=False,
                   learned_weighting: bool = False, weighting_hidden=(64,),
@@ -224,15 +218,12 @@ def make_flow_map(example_shape, hidden=(256, 256, 256, 256), activation="silu",
     num_classes > 0: a class-conditional map X(s, t, x, y) over
     `conditional.conditional_mlp` (num_times=2, null label num_classes); that MLP has
     Fourier time features, lecun init and float32 compute only, so network_kwargs
-    other than those values are a ValueError."""
+    other than those values are a ValueError (`conditional.check_mlp_settings`)."""
     if num_classes:
         from lfm_jax import conditional
 
-        other = {k: v for k, v in network_kwargs.items()
-                 if k not in _UNCONDITIONAL_ONLY or v != _UNCONDITIONAL_ONLY[k]}
-        if other:
-            raise ValueError(f"the class-conditional flow-map MLP does not support "
-                             f"{sorted(other)} (it uses {_UNCONDITIONAL_ONLY})")
+        conditional.check_mlp_settings(network_kwargs, activation=activation,
+                                       what="the class-conditional flow-map MLP")
         net = conditional.conditional_mlp(
             tuple(example_shape), num_classes=int(num_classes), num_times=2,
             hidden=tuple(hidden), activation=activation, num_frequencies=num_frequencies,

@@ -161,7 +161,8 @@ def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation, 
                     sample_batch: Callable | None = None, steps_per_call: int = 1,
                     ema_decay: float = 0.999, mesh=None, donate: bool = True,
                     unroll: int | bool = 1, loss_takes_step: bool = False,
-                    prepare_batch: Callable | None = None):
+                    prepare_batch: Callable | None = None,
+                    loss_takes_context: bool = False):
     """Jitted `step(state, data) -> (state, metrics)` running `steps_per_call` steps.
 
     Args:
@@ -179,8 +180,14 @@ def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation, 
         step number, for curricula such as an annealed (s, t) window.
       unroll: `lax.scan` unroll factor for the fused steps (True: fully unrolled;
         can help XLA:CPU, costs compile time).
+      loss_takes_context: the step is `step(state, data, context)`, context a pytree
+        (replicated like the state, e.g. a frozen teacher's params) passed to loss_fn
+        as its last argument, `loss_fn(params, key, batch[, step], context)`: an
+        argument of the compiled step, not a constant baked into it, so one
+        compilation serves every context of the same shapes.
     Returns:
-      step(state, data); metrics is a dict of arrays of shape (steps_per_call,),
+      step(state, data) (step(state, data, context) with loss_takes_context); metrics
+      is a dict of arrays of shape (steps_per_call,),
       with 'loss', 'grad_norm', 'state_finite' (bool: the updated params and
       optimiser state are all finite; read by `fit`) plus loss_fn's aux entries.
     """
@@ -190,7 +197,7 @@ def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation, 
     batch_spec = NamedSharding(mesh, P(distributed.DATA_AXIS))
     repl = distributed.replicated(mesh)
 
-    def one_step(state: TrainState, batch_or_data):
+    def one_step(state: TrainState, batch_or_data, context=None):
         key = jax.random.fold_in(state.key, state.step)
         batch_key, loss_key = jax.random.split(key)
         if sample_batch is not None:
@@ -201,6 +208,8 @@ def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation, 
             batch = batch_or_data
         batch = jax.lax.with_sharding_constraint(batch, batch_spec)
         extra = (state.step,) if loss_takes_step else ()
+        if loss_takes_context:
+            extra = extra + (context,)
         (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state.params, loss_key, batch, *extra)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
@@ -212,14 +221,24 @@ def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation, 
                    "state_finite": all_finite((params, opt_state))}
         return new_state, metrics
 
-    def multi_step(state, data):
+    def scan_steps(state, data, context):
         if sample_batch is not None:
-            return jax.lax.scan(lambda s, _: one_step(s, data), state, None,
+            return jax.lax.scan(lambda s, _: one_step(s, data, context), state, None,
                                 length=steps_per_call, unroll=unroll)
-        return jax.lax.scan(one_step, state, data, unroll=unroll)
+        return jax.lax.scan(lambda s, b: one_step(s, b, context), state, data,
+                            unroll=unroll)
+
+    def multi_step(state, data):
+        return scan_steps(state, data, None)
+
+    def multi_step_with_context(state, data, context):
+        return scan_steps(state, data, context)
 
     data_sharding = repl if sample_batch is not None else NamedSharding(
         mesh, P(None, distributed.DATA_AXIS))
+    if loss_takes_context:
+        return jax.jit(multi_step_with_context, in_shardings=(repl, data_sharding, repl),
+                       out_shardings=(repl, repl), donate_argnums=(0,) if donate else ())
     return jax.jit(multi_step, in_shardings=(repl, data_sharding),
                    out_shardings=(repl, repl),
                    donate_argnums=(0,) if donate else ())

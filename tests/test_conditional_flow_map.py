@@ -38,6 +38,11 @@ def test_make_flow_map_with_classes_is_conditional_and_refuses_unsupported_setti
     assert flow_map.make_flow_map(SHAPE, hidden=(16,)).num_classes is None
     with pytest.raises(ValueError, match="compute_dtype"):
         flow_map.make_flow_map(SHAPE, hidden=(16,), num_classes=K, compute_dtype="bfloat16")
+    # the check shared with runs.models.network: beta only counts with softplus
+    flow_map.make_flow_map(SHAPE, hidden=(16,), num_classes=K, softplus_beta=20.0)
+    with pytest.raises(ValueError, match="softplus_beta=20.0"):
+        flow_map.make_flow_map(SHAPE, hidden=(16,), num_classes=K, activation="softplus",
+                               softplus_beta=20.0)
 
 
 def _inputs(n=16, seed=0):

@@ -168,3 +168,64 @@ def test_guided_students_teacher_and_generators(conditional_lfm, tmp_path):
         with pytest.raises(ValueError, match="other settings"):
             lfm_distill.distill_blocks(config, workdir, network, model, params_list,
                                        dataset.train, guidance_w=other, **same)
+
+
+def test_blocks_share_one_compiled_step(conditional_lfm, tmp_path, monkeypatch):
+    """`lfm_distill.distill_blocks` (experiments/distill_lfm.py) trains every block
+    with ONE jitted step, traced and compiled once (the teachers' params are its
+    argument, the student is shared): null-class and guided distillation."""
+    from lfm_jax import train
+    from lfm_jax.runs import common, lfm_distill
+
+    made = []
+    make = train.make_train_step
+
+    def counting(*args, **kwargs):
+        made.append(make(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(train, "make_train_step", counting)
+    config, workdir = conditional_lfm
+    dataset = common.load_data(config)
+    network, model, params_list = lfm_distill.load_trained_blocks(
+        config, workdir, dataset.example_shape)
+    for w in (None, 1.0):
+        made.clear()
+        maps, infos = lfm_distill.distill_blocks(
+            config, workdir, network, model, params_list, dataset.train,
+            out_dir=str(tmp_path / f"d{w}"), objective="lmd", hidden=(16,), steps=4,
+            steps_per_call=2, batch_size=8, max_pairs=32, verbose=False, guidance_w=w,
+            train_labels=dataset.train_labels)
+        assert len(infos) == 2 and not any(i.get("loaded") for i in infos)
+        assert len(made) == 1 and made[0]._cache_size() == 1, (w, len(made))
+        assert maps[0][0] is maps[1][0]
+
+
+@pytest.mark.parametrize("objective", ["lmd", "lsd"])
+def test_shared_step_gives_the_per_block_results(conditional_lfm, objective):
+    """The shared step (teachers as `distill.Teacher`s, params an argument) trains the
+    same students as a step per block with the params baked in (plain-function
+    teachers, the code before): exactly without a teacher (lsd); with one (lmd) to the
+    last bits, as XLA may rewrite the teacher around constant params."""
+    from lfm_jax import distill, flow_map
+    from lfm_jax.runs import common, lfm_distill
+
+    config, workdir = conditional_lfm
+    network = common.velocity_network(config, (8, 8, 1))
+    _, _, params_list = lfm_distill.load_trained_blocks(config, workdir, (8, 8, 1))
+    rng = np.random.default_rng(0)
+    pairs = [(rng.normal(size=(32, 8, 8, 1)).astype(np.float32),
+              rng.normal(size=(32, 8, 8, 1)).astype(np.float32)) for _ in params_list]
+    fmap = flow_map.make_flow_map((8, 8, 1), hidden=(16,), num_frequencies=2)
+    teachers = [distill.velocity_teacher(network, p) for p in params_list]
+    plain = [lambda t, x, *y, b=b: b(t, x, *y) for b in teachers]
+    kw = dict(objective=objective, key=jax.random.PRNGKey(3),
+              train_kwargs=dict(num_steps=4, batch_size=8, steps_per_call=2))
+    shared = distill.distill_lfm_blocks(teachers, pairs, lambda: fmap, **kw)
+    per_block = distill.distill_lfm_blocks(plain, pairs, lambda: fmap, **kw)
+    for (_, a), (_, b) in zip(shared, per_block):
+        if objective == "lsd":
+            jax.tree_util.tree_map(np.testing.assert_array_equal, a, b)
+        else:
+            jax.tree_util.tree_map(
+                lambda u, v: np.testing.assert_allclose(u, v, rtol=1e-5, atol=1e-6), a, b)

@@ -160,6 +160,48 @@ def test_image_config_variants():
         fm_digits.get_config("cifar")
 
 
+@pytest.mark.parametrize("setting, value", [
+    ("compute_dtype", "bfloat16"), ("weight_init", "torch"), ("time_embedding", "raw")])
+def test_conditional_mlp_refuses_settings_it_would_ignore(setting, value, tmp_path):
+    """The class-conditional MLP (model.kind "mlp", num_classes > 0) has no
+    time_embedding / softplus_beta / weight_init / compute_dtype: off the values it uses
+    they are a ValueError naming the setting and the model kind, from
+    `models.network` (velocity and two-time), the flow-map student and the job's
+    config validation, before any data or workdir file; the U-Net and the
+    unconditional MLP keep taking them."""
+    from lfm_jax.runs import flow_map as fm_job
+    from lfm_jax.runs import validation
+
+    config = _tiny("lfm")
+    assert config.model.kind == "mlp" and config.model.num_classes == 10
+    models.network(config, (8, 8, 1))  # the defaults are what the conditional MLP uses
+    config.model[setting] = value
+    for num_times in (1, 2):
+        with pytest.raises(ValueError, match=f"config.model.{setting}={value!r}") as err:
+            models.network(config, (8, 8, 1), num_times=num_times)
+        assert "kind='mlp'" in str(err.value) and "num_classes=10" in str(err.value)
+    with pytest.raises(validation.InvalidConfigError, match=setting):
+        validation.validate_config(config)
+    with pytest.raises(ValueError, match=setting):
+        runs.get("lfm")(config, str(tmp_path / "w"))
+    assert not (tmp_path / "w" / "config.json").exists()  # refused before any work
+    with pytest.raises(ValueError, match=setting):
+        fm_job.make_student(config, (8, 8, 1))
+    config.model.kind = "unet"  # the U-Net ignores the MLP settings by design
+    validation.validate_config(config)
+    config.model.kind, config.model.num_classes = "mlp", 0
+    models.network(config, (8, 8, 1))  # the unconditional MLP has every setting
+
+
+def test_conditional_mlp_softplus_beta_counts_with_softplus_only():
+    config = _tiny("lfm")
+    config.model.softplus_beta = 20.0  # silu never reads beta (as networks.MLP)
+    assert models.network(config, (8, 8, 1)).num_classes == 10
+    config.model.activation = "softplus"
+    with pytest.raises(ValueError, match="softplus_beta=20.0"):
+        models.network(config, (8, 8, 1))
+
+
 def test_flow_map_student_is_a_two_time_unet():
     """model.kind = "unet" gives the flow-map job a two-time U-Net student X(s, t, x) of
     the image shape; with model.num_classes a class-conditional one X(s, t, x, y)

@@ -2,8 +2,9 @@
 
 `load_trained_blocks` reads an LFM trained in a workdir (`lfm_blocks.train_blocks`),
 `block_inputs` gives block n's input data x_l ~ q_{n-1} (read from the block artefacts,
-`block_store`, or pushed again), and `distill_blocks` distils every block (`distill.distill_lfm_blocks`),
-saving each distilled block so that a rerun resumes.
+`block_store`, or pushed again), and `distill_blocks` distils every block (one
+`distill.BlockDistiller`, as `distill.distill_lfm_blocks`: one compiled training step
+for all blocks), saving each distilled block so that a rerun resumes.
 """
 
 from __future__ import annotations
@@ -96,7 +97,8 @@ def distill_blocks(config, workdir: str, network, model, params_list, x_train, *
                    max_pairs: int = 0, unet_channels: int = 0,
                    unet_time_scale: float = 0.0, key=None, mesh=None,
                    verbose: bool = True, guidance_w=None, train_labels=None):
-    """Distil every block's inverse into a flow map (`distill.distill_lfm_blocks`).
+    """Distil every block's inverse into a flow map (`distill.BlockDistiller`, as
+    `distill.distill_lfm_blocks`; every block runs the same compiled step).
 
     Block n's pairs are its pushed data x_l (`block_inputs`) and the OU partner
     x_r = ou_step(x_l, h_n) (x_r ~ N(0, I) for a free block); the teacher is the block
@@ -165,6 +167,10 @@ def distill_blocks(config, workdir: str, network, model, params_list, x_train, *
                         lr=float(lr), ema_decay=float(ema_decay), steps_per_call=spc,
                         mesh=mesh)
     template = jax.eval_shape(fmap.init, jax.random.PRNGKey(0))  # structure only
+    # one distiller for every block: the student and the teachers' apply are shared,
+    # so the blocks run one compiled step (the teachers' params are its argument)
+    distiller = distill.BlockDistiller(objective=objective, interp=interp,
+                                       train_kwargs=train_kwargs)
     maps, infos = [], []
     for n in range(1, model.num_blocks + 1):
         path = os.path.join(out_dir, f"block_{n}.msgpack")
@@ -188,9 +194,9 @@ def distill_blocks(config, workdir: str, network, model, params_list, x_train, *
                 b = distill.velocity_teacher(network, params_list[n - 1])
                 pairs = (x_l, x_r)
             t0 = time.perf_counter()
-            ((_, params),) = distill.distill_lfm_blocks(
-                [b], [pairs], lambda: fmap, objective=objective, key=k_n, interp=interp,
-                train_kwargs=train_kwargs)
+            # fold_in(k_n, 0): the key `distill.distill_lfm_blocks([b], [pairs], ...,
+            # key=k_n)` gave its one block before, so the numbers stay the same
+            params = distiller.distill(fmap, b, pairs, key=jax.random.fold_in(k_n, 0))
             params = jax.device_get(params)
             info["train_time_s"] = time.perf_counter() - t0
             common.save_bytes(path, flax.serialization.to_bytes(params))

@@ -3,7 +3,10 @@ num_times)` gives the velocity field (num_times=1) or the flow-map network v_{s,
 (num_times=2) of config.model.kind:
 
 - "mlp": `networks.velocity_mlp` / `two_time_mlp` (config.model.hidden, ...,
-  compute_dtype), or `conditional.conditional_mlp` when config.model.num_classes > 0;
+  compute_dtype), or `conditional.conditional_mlp` when config.model.num_classes > 0
+  (hidden, activation, num_frequencies, max_frequency only: time_embedding,
+  softplus_beta, weight_init and compute_dtype off the values it uses are a
+  ValueError, `check_supported`, not silently ignored);
 - "unet": `unet.velocity_unet` / `two_time_unet` of the preset config.model.unet_preset
   (digits8 / mnist / cifar10) with example_shape from the data, the overrides
   unet_channels (0: the preset's), unet_time_scale, num_classes (0: unconditional; k:
@@ -49,12 +52,34 @@ def uses_dropout(config) -> bool:
     return unet_kwargs(config, ()).get("dropout", 0.0) > 0  # the rate the network gets
 
 
+def check_supported(config) -> None:
+    """Raise ValueError naming the config.model settings that the network of
+    config.model would ignore: the class-conditional MLP (kind "mlp" with
+    num_classes > 0, `conditional.conditional_mlp`) has no time_embedding,
+    softplus_beta, weight_init or compute_dtype, so values other than the ones it
+    uses (`conditional.MLP_FIXED_SETTINGS`; softplus_beta only with activation
+    "softplus") are refused by `conditional.check_mlp_settings`, the check of
+    `flow_map.make_flow_map(num_classes=...)`. Reads the config only (microseconds):
+    `network` and `validation.validate_config` call it before any work (config: an
+    ml_collections.ConfigDict or nested dicts)."""
+    m = config["model"]
+    k = _num_classes(m)
+    if m.get("kind", "mlp") != "mlp" or k is None:
+        return
+    conditional.check_mlp_settings(
+        {name: m.get(name, value) for name, value in conditional.MLP_FIXED_SETTINGS.items()},
+        activation=m.get("activation", "silu"), prefix="config.model.",
+        what=f"config.model.kind='mlp' with config.model.num_classes={k}")
+
+
 def network(config, example_shape, num_times: int = 1):
-    """The config.model network for examples of example_shape (see the module doc)."""
+    """The config.model network for examples of example_shape (see the module doc);
+    ValueError for settings it would ignore (`check_supported`)."""
     m = config.model
     kind = m.get("kind", "mlp")
     if kind not in KINDS:
         raise ValueError(f"unknown config.model.kind {kind!r}; known: {list(KINDS)}")
+    check_supported(config)
     if kind == "unet":
         make = unet.velocity_unet if num_times == 1 else unet.two_time_unet
         return make(**unet_kwargs(config, example_shape))

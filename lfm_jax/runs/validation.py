@@ -13,7 +13,8 @@ A rule whose key path does not exist in the config is skipped, so the same table
 serves configs from before and after a key is added or moved (the ODE settings live
 in config.eval.ode.* and config.lfm.push_ode.*: solver, rtol, atol, num_steps,
 max_steps). Names (solver, interpolant, objective ...) are checked by the registries
-that use them; this module checks numbers, and two paths: config.eval.classifier_workdir
+that use them; this module checks numbers, the model settings the network would
+ignore (`check_model_settings`), and two paths: config.eval.classifier_workdir
 (`check_classifier_workdir`: a trained classifier of the same data split) and
 config.eval.inception_weights (`check_inception_weights`: the local Inception weights
 file, and pytorch-fid installed).
@@ -223,8 +224,25 @@ def validate_config(config) -> None:
             others = ", ".join(f"config.{p}={v!r}" for p, v in values.items() if p != rule.path)
             raise InvalidConfigError(f"config.{rule.path} must be {rule.requirement}, got "
                              f"{values[rule.path]!r} ({others})")
+    check_model_settings(config)
     check_classifier_workdir(config)
     check_inception_weights(config)
+
+
+def check_model_settings(config) -> None:
+    """For the methods that build config.model's network (fm, lfm, flow_map): no
+    setting that network would silently ignore (`models.check_supported`: e.g.
+    compute_dtype="bfloat16" on a class-conditional MLP). Reads the config only."""
+    if get_path(config, "method", None) not in ("fm", "lfm", "flow_map"):
+        return
+    if get_path(config, "model", None) is None:
+        return
+    from lfm_jax.runs import models
+
+    try:
+        models.check_supported(config)
+    except ValueError as err:
+        raise InvalidConfigError(str(err)) from None
 
 
 def check_classifier_workdir(config) -> None:
