@@ -36,7 +36,12 @@ guided ODE generation at w, its guided Euler steps, the distilled maps given the
 labels), scored with the classifier's accuracy against the labels too
 (`lfm_distill.distill_blocks`, `distill_eval.compare`); output in
 W/distill/<objective>_w<w>. --guidance_w on an unconditional LFM is an error before
-any work.
+any work. --init_from_teacher starts every U-Net student from its block's params (the
+blocks' U-Net with a second time input whose weights start at zero, the time
+embedding turned round for the reversed field: an untrained student generates
+exactly what K Euler steps per block generate, `lfm_distill.teacher_init`) instead
+of a random init; it needs the blocks' width and time scale (leave --unet_channels /
+--unet_time_scale at 0).
 
     python -m experiments.distill_lfm --config configs/lfm_digits.py:mnist \
         --config.data.path=../shared/data/mnist \
@@ -76,6 +81,10 @@ flags.DEFINE_float("guidance_w", None, "Guided distillation of a class-condition
                    "every block's teacher is its classifier-free guided field at this "
                    "weight and the students are class-conditional flow maps (unset: the "
                    "null-class field, unconditional students).")
+flags.DEFINE_bool("init_from_teacher", False, "U-Net students of the blocks' width "
+                  "and time scale: start every student as one Euler step of its block's "
+                  "(reversed) velocity, its params made from the block's, instead of a "
+                  "random init.")
 flags.mark_flags_as_required(["workdir"])
 
 
@@ -93,7 +102,8 @@ def main(argv):
         unet_time_scale=FLAGS.unet_time_scale, batch_size=FLAGS.batch_size, lr=FLAGS.lr,
         ema_decay=FLAGS.ema_decay,
         sample_steps=[int(k) for k in FLAGS.sample_steps.split(",") if k.strip()],
-        n_samples=FLAGS.n_samples, out_dir=FLAGS.out, guidance_w=FLAGS.guidance_w)
+        n_samples=FLAGS.n_samples, out_dir=FLAGS.out, guidance_w=FLAGS.guidance_w,
+        init_from_teacher=FLAGS.init_from_teacher)
 
 
 if __name__ == "__main__":

@@ -471,8 +471,11 @@ class BlockDistiller:
         return _flow_map_fitter(loss_fn, fmap, takes_teacher=takes_teacher,
                                 **self.train_kwargs)
 
-    def distill(self, fmap: flow_map_lib.FlowMap, b: Callable, pair, *, key):
-        """EMA params of fmap trained on the inverse of block (b, pair); see the class."""
+    def distill(self, fmap: flow_map_lib.FlowMap, b: Callable, pair, *, key,
+                init_params=None):
+        """EMA params of fmap trained on the inverse of block (b, pair); see the class.
+        init_params: the student's starting params (None: fmap.init of the key), e.g.
+        a warm start from the teacher (`unet.two_time_params_from_velocity`)."""
         if len(pair) not in (2, 3):
             raise ValueError(f"pairs are (x_l, x_r) or (x_l, x_r, y), got {len(pair)} "
                              f"arrays")
@@ -480,14 +483,16 @@ class BlockDistiller:
         data = (x_r, x_l, *y)
         teacher = time_reversed(b)
         if not isinstance(teacher, Teacher):
-            state, _ = self._fitter(fmap, teacher, False)(data, key=key)
+            state, _ = self._fitter(fmap, teacher, False)(data, key=key,
+                                                         init_params=init_params)
             return state.ema_params
         shared = self._shared
         if shared is None or shared[0] is not fmap or shared[1] != teacher.apply:
             # (the loss holds this teacher only for its apply: every fit passes params)
             shared = self._shared = (fmap, teacher.apply,
                                      self._fitter(fmap, teacher, True))
-        state, _ = shared[2](data, key=key, teacher_params=teacher.params)
+        state, _ = shared[2](data, key=key, teacher_params=teacher.params,
+                             init_params=init_params)
         return state.ema_params
 
 

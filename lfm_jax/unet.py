@@ -54,9 +54,11 @@ from __future__ import annotations
 import math
 from typing import Any, Optional, Sequence
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from lfm_jax import networks
 from lfm_jax.conditional import ConditionalNetwork, check_kind, check_condition
@@ -69,6 +71,7 @@ __all__ = [
     "UNet",
     "velocity_unet",
     "two_time_unet",
+    "two_time_params_from_velocity",
 ]
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -361,3 +364,74 @@ def two_time_unet(example_shape, *, channels: int, channel_mult: Sequence[int],
                  dropout=dropout, num_head_channels=num_head_channels, num_groups=num_groups,
                  num_classes=num_classes, context_dim=context_dim, time_scale=time_scale,
                  zero_init=zero_init, dtype=dtype)
+
+
+def _reversal_matrix(channels: int, time_scale: float, max_period: float = 10_000.0):
+    """(channels, channels) float64 R with timestep_embedding(scale (1 - s)) =
+    timestep_embedding(scale s) @ R for every s: per frequency w, cos(w (1 - s)) =
+    cos w cos(w s) + sin w sin(w s) and sin(w (1 - s)) = sin w cos(w s) - cos w sin(w s),
+    a fixed linear map of the embedding (an odd dim's appended zero stays zero)."""
+    half = channels // 2
+    w = time_scale * np.exp(-math.log(max_period) * np.arange(half) / half)
+    c, s = np.cos(w), np.sin(w)
+    r = np.zeros((channels, channels))
+    k = np.arange(half)
+    r[k, k], r[half + k, k] = c, s                    # -> cos(w (1 - s))
+    r[k, half + k], r[half + k, half + k] = s, -c     # -> sin(w (1 - s))
+    return r
+
+
+def two_time_params_from_velocity(velocity_params, *, channels: int, time_scale: float,
+                                  reverse: bool = False, fold_label: Optional[int] = None):
+    """Params of `two_time_unet` whose network is a velocity's, exactly:
+    net(s, t, x[, y]) = v(s, x[, y]), or with reverse -v(1 - s, x[, y]), so that the
+    flow map X_{s,t}(x) = x + (t - s) net(s, t, x) starts as one Euler step of v (of
+    the time-reversed field -v(1 - t, x) with reverse, the form LFM blocks are
+    distilled in: `distill.time_reversed`). A warm start for distilling v.
+
+    velocity_params: params of `velocity_unet` with the same preset, channels and
+      time_scale as the two-time network's (the same module tree but the first time
+      Dense, which gets zero rows for t; for reverse its rows for s take the fixed
+      rotation that maps the embedding of s to that of 1 - s, and the output conv is
+      negated).
+    fold_label: for an UNCONDITIONAL two-time network from a class-conditional
+      velocity: label fold_label's embedding row (e.g. the null label, for its null
+      field) is added to the time MLP's output bias, where the network adds it, and
+      the label embedding is dropped. None: keep the tree's label embedding (a
+      class-conditional two-time network of the same num_classes) or none.
+    Context-conditional velocities (an extra conditioning Dense) are not supported.
+    """
+    net_in = velocity_params["params"]
+    dense = sorted(k for k in net_in if k.startswith("Dense_"))
+    if dense != ["Dense_0", "Dense_1"]:
+        raise ValueError(f"expected a velocity U-Net's time MLP Dense_0, Dense_1 at the top "
+                         f"(class-conditional or unconditional), got {dense}; context-"
+                         f"conditional U-Nets are not supported")
+    if net_in["Dense_0"]["kernel"].shape[0] != channels:
+        raise ValueError(f"the velocity's time embedding has "
+                         f"{net_in['Dense_0']['kernel'].shape[0]} features, not "
+                         f"channels={channels}: another preset or width")
+    if fold_label is not None:
+        if "Embed_0" not in net_in:
+            raise ValueError("fold_label needs a class-conditional velocity (no label "
+                             "embedding in these params)")
+        rows = net_in["Embed_0"]["embedding"].shape[0]
+        if not 0 <= int(fold_label) < rows:
+            raise ValueError(f"fold_label {fold_label} is not a label of the embedding's "
+                             f"{rows} rows")
+    p = jax.tree.map(lambda a: a, flax.core.unfreeze(velocity_params))  # new containers
+    net = p["params"]
+    dtype = net["Dense_0"]["kernel"].dtype
+    kernel = np.asarray(net["Dense_0"]["kernel"], np.float64)
+    if reverse:
+        kernel = _reversal_matrix(channels, time_scale) @ kernel
+    net["Dense_0"]["kernel"] = jnp.asarray(
+        np.concatenate([kernel, np.zeros_like(kernel)], axis=0), dtype)
+    if fold_label is not None:
+        table = net.pop("Embed_0")["embedding"]
+        net["Dense_1"]["bias"] = net["Dense_1"]["bias"] + table[int(fold_label)]
+    if reverse:
+        last = max((k for k in net if k.startswith("Conv_")),
+                   key=lambda k: int(k.split("_")[1]))
+        net[last] = jax.tree.map(jnp.negative, net[last])
+    return p

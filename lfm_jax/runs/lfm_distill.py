@@ -96,7 +96,8 @@ def distill_blocks(config, workdir: str, network, model, params_list, x_train, *
                    lr: float = 1e-3, ema_decay: float = 0.995, steps_per_call: int = 100,
                    max_pairs: int = 0, unet_channels: int = 0,
                    unet_time_scale: float = 0.0, key=None, mesh=None,
-                   verbose: bool = True, guidance_w=None, train_labels=None):
+                   verbose: bool = True, guidance_w=None, train_labels=None,
+                   init_from_teacher: bool = False):
     """Distil every block's inverse into a flow map (`distill.BlockDistiller`, as
     `distill.distill_lfm_blocks`; every block runs the same compiled step).
 
@@ -121,6 +122,13 @@ def distill_blocks(config, workdir: str, network, model, params_list, x_train, *
     X(s, t, x, y), the flow map of the guided field of label y (at the null label the
     null field). guidance_w is recorded in settings.json (only when set).
 
+    init_from_teacher (U-Net students of the blocks' width and time scale only, else
+    ValueError before any work; recorded in settings.json when set): every student
+    starts as one Euler step of its teacher's reversed field, X_{s,t}(x) = x +
+    (t - s) (-v_n(1 - s, x)), its params made from the block's velocity params
+    (`teacher_init`), instead of from a random init; the guided student starts from
+    the conditional field (w = 1), the null-class student from the null field.
+
     Returns:
       ([(flow_map, params)] in block order, [per-block info dicts]).
     """
@@ -128,6 +136,8 @@ def distill_blocks(config, workdir: str, network, model, params_list, x_train, *
 
     losses.get_objective(objective)  # an unknown name fails before any work
     check_guidance(config, guidance_w, network)
+    if init_from_teacher:
+        check_init_from_teacher(config, unet_channels, unet_time_scale)
     guided = guidance_w is not None
     if guided:
         if train_labels is None:
@@ -149,6 +159,8 @@ def distill_blocks(config, workdir: str, network, model, params_list, x_train, *
         settings["guidance_w"] = float(guidance_w)
     if config.model.get("kind", "mlp") == "unet":  # (MLP settings files stay as before)
         settings["student"] = student_description(config, unet_channels, unet_time_scale)
+    if init_from_teacher:  # (recorded only when set: older settings files stay valid)
+        settings["init_from_teacher"] = True
     settings_path = os.path.join(out_dir, "settings.json")
     if os.path.exists(settings_path):
         with open(settings_path) as f:
@@ -196,7 +208,11 @@ def distill_blocks(config, workdir: str, network, model, params_list, x_train, *
             t0 = time.perf_counter()
             # fold_in(k_n, 0): the key `distill.distill_lfm_blocks([b], [pairs], ...,
             # key=k_n)` gave its one block before, so the numbers stay the same
-            params = distiller.distill(fmap, b, pairs, key=jax.random.fold_in(k_n, 0))
+            init = (teacher_init(config, fmap, params_list[n - 1], conditional=guided,
+                                 key=jax.random.fold_in(k_n, 1))
+                    if init_from_teacher else None)
+            params = distiller.distill(fmap, b, pairs, key=jax.random.fold_in(k_n, 0),
+                                       init_params=init)
             params = jax.device_get(params)
             info["train_time_s"] = time.perf_counter() - t0
             common.save_bytes(path, flax.serialization.to_bytes(params))
@@ -220,7 +236,8 @@ def run(config, workdir: str, *, objective: str = "lmd", steps: int = 1500,
         hidden=(128, 128, 128), unet_channels: int = 0, unet_time_scale: float = 0.0,
         batch_size: int = 256, lr: float = 1e-3, ema_decay: float = 0.995,
         sample_steps=(1, 2, 4), n_samples: int = 2000, out_dir: str = "",
-        guidance_w=None, max_pairs: int = 0, verbose: bool = True) -> dict:
+        guidance_w=None, max_pairs: int = 0, verbose: bool = True,
+        init_from_teacher: bool = False) -> dict:
     """experiments/distill_lfm.py: load the LFM trained in workdir, distil its blocks
     (`distill_blocks`, guided at guidance_w when set), compare the generations
     (`distill_eval.compare`) and write table.md and results.json to out_dir (default
@@ -232,6 +249,8 @@ def run(config, workdir: str, *, objective: str = "lmd", steps: int = 1500,
 
     validation.validate_config(config)
     check_guidance(config, guidance_w)
+    if init_from_teacher:
+        check_init_from_teacher(config, unet_channels, unet_time_scale)
     workdir = os.path.abspath(os.path.expanduser(workdir))
     out = out_dir or default_out_dir(workdir, objective, guidance_w)
     os.makedirs(out, exist_ok=True)
@@ -251,7 +270,8 @@ def run(config, workdir: str, *, objective: str = "lmd", steps: int = 1500,
         lr=lr, ema_decay=ema_decay, unet_channels=unet_channels,
         unet_time_scale=unet_time_scale, mesh=mesh, max_pairs=max_pairs,
         verbose=verbose, guidance_w=guidance_w,
-        train_labels=getattr(dataset, "train_labels", None))
+        train_labels=getattr(dataset, "train_labels", None),
+        init_from_teacher=init_from_teacher)
     distill_time = time.perf_counter() - t0
 
     rows = distill_eval.compare(config, model, params_list, maps, dataset, out,
@@ -263,6 +283,8 @@ def run(config, workdir: str, *, objective: str = "lmd", steps: int = 1500,
                else {"kind": "mlp", "hidden": list(hidden)})
     if guidance_w is not None:
         student["num_classes"] = int(config.model.num_classes)
+    if init_from_teacher:
+        student["init_from_teacher"] = True
     how = ("" if guidance_w is None else
            f", guided at w={float(guidance_w):g} (class-conditional students; sample i "
            f"has label i % {int(config.model.num_classes)})")
@@ -283,6 +305,48 @@ def run(config, workdir: str, *, objective: str = "lmd", steps: int = 1500,
                "out_dir": out}
     log_lib.write_json(os.path.join(out, "results.json"), results)
     return results
+
+
+def check_init_from_teacher(config, unet_channels: int = 0,
+                            unet_time_scale: float = 0.0) -> None:
+    """ValueError unless the students can start from their teachers' params
+    (`teacher_init`): U-Net blocks (model.kind "unet"), students of the blocks' width
+    and time scale (unet_channels / unet_time_scale 0 or equal to the blocks')."""
+    from lfm_jax.runs import models
+
+    m = config.model
+    if m.get("kind", "mlp") != "unet":
+        raise ValueError("init_from_teacher needs U-Net blocks (config.model.kind='unet'): "
+                         "the student is then the blocks' U-Net with a second time input; "
+                         f"this LFM's blocks are {m.get('kind', 'mlp')!r}")
+    kw = models.unet_kwargs(config, ())
+    if unet_channels and int(unet_channels) != kw["channels"]:
+        raise ValueError(f"init_from_teacher needs students of the blocks' width "
+                         f"({kw['channels']} channels); unet_channels={unet_channels}")
+    if unet_time_scale and float(unet_time_scale) != kw["time_scale"]:
+        raise ValueError(f"init_from_teacher needs students of the blocks' time scale "
+                         f"({kw['time_scale']:g}); unet_time_scale={unet_time_scale:g} "
+                         f"(leave it 0)")
+
+
+def teacher_init(config, fmap, velocity_params, *, conditional: bool, key):
+    """The student's params as one Euler step of block velocity v's reversed field,
+    X_{s,t}(x) = x + (t - s) (-v(1 - s, x)) (`unet.two_time_params_from_velocity`):
+    a class-conditional student (conditional) keeps the label embedding (its
+    conditional field, the guided field at w = 1); an unconditional student of a
+    class-conditional LFM gets the null field (the null label folded in). Parts of
+    the flow map beyond the network (a loss weighting) come from fmap.init(key)."""
+    from lfm_jax import unet
+    from lfm_jax.runs import models
+
+    kw = models.unet_kwargs(config, fmap.example_shape)
+    k = int(config.model.get("num_classes", 0))
+    net = unet.two_time_params_from_velocity(
+        velocity_params, channels=kw["channels"], time_scale=kw["time_scale"],
+        reverse=True, fold_label=k if (k > 0 and not conditional) else None)
+    params = dict(fmap.init(key))
+    params["net"] = net
+    return params
 
 
 def student_description(config, unet_channels: int = 0,
