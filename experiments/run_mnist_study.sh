@@ -7,7 +7,8 @@
 #   2. its blocks distilled into flow maps, sampled with K = 1, 2, 4 steps per block
 #      against the adaptive-ODE teacher (experiments.distill_lfm, Lagrangian map
 #      distillation, U-Net students): the LFM's null-class field, then its guided
-#      field at w = GW (class-conditional students, --guidance_w);
+#      field at w = GW (class-conditional students, --guidance_w), from a random init and
+#      warm-started from the blocks (--init_from_teacher);
 #   3. flow maps trained directly (LSD, PSD; configs/flow_map_digits.py:<obj>,mnist),
 #      K = 1, 2, 4; with FMC=1 class-conditional ones (<obj>,mnist,cond), scored with
 #      guided sampling at w = 0..3;
@@ -49,6 +50,11 @@ mapfile -t LFM < <("$PY" -c "import json, sys; print('\n'.join(json.load(open(sy
   --lr 5e-4 --unet_time_scale 1 --sample_steps 1,2,4 --n_samples "$N"
 "$PY" -m experiments.distill_lfm "${LFM[@]}" --objective lmd --steps "$DS" --batch_size 128 \
   --lr 5e-4 --unet_time_scale 1 --sample_steps 1,2,4 --n_samples "$N" --guidance_w "$GW"
+# the same guided distillation warm-started from the blocks (students start as one Euler
+# step per block; the blocks' time scale)
+"$PY" -m experiments.distill_lfm "${LFM[@]}" --objective lmd --steps "$DS" --batch_size 128 \
+  --lr 5e-4 --sample_steps 1,2,4 --n_samples "$N" --guidance_w "$GW" --init_from_teacher \
+  --out "$W/lfm/distill/lmd_w${GW}_warm"
 for o in lsd psd; do
   "$PY" -m experiments.train --config "configs/flow_map_digits.py:$o${VN:+,$VN}${FMC:+,cond}" \
     --workdir "$W/fmap_$o${FMC:+_cond}" ${M:+--config.data.path="$M"} --config.seed="$SEED" \
