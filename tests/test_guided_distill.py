@@ -60,6 +60,45 @@ def test_conditional_student_depends_on_the_label():
         lfm_distill.student_flow_map(_tiny_lfm("uncond"), (8, 8, 1), conditional=True)
 
 
+def test_mlp_student_takes_the_blocks_mlp_settings():
+    """An MLP student is of its blocks' family: the official configuration's raw time
+    input, torch init and softplus beta reach it (they were once dropped silently)."""
+    from lfm_jax import networks
+    from lfm_jax.runs import lfm_distill
+
+    config = _tiny_lfm("uncond")
+    with config.unlocked():
+        config.model.activation = "softplus"
+        config.model.softplus_beta = 20.0
+        config.model.time_embedding = "raw"
+        config.model.weight_init = "torch"
+    fmap = lfm_distill.student_flow_map(config, (8, 8, 1), hidden=(16,))
+    m = config.model
+    same = networks.two_time_mlp((8, 8, 1), (16,), "softplus", m.num_frequencies,
+                                 m.max_frequency, time_embedding="raw", softplus_beta=20.0,
+                                 weight_init="torch")
+    key = jax.random.split(jax.random.PRNGKey(0))[0]  # FlowMap.init's network key
+    params = fmap.init(jax.random.PRNGKey(0))
+    x = jax.random.normal(jax.random.PRNGKey(1), (8, 8, 1))
+    out = fmap.network.apply(params["net"], 0.2, 0.7, x)
+    assert jax.tree.structure(params["net"]) == jax.tree.structure(same.init(key))
+    assert jax.tree.all(jax.tree.map(
+        lambda a, b: bool(jnp.array_equal(a, b)), params["net"], same.init(key)))
+    assert jnp.allclose(out, same.apply(params["net"], 0.2, 0.7, x), atol=1e-6)
+    # a class-conditional MLP student refuses settings it cannot honour
+    with pytest.raises(ValueError, match="time_embedding='raw'"):
+        lfm_distill.student_flow_map(_with(config, num_classes=10), (8, 8, 1),
+                                     hidden=(16,), conditional=True)
+
+
+def _with(config, **model):
+    config = config.copy_and_resolve_references()
+    with config.unlocked():
+        for k, v in model.items():
+            config.model[k] = v
+    return config
+
+
 @pytest.fixture(scope="module")
 def conditional_lfm(tmp_path_factory):
     """(config, workdir) of a class-conditional digits LFM of 2 MLP blocks

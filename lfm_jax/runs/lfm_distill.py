@@ -366,7 +366,7 @@ def student_flow_map(config, example_shape, hidden=(256, 256, 256),
     its compiled functions).
 
     model.kind "mlp": `flow_map.make_flow_map` of width `hidden` (config.model's
-    activation and Fourier features). model.kind "unet": an UNCONDITIONAL two-time
+    activation, Fourier features and `mlp_student_settings`). model.kind "unet": an UNCONDITIONAL two-time
     U-Net of the blocks' preset (`runs.flow_map.make_student`; unet_channels > 0
     overrides the width, unet_time_scale > 0 the time embedding's scale). A class-conditional LFM is distilled through its null-class
     field v_n(t, x, null) (the unguided marginal flow, which carries q_{n-1} to q_n
@@ -397,4 +397,17 @@ def student_flow_map(config, example_shape, hidden=(256, 256, 256),
                                       num_classes=k if conditional else None,
                                       activation=m.activation,
                                       num_frequencies=m.num_frequencies,
-                                      max_frequency=m.max_frequency)
+                                      max_frequency=m.max_frequency,
+                                      **mlp_student_settings(config))
+
+
+def mlp_student_settings(config) -> dict:
+    """The blocks' MLP settings an MLP student takes over (config.model's time
+    embedding, softplus beta, weight init and compute dtype, as `runs.models.network`
+    reads them), so that the student is of the teacher's family (e.g. the official
+    configuration's raw time input, torch init and softplus beta 20)."""
+    m = config.model
+    return dict(time_embedding=m.get("time_embedding", "fourier"),
+                softplus_beta=float(m.get("softplus_beta", 1.0)),
+                weight_init=m.get("weight_init", "lecun"),
+                compute_dtype=m.get("compute_dtype", "float32"))
