@@ -85,6 +85,9 @@ flags.DEFINE_bool("init_from_teacher", False, "U-Net students of the blocks' wid
                   "and time scale: start every student as one Euler step of its block's "
                   "(reversed) velocity, its params made from the block's, instead of a "
                   "random init.")
+flags.DEFINE_bool("learned_weighting", False, "Students with a learned loss weighting "
+                  "lv(s, t) (loss exp(-lv) L + lv), so that short and long jumps count "
+                  "alike.")
 flags.mark_flags_as_required(["workdir"])
 
 
@@ -103,7 +106,8 @@ def main(argv):
         ema_decay=FLAGS.ema_decay,
         sample_steps=[int(k) for k in FLAGS.sample_steps.split(",") if k.strip()],
         n_samples=FLAGS.n_samples, out_dir=FLAGS.out, guidance_w=FLAGS.guidance_w,
-        init_from_teacher=FLAGS.init_from_teacher)
+        init_from_teacher=FLAGS.init_from_teacher,
+        learned_weighting=FLAGS.learned_weighting)
 
 
 if __name__ == "__main__":

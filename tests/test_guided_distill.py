@@ -209,6 +209,34 @@ def test_guided_students_teacher_and_generators(conditional_lfm, tmp_path):
                                        dataset.train, guidance_w=other, **same)
 
 
+def test_learned_weighting_students(conditional_lfm, tmp_path):
+    """learned_weighting gives every student a loss weighting lv(s, t) that trains
+    (it starts at lv = 0 and moves), is recorded in settings.json, and a rerun
+    without it into the same directory is refused."""
+    from lfm_jax.runs import common, lfm_distill
+
+    config, workdir = conditional_lfm
+    dataset = common.load_data(config)
+    network, model, params_list = lfm_distill.load_trained_blocks(
+        config, workdir, dataset.example_shape)
+    kw = dict(out_dir=str(tmp_path / "w"), objective="lsd", hidden=(16,), steps=4,
+              batch_size=8, max_pairs=32, verbose=False)
+    maps, _ = lfm_distill.distill_blocks(config, workdir, network, model, params_list,
+                                         dataset.train, learned_weighting=True, **kw)
+    fmap, params = maps[0]
+    assert fmap.weighting is not None and "weight" in params
+    lv = [float(fmap.weighting.apply(params["weight"], s, t))
+          for s, t in ((0.0, 0.5), (0.3, 0.3), (0.1, 0.9))]
+    assert max(abs(v) for v in lv) > 1e-6  # trained away from its zero start
+    with open(tmp_path / "w" / "settings.json") as f:
+        assert json.load(f)["learned_weighting"] is True
+    with pytest.raises(ValueError, match="other settings"):
+        lfm_distill.distill_blocks(config, workdir, network, model, params_list,
+                                   dataset.train, **kw)
+    plain = lfm_distill.student_flow_map(config, model.example_shape, (16,))
+    assert plain.weighting is None
+
+
 def test_blocks_share_one_compiled_step(conditional_lfm, tmp_path, monkeypatch):
     """`lfm_distill.distill_blocks` (experiments/distill_lfm.py) trains every block
     with ONE jitted step, traced and compiled once (the teachers' params are its

@@ -97,7 +97,7 @@ def distill_blocks(config, workdir: str, network, model, params_list, x_train, *
                    max_pairs: int = 0, unet_channels: int = 0,
                    unet_time_scale: float = 0.0, key=None, mesh=None,
                    verbose: bool = True, guidance_w=None, train_labels=None,
-                   init_from_teacher: bool = False):
+                   init_from_teacher: bool = False, learned_weighting: bool = False):
     """Distil every block's inverse into a flow map (`distill.BlockDistiller`, as
     `distill.distill_lfm_blocks`; every block runs the same compiled step).
 
@@ -128,6 +128,9 @@ def distill_blocks(config, workdir: str, network, model, params_list, x_train, *
     (t - s) (-v_n(1 - s, x)), its params made from the block's velocity params
     (`teacher_init`), instead of from a random init; the guided student starts from
     the conditional field (w = 1), the null-class student from the null field.
+
+    learned_weighting: students with a learned loss weighting lv(s, t)
+    (`student_flow_map`; recorded in settings.json when set).
 
     Returns:
       ([(flow_map, params)] in block order, [per-block info dicts]).
@@ -161,6 +164,8 @@ def distill_blocks(config, workdir: str, network, model, params_list, x_train, *
         settings["student"] = student_description(config, unet_channels, unet_time_scale)
     if init_from_teacher:  # (recorded only when set: older settings files stay valid)
         settings["init_from_teacher"] = True
+    if learned_weighting:  # (likewise)
+        settings["learned_weighting"] = True
     settings_path = os.path.join(out_dir, "settings.json")
     if os.path.exists(settings_path):
         with open(settings_path) as f:
@@ -172,7 +177,8 @@ def distill_blocks(config, workdir: str, network, model, params_list, x_train, *
         common.save_json(settings_path, settings)
     key = jax.random.PRNGKey(config.seed + 1) if key is None else key
     fmap = student_flow_map(config, model.example_shape, hidden, unet_channels,
-                            unet_time_scale, conditional=guided)
+                            unet_time_scale, conditional=guided,
+                            learned_weighting=learned_weighting)
     interp = interpolants.get(config.lfm.interpolant)
     spc = max(1, min(int(steps_per_call), int(steps)))
     train_kwargs = dict(num_steps=int(steps) // spc * spc, batch_size=int(batch_size),
@@ -237,7 +243,7 @@ def run(config, workdir: str, *, objective: str = "lmd", steps: int = 1500,
         batch_size: int = 256, lr: float = 1e-3, ema_decay: float = 0.995,
         sample_steps=(1, 2, 4), n_samples: int = 2000, out_dir: str = "",
         guidance_w=None, max_pairs: int = 0, verbose: bool = True,
-        init_from_teacher: bool = False) -> dict:
+        init_from_teacher: bool = False, learned_weighting: bool = False) -> dict:
     """experiments/distill_lfm.py: load the LFM trained in workdir, distil its blocks
     (`distill_blocks`, guided at guidance_w when set), compare the generations
     (`distill_eval.compare`) and write table.md and results.json to out_dir (default
@@ -271,7 +277,7 @@ def run(config, workdir: str, *, objective: str = "lmd", steps: int = 1500,
         unet_time_scale=unet_time_scale, mesh=mesh, max_pairs=max_pairs,
         verbose=verbose, guidance_w=guidance_w,
         train_labels=getattr(dataset, "train_labels", None),
-        init_from_teacher=init_from_teacher)
+        init_from_teacher=init_from_teacher, learned_weighting=learned_weighting)
     distill_time = time.perf_counter() - t0
 
     rows = distill_eval.compare(config, model, params_list, maps, dataset, out,
@@ -285,6 +291,8 @@ def run(config, workdir: str, *, objective: str = "lmd", steps: int = 1500,
         student["num_classes"] = int(config.model.num_classes)
     if init_from_teacher:
         student["init_from_teacher"] = True
+    if learned_weighting:
+        student["learned_weighting"] = True
     how = ("" if guidance_w is None else
            f", guided at w={float(guidance_w):g} (class-conditional students; sample i "
            f"has label i % {int(config.model.num_classes)})")
@@ -361,7 +369,7 @@ def student_description(config, unet_channels: int = 0,
 
 def student_flow_map(config, example_shape, hidden=(256, 256, 256),
                      unet_channels: int = 0, unet_time_scale: float = 0.0,
-                     conditional: bool = False):
+                     conditional: bool = False, learned_weighting: bool = False):
     """The flow map every block is distilled into (one object, so all blocks share
     its compiled functions).
 
@@ -374,7 +382,10 @@ def student_flow_map(config, example_shape, hidden=(256, 256, 256),
     ODE generation, unless `conditional`: then the student is the same family with
     the LFM's config.model.num_classes, X(s, t, x, y) (for "mlp" the conditional
     `flow_map.make_flow_map` of width `hidden`), for guided distillation (`distill_blocks`'s
-    guidance_w).
+    guidance_w). learned_weighting: the student carries a learned log-variance
+    lv(s, t) (`flow_map.loss_weighting`) that weights its loss as exp(-lv) L + lv, so
+    that short and long jumps count alike (without it the long jumps' larger residuals
+    dominate the gradient).
     """
     from lfm_jax import flow_map as flow_map_lib
 
@@ -392,12 +403,14 @@ def student_flow_map(config, example_shape, hidden=(256, 256, 256),
                 student.model.unet_channels = int(unet_channels)
             if unet_time_scale:
                 student.model.unet_time_scale = float(unet_time_scale)
+            student.flow_map.learned_weighting = bool(learned_weighting)
         return flow_map_job.make_student(student, tuple(example_shape))
     return flow_map_lib.make_flow_map(tuple(example_shape), hidden=tuple(hidden),
                                       num_classes=k if conditional else None,
                                       activation=m.activation,
                                       num_frequencies=m.num_frequencies,
                                       max_frequency=m.max_frequency,
+                                      learned_weighting=bool(learned_weighting),
                                       **mlp_student_settings(config))
 
 
