@@ -117,9 +117,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _start(args, devices, root, driver=DRIVER):
+def _start(args, devices, root, driver=DRIVER, cache_env=None):
+    """cache_env: environment entries of a persistent compilation cache (the
+    `compile_cache_env` fixture): a later process with the same device count loads
+    the executables instead of compiling them again."""
     env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-               JAX_PLATFORMS="cpu", PYTHONPATH=root)
+               JAX_PLATFORMS="cpu", PYTHONPATH=root, **(cache_env or {}))
     return subprocess.Popen([sys.executable, "-c", driver, *args], cwd=root, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
@@ -154,12 +157,13 @@ def _outputs(procs, timeout):
     return outs
 
 
-def test_two_processes_train_as_one_process_with_four_devices(tmp_path):
+def test_two_processes_train_as_one_process_with_four_devices(tmp_path, compile_cache_env):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     address = f"localhost:{_free_port()}"
     multi, single = tmp_path / "multi", tmp_path / "single"
     procs = [_start([str(multi), address, str(i)], 2, root) for i in range(2)]
-    procs.append(_start([str(single)], 4, root))
+    # the 1-process run fills a compilation cache that the resumed run below loads from
+    procs.append(_start([str(single)], 4, root, cache_env=compile_cache_env))
     outs = _outputs(procs, 420)
     assert "DRIVER DONE 0 4" in outs[0] and "DRIVER DONE 1 4" in outs[1], outs[0][-2000:]
     assert "DRIVER DONE 0 4" in outs[2]
@@ -193,7 +197,7 @@ def test_two_processes_train_as_one_process_with_four_devices(tmp_path):
     shutil.copytree(multi / "lfm", resumed / "lfm")
     shutil.rmtree(resumed / "lfm" / "blocks" / "2" / "artefacts")
     os.remove(resumed / "lfm" / "metrics.json")
-    p = _start([str(tmp_path / "unused"), str(resumed)], 4, root)
+    p = _start([str(tmp_path / "unused"), str(resumed)], 4, root, cache_env=compile_cache_env)
     out, _ = p.communicate(timeout=300)
     assert p.returncode == 0 and "resuming from step 20" in out, out[-3000:]
     assert _losses(resumed / "fm" / "metrics.jsonl") == fm_single

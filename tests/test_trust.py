@@ -212,7 +212,8 @@ for workdir, out in zip(runs[::2], runs[1::2]):
 '''
 
 
-def test_kill9_during_checkpoint_save_then_restart_matches_uninterrupted(tmp_path):
+def test_kill9_during_checkpoint_save_then_restart_matches_uninterrupted(
+        tmp_path, compile_cache_env):
     import subprocess
     import sys
 
@@ -220,7 +221,8 @@ def test_kill9_during_checkpoint_save_then_restart_matches_uninterrupted(tmp_pat
 
     script = tmp_path / "train_script.py"
     script.write_text(_KILL_SCRIPT)
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "", "PYTHONPATH": os.getcwd()}
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "", "PYTHONPATH": os.getcwd(),
+           **compile_cache_env}  # the later processes load the first one's executables
 
     def run(kill_at, *runs):
         return subprocess.run([sys.executable, str(script), str(kill_at), *map(str, runs)],
@@ -284,7 +286,8 @@ for workdir, out in zip(runs[::2], runs[1::2]):
 '''
 
 
-def test_kill9_during_block_artefacts_save_then_restart_matches_uninterrupted(tmp_path):
+def test_kill9_during_block_artefacts_save_then_restart_matches_uninterrupted(
+        tmp_path, compile_cache_env):
     """SIGKILL while block 1's artefacts are written (orbax's temporary folder of
     version 1: the params, or 2: the pushed rows); the same command then ends with the
     params and pushed rows of an uninterrupted run, without training block 1 again."""
@@ -295,7 +298,8 @@ def test_kill9_during_block_artefacts_save_then_restart_matches_uninterrupted(tm
 
     script = tmp_path / "blocks_script.py"
     script.write_text(_BLOCKS_KILL_SCRIPT)
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "", "PYTHONPATH": os.getcwd()}
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "", "PYTHONPATH": os.getcwd(),
+           **compile_cache_env}  # the later processes load the first one's executables
 
     def run(kill_version, *runs):
         return subprocess.run([sys.executable, str(script), str(kill_version),
