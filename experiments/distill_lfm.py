@@ -72,6 +72,7 @@ flags.DEFINE_float("unet_time_scale", 0.0, "U-Net students: scale of the time "
                    "differentiate in time, and a small scale, e.g. 1, keeps that tame).")
 flags.DEFINE_integer("batch_size", 256, "Distillation batch size.")
 flags.DEFINE_float("lr", 1e-3, "Learning rate (cosine schedule).")
+flags.DEFINE_integer("warmup_steps", 0, "Linear lr warm-up steps before the cosine decay.")
 flags.DEFINE_float("ema_decay", 0.995, "EMA of the flow-map params (used for sampling).")
 flags.DEFINE_string("sample_steps", "1,2,4", "Comma-separated K (flow-map steps per block).")
 flags.DEFINE_integer("n_samples", 2000, "Samples per method.")
@@ -107,7 +108,7 @@ def main(argv):
         sample_steps=[int(k) for k in FLAGS.sample_steps.split(",") if k.strip()],
         n_samples=FLAGS.n_samples, out_dir=FLAGS.out, guidance_w=FLAGS.guidance_w,
         init_from_teacher=FLAGS.init_from_teacher,
-        learned_weighting=FLAGS.learned_weighting)
+        learned_weighting=FLAGS.learned_weighting, warmup_steps=FLAGS.warmup_steps)
 
 
 if __name__ == "__main__":

@@ -212,7 +212,7 @@ def test_guided_students_teacher_and_generators(conditional_lfm, tmp_path):
 def test_learned_weighting_students(conditional_lfm, tmp_path):
     """learned_weighting gives every student a loss weighting lv(s, t) that trains
     (it starts at lv = 0 and moves), is recorded in settings.json, and a rerun
-    without it into the same directory is refused."""
+    without it into the same directory is refused; likewise an lr warm-up."""
     from lfm_jax.runs import common, lfm_distill
 
     config, workdir = conditional_lfm
@@ -235,6 +235,17 @@ def test_learned_weighting_students(conditional_lfm, tmp_path):
                                    dataset.train, **kw)
     plain = lfm_distill.student_flow_map(config, model.example_shape, (16,))
     assert plain.weighting is None
+    # an lr warm-up is recorded too; one as long as the run is refused before any work
+    kw["out_dir"] = str(tmp_path / "warm")
+    lfm_distill.distill_blocks(config, workdir, network, model, params_list,
+                               dataset.train, warmup_steps=2, **kw)
+    with open(tmp_path / "warm" / "settings.json") as f:
+        assert json.load(f)["warmup_steps"] == 2
+    kw["out_dir"] = str(tmp_path / "bad")
+    with pytest.raises(ValueError, match="warmup_steps"):
+        lfm_distill.distill_blocks(config, workdir, network, model, params_list,
+                                   dataset.train, warmup_steps=4, **kw)
+    assert not os.path.exists(tmp_path / "bad")
 
 
 def test_blocks_share_one_compiled_step(conditional_lfm, tmp_path, monkeypatch):

@@ -97,7 +97,8 @@ def distill_blocks(config, workdir: str, network, model, params_list, x_train, *
                    max_pairs: int = 0, unet_channels: int = 0,
                    unet_time_scale: float = 0.0, key=None, mesh=None,
                    verbose: bool = True, guidance_w=None, train_labels=None,
-                   init_from_teacher: bool = False, learned_weighting: bool = False):
+                   init_from_teacher: bool = False, learned_weighting: bool = False,
+                   warmup_steps: int = 0):
     """Distil every block's inverse into a flow map (`distill.BlockDistiller`, as
     `distill.distill_lfm_blocks`; every block runs the same compiled step).
 
@@ -131,6 +132,8 @@ def distill_blocks(config, workdir: str, network, model, params_list, x_train, *
 
     learned_weighting: students with a learned loss weighting lv(s, t)
     (`student_flow_map`; recorded in settings.json when set).
+    warmup_steps: linear lr warm-up before the cosine decay (recorded when > 0); a
+    warm-started student's first Adam steps otherwise move every weight by about lr.
 
     Returns:
       ([(flow_map, params)] in block order, [per-block info dicts]).
@@ -139,6 +142,7 @@ def distill_blocks(config, workdir: str, network, model, params_list, x_train, *
 
     losses.get_objective(objective)  # an unknown name fails before any work
     check_guidance(config, guidance_w, network)
+    check_warmup(steps, warmup_steps)
     if init_from_teacher:
         check_init_from_teacher(config, unet_channels, unet_time_scale)
     guided = guidance_w is not None
@@ -166,6 +170,8 @@ def distill_blocks(config, workdir: str, network, model, params_list, x_train, *
         settings["init_from_teacher"] = True
     if learned_weighting:  # (likewise)
         settings["learned_weighting"] = True
+    if warmup_steps:
+        settings["warmup_steps"] = int(warmup_steps)
     settings_path = os.path.join(out_dir, "settings.json")
     if os.path.exists(settings_path):
         with open(settings_path) as f:
@@ -183,7 +189,7 @@ def distill_blocks(config, workdir: str, network, model, params_list, x_train, *
     spc = max(1, min(int(steps_per_call), int(steps)))
     train_kwargs = dict(num_steps=int(steps) // spc * spc, batch_size=int(batch_size),
                         lr=float(lr), ema_decay=float(ema_decay), steps_per_call=spc,
-                        mesh=mesh)
+                        mesh=mesh, warmup_steps=int(warmup_steps))
     template = jax.eval_shape(fmap.init, jax.random.PRNGKey(0))  # structure only
     # one distiller for every block: the student and the teachers' apply are shared,
     # so the blocks run one compiled step (the teachers' params are its argument)
@@ -243,7 +249,8 @@ def run(config, workdir: str, *, objective: str = "lmd", steps: int = 1500,
         batch_size: int = 256, lr: float = 1e-3, ema_decay: float = 0.995,
         sample_steps=(1, 2, 4), n_samples: int = 2000, out_dir: str = "",
         guidance_w=None, max_pairs: int = 0, verbose: bool = True,
-        init_from_teacher: bool = False, learned_weighting: bool = False) -> dict:
+        init_from_teacher: bool = False, learned_weighting: bool = False,
+        warmup_steps: int = 0) -> dict:
     """experiments/distill_lfm.py: load the LFM trained in workdir, distil its blocks
     (`distill_blocks`, guided at guidance_w when set), compare the generations
     (`distill_eval.compare`) and write table.md and results.json to out_dir (default
@@ -255,6 +262,7 @@ def run(config, workdir: str, *, objective: str = "lmd", steps: int = 1500,
 
     validation.validate_config(config)
     check_guidance(config, guidance_w)
+    check_warmup(steps, warmup_steps)
     if init_from_teacher:
         check_init_from_teacher(config, unet_channels, unet_time_scale)
     workdir = os.path.abspath(os.path.expanduser(workdir))
@@ -277,7 +285,8 @@ def run(config, workdir: str, *, objective: str = "lmd", steps: int = 1500,
         unet_time_scale=unet_time_scale, mesh=mesh, max_pairs=max_pairs,
         verbose=verbose, guidance_w=guidance_w,
         train_labels=getattr(dataset, "train_labels", None),
-        init_from_teacher=init_from_teacher, learned_weighting=learned_weighting)
+        init_from_teacher=init_from_teacher, learned_weighting=learned_weighting,
+        warmup_steps=warmup_steps)
     distill_time = time.perf_counter() - t0
 
     rows = distill_eval.compare(config, model, params_list, maps, dataset, out,
@@ -293,6 +302,8 @@ def run(config, workdir: str, *, objective: str = "lmd", steps: int = 1500,
         student["init_from_teacher"] = True
     if learned_weighting:
         student["learned_weighting"] = True
+    if warmup_steps:
+        student["warmup_steps"] = int(warmup_steps)
     how = ("" if guidance_w is None else
            f", guided at w={float(guidance_w):g} (class-conditional students; sample i "
            f"has label i % {int(config.model.num_classes)})")
@@ -313,6 +324,12 @@ def run(config, workdir: str, *, objective: str = "lmd", steps: int = 1500,
                "out_dir": out}
     log_lib.write_json(os.path.join(out, "results.json"), results)
     return results
+
+
+def check_warmup(steps: int, warmup_steps: int) -> None:
+    """ValueError unless 0 <= warmup_steps < steps (before any work)."""
+    if not 0 <= int(warmup_steps) < int(steps):
+        raise ValueError(f"warmup_steps must be in [0, steps={steps}), got {warmup_steps}")
 
 
 def check_init_from_teacher(config, unet_channels: int = 0,
