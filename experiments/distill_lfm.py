@@ -89,6 +89,9 @@ flags.DEFINE_bool("init_from_teacher", False, "U-Net students of the blocks' wid
 flags.DEFINE_bool("learned_weighting", False, "Students with a learned loss weighting "
                   "lv(s, t) (loss exp(-lv) L + lv), so that short and long jumps count "
                   "alike.")
+flags.DEFINE_float("diagonal_fraction", 0.0, "Fraction of every batch with its time pair on "
+                   "the diagonal s = t (there the objective matches the student's velocity "
+                   "to the teacher's, keeping short jumps accurate).")
 flags.mark_flags_as_required(["workdir"])
 
 
@@ -108,7 +111,8 @@ def main(argv):
         sample_steps=[int(k) for k in FLAGS.sample_steps.split(",") if k.strip()],
         n_samples=FLAGS.n_samples, out_dir=FLAGS.out, guidance_w=FLAGS.guidance_w,
         init_from_teacher=FLAGS.init_from_teacher,
-        learned_weighting=FLAGS.learned_weighting, warmup_steps=FLAGS.warmup_steps)
+        learned_weighting=FLAGS.learned_weighting, warmup_steps=FLAGS.warmup_steps,
+        diagonal_fraction=FLAGS.diagonal_fraction)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@
 #      against the adaptive-ODE teacher (experiments.distill_lfm, Lagrangian map
 #      distillation, U-Net students): the LFM's null-class field, then its guided
 #      field at w = GW (class-conditional students, --guidance_w), from a random init and
-#      warm-started from the blocks (--init_from_teacher);
+#      warm-started from the blocks (--init_from_teacher), the latter also with half of
+#      every batch on the diagonal s = t (--diagonal_fraction 0.5);
 #   3. flow maps trained directly (LSD, PSD; configs/flow_map_digits.py:<obj>,mnist),
 #      K = 1, 2, 4; with FMC=1 class-conditional ones (<obj>,mnist,cond), scored with
 #      guided sampling at w = 0..3;
@@ -55,6 +56,11 @@ mapfile -t LFM < <("$PY" -c "import json, sys; print('\n'.join(json.load(open(sy
 "$PY" -m experiments.distill_lfm "${LFM[@]}" --objective lmd --steps "$DS" --batch_size 128 \
   --lr 5e-4 --sample_steps 1,2,4 --n_samples "$N" --guidance_w "$GW" --init_from_teacher \
   --out "$W/lfm/distill/lmd_w${GW}_warm"
+# ... and with half of every batch on the diagonal s = t (keeps the short jumps accurate;
+# BENCHMARKS.md section 7, digits)
+"$PY" -m experiments.distill_lfm "${LFM[@]}" --objective lmd --steps "$DS" --batch_size 128 \
+  --lr 5e-4 --sample_steps 1,2,4 --n_samples "$N" --guidance_w "$GW" --init_from_teacher \
+  --diagonal_fraction 0.5 --out "$W/lfm/distill/lmd_w${GW}_warm_diag"
 for o in lsd psd; do
   "$PY" -m experiments.train --config "configs/flow_map_digits.py:$o${VN:+,$VN}${FMC:+,cond}" \
     --workdir "$W/fmap_$o${FMC:+_cond}" ${M:+--config.data.path="$M"} --config.seed="$SEED" \

@@ -212,7 +212,8 @@ def test_guided_students_teacher_and_generators(conditional_lfm, tmp_path):
 def test_learned_weighting_students(conditional_lfm, tmp_path):
     """learned_weighting gives every student a loss weighting lv(s, t) that trains
     (it starts at lv = 0 and moves), is recorded in settings.json, and a rerun
-    without it into the same directory is refused; likewise an lr warm-up."""
+    without it into the same directory is refused; likewise an lr warm-up and the
+    diagonal fraction of the time pairs (which changes the training)."""
     from lfm_jax.runs import common, lfm_distill
 
     config, workdir = conditional_lfm
@@ -246,6 +247,21 @@ def test_learned_weighting_students(conditional_lfm, tmp_path):
         lfm_distill.distill_blocks(config, workdir, network, model, params_list,
                                    dataset.train, warmup_steps=4, **kw)
     assert not os.path.exists(tmp_path / "bad")
+    # diagonal_fraction reaches the time-pair sampler (lsd's own is 0.75) and is recorded
+    kw["out_dir"] = str(tmp_path / "diag")
+    diag, _ = lfm_distill.distill_blocks(config, workdir, network, model, params_list,
+                                         dataset.train, diagonal_fraction=0.25, **kw)
+    kw["out_dir"] = str(tmp_path / "plain")
+    plain_maps, _ = lfm_distill.distill_blocks(config, workdir, network, model,
+                                               params_list, dataset.train, **kw)
+    delta = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), diag[0][1],
+                         plain_maps[0][1])
+    assert max(jax.tree.leaves(delta)) > 1e-6
+    with open(tmp_path / "diag" / "settings.json") as f:
+        assert json.load(f)["diagonal_fraction"] == 0.25
+    with pytest.raises(ValueError, match="diagonal_fraction"):
+        lfm_distill.distill_blocks(config, workdir, network, model, params_list,
+                                   dataset.train, diagonal_fraction=1.0, **kw)
 
 
 def test_blocks_share_one_compiled_step(conditional_lfm, tmp_path, monkeypatch):

@@ -98,7 +98,7 @@ def distill_blocks(config, workdir: str, network, model, params_list, x_train, *
                    unet_time_scale: float = 0.0, key=None, mesh=None,
                    verbose: bool = True, guidance_w=None, train_labels=None,
                    init_from_teacher: bool = False, learned_weighting: bool = False,
-                   warmup_steps: int = 0):
+                   warmup_steps: int = 0, diagonal_fraction: float = 0.0):
     """Distil every block's inverse into a flow map (`distill.BlockDistiller`, as
     `distill.distill_lfm_blocks`; every block runs the same compiled step).
 
@@ -134,6 +134,12 @@ def distill_blocks(config, workdir: str, network, model, params_list, x_train, *
     (`student_flow_map`; recorded in settings.json when set).
     warmup_steps: linear lr warm-up before the cosine decay (recorded when > 0); a
     warm-started student's first Adam steps otherwise move every weight by about lr.
+    diagonal_fraction: > 0: the fraction of every batch whose time pair the
+    objective's sampler puts on the diagonal s = t (`flow_map.upper_triangle`; it
+    replaces the self-distillation samplers' own 0.75; recorded when > 0); 0: the
+    objective's default.
+    There a teacher objective's residual is the student's velocity v_{s,s} against the
+    teacher's, which keeps the short jumps accurate (BENCHMARKS.md section 7).
 
     Returns:
       ([(flow_map, params)] in block order, [per-block info dicts]).
@@ -143,6 +149,7 @@ def distill_blocks(config, workdir: str, network, model, params_list, x_train, *
     losses.get_objective(objective)  # an unknown name fails before any work
     check_guidance(config, guidance_w, network)
     check_warmup(steps, warmup_steps)
+    check_diagonal_fraction(diagonal_fraction)
     if init_from_teacher:
         check_init_from_teacher(config, unet_channels, unet_time_scale)
     guided = guidance_w is not None
@@ -172,6 +179,8 @@ def distill_blocks(config, workdir: str, network, model, params_list, x_train, *
         settings["learned_weighting"] = True
     if warmup_steps:
         settings["warmup_steps"] = int(warmup_steps)
+    if diagonal_fraction:
+        settings["diagonal_fraction"] = float(diagonal_fraction)
     settings_path = os.path.join(out_dir, "settings.json")
     if os.path.exists(settings_path):
         with open(settings_path) as f:
@@ -193,8 +202,10 @@ def distill_blocks(config, workdir: str, network, model, params_list, x_train, *
     template = jax.eval_shape(fmap.init, jax.random.PRNGKey(0))  # structure only
     # one distiller for every block: the student and the teachers' apply are shared,
     # so the blocks run one compiled step (the teachers' params are its argument)
+    loss_kwargs = ({"sampler_kwargs": {"diagonal_fraction": float(diagonal_fraction)}}
+                   if diagonal_fraction else None)
     distiller = distill.BlockDistiller(objective=objective, interp=interp,
-                                       train_kwargs=train_kwargs)
+                                       loss_kwargs=loss_kwargs, train_kwargs=train_kwargs)
     maps, infos = [], []
     for n in range(1, model.num_blocks + 1):
         path = os.path.join(out_dir, f"block_{n}.msgpack")
@@ -250,7 +261,7 @@ def run(config, workdir: str, *, objective: str = "lmd", steps: int = 1500,
         sample_steps=(1, 2, 4), n_samples: int = 2000, out_dir: str = "",
         guidance_w=None, max_pairs: int = 0, verbose: bool = True,
         init_from_teacher: bool = False, learned_weighting: bool = False,
-        warmup_steps: int = 0) -> dict:
+        warmup_steps: int = 0, diagonal_fraction: float = 0.0) -> dict:
     """experiments/distill_lfm.py: load the LFM trained in workdir, distil its blocks
     (`distill_blocks`, guided at guidance_w when set), compare the generations
     (`distill_eval.compare`) and write table.md and results.json to out_dir (default
@@ -263,6 +274,7 @@ def run(config, workdir: str, *, objective: str = "lmd", steps: int = 1500,
     validation.validate_config(config)
     check_guidance(config, guidance_w)
     check_warmup(steps, warmup_steps)
+    check_diagonal_fraction(diagonal_fraction)
     if init_from_teacher:
         check_init_from_teacher(config, unet_channels, unet_time_scale)
     workdir = os.path.abspath(os.path.expanduser(workdir))
@@ -286,7 +298,7 @@ def run(config, workdir: str, *, objective: str = "lmd", steps: int = 1500,
         verbose=verbose, guidance_w=guidance_w,
         train_labels=getattr(dataset, "train_labels", None),
         init_from_teacher=init_from_teacher, learned_weighting=learned_weighting,
-        warmup_steps=warmup_steps)
+        warmup_steps=warmup_steps, diagonal_fraction=diagonal_fraction)
     distill_time = time.perf_counter() - t0
 
     rows = distill_eval.compare(config, model, params_list, maps, dataset, out,
@@ -304,6 +316,8 @@ def run(config, workdir: str, *, objective: str = "lmd", steps: int = 1500,
         student["learned_weighting"] = True
     if warmup_steps:
         student["warmup_steps"] = int(warmup_steps)
+    if diagonal_fraction:
+        student["diagonal_fraction"] = float(diagonal_fraction)
     how = ("" if guidance_w is None else
            f", guided at w={float(guidance_w):g} (class-conditional students; sample i "
            f"has label i % {int(config.model.num_classes)})")
@@ -330,6 +344,12 @@ def check_warmup(steps: int, warmup_steps: int) -> None:
     """ValueError unless 0 <= warmup_steps < steps (before any work)."""
     if not 0 <= int(warmup_steps) < int(steps):
         raise ValueError(f"warmup_steps must be in [0, steps={steps}), got {warmup_steps}")
+
+
+def check_diagonal_fraction(diagonal_fraction: float) -> None:
+    """ValueError unless 0 <= diagonal_fraction < 1 (before any work)."""
+    if not 0.0 <= float(diagonal_fraction) < 1.0:
+        raise ValueError(f"diagonal_fraction must be in [0, 1), got {diagonal_fraction}")
 
 
 def check_init_from_teacher(config, unet_channels: int = 0,
