@@ -173,14 +173,9 @@ def distill_blocks(config, workdir: str, network, model, params_list, x_train, *
         settings["guidance_w"] = float(guidance_w)
     if config.model.get("kind", "mlp") == "unet":  # (MLP settings files stay as before)
         settings["student"] = student_description(config, unet_channels, unet_time_scale)
-    if init_from_teacher:  # (recorded only when set: older settings files stay valid)
-        settings["init_from_teacher"] = True
-    if learned_weighting:  # (likewise)
-        settings["learned_weighting"] = True
-    if warmup_steps:
-        settings["warmup_steps"] = int(warmup_steps)
-    if diagonal_fraction:
-        settings["diagonal_fraction"] = float(diagonal_fraction)
+    # (options recorded only when set: older settings files stay valid)
+    settings.update(_options_record(init_from_teacher, learned_weighting, warmup_steps,
+                                    diagonal_fraction))
     settings_path = os.path.join(out_dir, "settings.json")
     if os.path.exists(settings_path):
         with open(settings_path) as f:
@@ -310,14 +305,8 @@ def run(config, workdir: str, *, objective: str = "lmd", steps: int = 1500,
                else {"kind": "mlp", "hidden": list(hidden)})
     if guidance_w is not None:
         student["num_classes"] = int(config.model.num_classes)
-    if init_from_teacher:
-        student["init_from_teacher"] = True
-    if learned_weighting:
-        student["learned_weighting"] = True
-    if warmup_steps:
-        student["warmup_steps"] = int(warmup_steps)
-    if diagonal_fraction:
-        student["diagonal_fraction"] = float(diagonal_fraction)
+    student.update(_options_record(init_from_teacher, learned_weighting, warmup_steps,
+                                   diagonal_fraction))
     how = ("" if guidance_w is None else
            f", guided at w={float(guidance_w):g} (class-conditional students; sample i "
            f"has label i % {int(config.model.num_classes)})")
@@ -338,6 +327,17 @@ def run(config, workdir: str, *, objective: str = "lmd", steps: int = 1500,
                "out_dir": out}
     log_lib.write_json(os.path.join(out, "results.json"), results)
     return results
+
+
+def _options_record(init_from_teacher, learned_weighting, warmup_steps,
+                    diagonal_fraction) -> dict:
+    """The distillation options that are set (not at their defaults), as recorded in
+    settings.json and results.json."""
+    record = {"init_from_teacher": bool(init_from_teacher),
+              "learned_weighting": bool(learned_weighting),
+              "warmup_steps": int(warmup_steps),
+              "diagonal_fraction": float(diagonal_fraction)}
+    return {k: v for k, v in record.items() if v}
 
 
 def check_warmup(steps: int, warmup_steps: int) -> None:
