@@ -9,7 +9,7 @@
 #      distillation, U-Net students): the LFM's null-class field, then its guided
 #      field at w = GW (class-conditional students, --guidance_w), from a random init and
 #      warm-started from the blocks (--init_from_teacher), the latter also with half of
-#      every batch on the diagonal s = t (--diagonal_fraction 0.5);
+#      every batch on the diagonal s = t (--diagonal_fraction 0.5) for DSD steps;
 #   3. flow maps trained directly (LSD, PSD; configs/flow_map_digits.py:<obj>,mnist),
 #      K = 1, 2, 4; with FMC=1 class-conditional ones (<obj>,mnist,cond), scored with
 #      guided sampling at w = 0..3;
@@ -24,7 +24,8 @@
 # MNIST_DIR holds the IDX files (default ../shared/data/mnist); OUT the workdirs
 # (default runs/mnist_study). Sizes from the environment: SEED (config.seed, also the
 # data split; 0), CS (classifier steps, 1500), SPB (LFM steps per block, 1000), DS
-# (distillation steps per block, 300), FMS (flow-map steps, 1000), HS (FM steps of the
+# (distillation steps per block, 300), DSD (steps per block of the diagonal warm
+# distillation, 1200), FMS (flow-map steps, 1000), HS (FM steps of the
 # feed rows, 1000), N (samples per score, 1000), NLL (test images of the bits/dim, 200),
 # CAL (steps of the FM timing run that sets the equal-time steps, 500), GW (guidance
 # weight of the guided distillation, 1: MNIST's best w). Step counts of
@@ -37,7 +38,7 @@ PY=${PYTHON:-python3}
 M=${1-../shared/data/mnist}; W=${2:-runs/mnist_study}
 VN=${VN-mnist}; SEED=${SEED:-0}
 CS=${CS:-1500}; SPB=${SPB:-1000}; DS=${DS:-300}; FMS=${FMS:-1000}; HS=${HS:-1000}
-N=${N:-1000}; NLL=${NLL:-200}; GW=${GW:-1}
+N=${N:-1000}; NLL=${NLL:-200}; GW=${GW:-1}; DSD=${DSD:-1200}
 CMP=("$PY" -m experiments.compare_lfm_fm_images --workdir "$W" --variant "$VN"
      ${M:+--data_path "$M"} --seeds "$SEED" --steps_per_block "$SPB"
      --fm_equal_channels 64 --fm_equal_steps -1 --guidance_ws 0,1,2,3 --fd_samples "$N"
@@ -56,9 +57,9 @@ mapfile -t LFM < <("$PY" -c "import json, sys; print('\n'.join(json.load(open(sy
 "$PY" -m experiments.distill_lfm "${LFM[@]}" --objective lmd --steps "$DS" --batch_size 128 \
   --lr 5e-4 --sample_steps 1,2,4 --n_samples "$N" --guidance_w "$GW" --init_from_teacher \
   --out "$W/lfm/distill/lmd_w${GW}_warm"
-# ... and with half of every batch on the diagonal s = t (keeps the short jumps accurate;
-# BENCHMARKS.md section 7, digits)
-"$PY" -m experiments.distill_lfm "${LFM[@]}" --objective lmd --steps "$DS" --batch_size 128 \
+# ... and with half of every batch on the diagonal s = t and DSD steps per block (keeps
+# the short jumps accurate; BENCHMARKS.md section 7, digits)
+"$PY" -m experiments.distill_lfm "${LFM[@]}" --objective lmd --steps "$DSD" --batch_size 128 \
   --lr 5e-4 --sample_steps 1,2,4 --n_samples "$N" --guidance_w "$GW" --init_from_teacher \
   --diagonal_fraction 0.5 --out "$W/lfm/distill/lmd_w${GW}_warm_diag"
 for o in lsd psd; do
