@@ -341,9 +341,12 @@ def _options_record(init_from_teacher, learned_weighting, warmup_steps,
 
 
 def check_warmup(steps: int, warmup_steps: int) -> None:
-    """ValueError unless 0 <= warmup_steps < steps (before any work)."""
-    if not 0 <= int(warmup_steps) < int(steps):
-        raise ValueError(f"warmup_steps must be in [0, steps={steps}), got {warmup_steps}")
+    """ValueError unless warmup_steps is 0 or in [1, steps) (before any work; steps 0
+    leaves the students untrained)."""
+    w = int(warmup_steps)
+    if w < 0 or (w and w >= int(steps)):
+        raise ValueError(f"warmup_steps must be 0 or in [1, steps={steps}), got "
+                         f"{warmup_steps}")
 
 
 def check_diagonal_fraction(diagonal_fraction: float) -> None:
