@@ -125,12 +125,9 @@ def make_student(config, example_shape) -> flow_map.FlowMap:
                                   activation=m.activation,
                                   num_frequencies=m.num_frequencies,
                                   max_frequency=m.max_frequency,
-                                  time_embedding=m.get("time_embedding", "fourier"),
-                                  softplus_beta=m.get("softplus_beta", 1.0),
-                                  weight_init=m.get("weight_init", "lecun"),
-                                  compute_dtype=m.get("compute_dtype", "float32"),
                                   zero_init_output=fcfg.zero_init_output,
-                                  learned_weighting=fcfg.learned_weighting)
+                                  learned_weighting=fcfg.learned_weighting,
+                                  **models.mlp_settings(config))
 
 
 @jobs.job

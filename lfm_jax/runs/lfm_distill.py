@@ -137,9 +137,9 @@ def distill_blocks(config, workdir: str, network, model, params_list, x_train, *
     diagonal_fraction: > 0: the fraction of every batch whose time pair the
     objective's sampler puts on the diagonal s = t (`flow_map.upper_triangle`; it
     replaces the self-distillation samplers' own 0.75; recorded when > 0); 0: the
-    objective's default.
-    There a teacher objective's residual is the student's velocity v_{s,s} against the
-    teacher's, which keeps the short jumps accurate (BENCHMARKS.md section 7).
+    objective's default. On the diagonal a teacher objective's residual compares the
+    student's velocity v_{s,s} with the teacher's, which keeps the short jumps
+    accurate (BENCHMARKS.md section 7).
 
     Returns:
       ([(flow_map, params)] in block order, [per-block info dicts]).
@@ -414,8 +414,9 @@ def student_flow_map(config, example_shape, hidden=(256, 256, 256),
     its compiled functions).
 
     model.kind "mlp": `flow_map.make_flow_map` of width `hidden` (config.model's
-    activation, Fourier features and `mlp_student_settings`). model.kind "unet": an UNCONDITIONAL two-time
-    U-Net of the blocks' preset (`runs.flow_map.make_student`; unet_channels > 0
+    activation, Fourier features and `runs.models.mlp_settings`: the blocks' MLP
+    family, e.g. the official configuration's raw time input, torch init and softplus
+    beta 20). model.kind "unet": an UNCONDITIONAL two-time U-Net of the blocks' preset (`runs.flow_map.make_student`; unet_channels > 0
     overrides the width, unet_time_scale > 0 the time embedding's scale). A class-conditional LFM is distilled through its null-class
     field v_n(t, x, null) (the unguided marginal flow, which carries q_{n-1} to q_n
     like the labelled fields do on average), and compared with the LFM's unguided
@@ -428,6 +429,7 @@ def student_flow_map(config, example_shape, hidden=(256, 256, 256),
     dominate the gradient).
     """
     from lfm_jax import flow_map as flow_map_lib
+    from lfm_jax.runs import models
 
     m = config.model
     k = int(m.get("num_classes", 0))
@@ -451,16 +453,4 @@ def student_flow_map(config, example_shape, hidden=(256, 256, 256),
                                       num_frequencies=m.num_frequencies,
                                       max_frequency=m.max_frequency,
                                       learned_weighting=bool(learned_weighting),
-                                      **mlp_student_settings(config))
-
-
-def mlp_student_settings(config) -> dict:
-    """The blocks' MLP settings an MLP student takes over (config.model's time
-    embedding, softplus beta, weight init and compute dtype, as `runs.models.network`
-    reads them), so that the student is of the teacher's family (e.g. the official
-    configuration's raw time input, torch init and softplus beta 20)."""
-    m = config.model
-    return dict(time_embedding=m.get("time_embedding", "fourier"),
-                softplus_beta=float(m.get("softplus_beta", 1.0)),
-                weight_init=m.get("weight_init", "lecun"),
-                compute_dtype=m.get("compute_dtype", "float32"))
+                                      **models.mlp_settings(config))

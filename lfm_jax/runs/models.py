@@ -52,6 +52,20 @@ def uses_dropout(config) -> bool:
     return unet_kwargs(config, ()).get("dropout", 0.0) > 0  # the rate the network gets
 
 
+def mlp_settings(config) -> dict:
+    """The plain MLP's settings beyond its shape, read from config.model with their
+    defaults: time_embedding ("fourier"), softplus_beta (1.0), weight_init ("lecun")
+    and compute_dtype ("float32"); keyword arguments of `networks.velocity_mlp` /
+    `two_time_mlp` and `flow_map.make_flow_map` (which refuses values the
+    class-conditional MLP cannot honour). The one reading of these four settings for
+    velocity networks, flow-map students and distilled LFM students alike."""
+    m = config.model
+    return dict(time_embedding=m.get("time_embedding", "fourier"),
+                softplus_beta=m.get("softplus_beta", 1.0),
+                weight_init=m.get("weight_init", "lecun"),
+                compute_dtype=m.get("compute_dtype", "float32"))
+
+
 def check_supported(config) -> None:
     """Raise ValueError naming the config.model settings that the network of
     config.model would ignore: the class-conditional MLP (kind "mlp" with
@@ -92,7 +106,4 @@ def network(config, example_shape, num_times: int = 1):
     make = networks.velocity_mlp if num_times == 1 else networks.two_time_mlp
     return make(example_shape, hidden=tuple(m.hidden), activation=m.activation,
                 num_frequencies=m.num_frequencies, max_frequency=m.max_frequency,
-                time_embedding=m.get("time_embedding", "fourier"),
-                softplus_beta=m.get("softplus_beta", 1.0),
-                weight_init=m.get("weight_init", "lecun"),
-                compute_dtype=m.get("compute_dtype", "float32"))
+                **mlp_settings(config))
